@@ -1,0 +1,49 @@
+"""Teacher backends: engines that turn token sequences into TeacherOutput records.
+
+Every backend returns the same TeacherOutput (raw log-probs at temperature 1, top-k sorted
+descending), so the cache writer never knows which engine produced a shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from pipeline.cache import TeacherOutput
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TeacherBackend(Protocol):
+    name: str
+    tokenizer: Any
+    vocab_size: int  # size of the model's output distribution (ids in the cache are below it)
+    max_length: int  # longest sequence the model accepts
+
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int) -> list[TeacherOutput]:
+        """Answer each tokenised prompt and return top-k records for every response position."""
+
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int) -> list[TeacherOutput]:
+        """Top-k records for positions response_start.. of existing sequences."""
+
+
+BACKENDS = ("transformers",)
+
+
+def load_backend(name: str, model_dir: Path, dtype: str = "float32", batch_size: int = 8, device: str = "cpu") -> TeacherBackend:
+    if name == "transformers":
+        from pipeline.backends.transformers_backend import TransformersBackend
+
+        return TransformersBackend(model_dir, dtype=dtype, batch_size=batch_size, device=device)
+    raise PipelineError(f"unknown teacher backend '{name}' (choose one of: {', '.join(BACKENDS)})")

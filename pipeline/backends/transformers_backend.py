@@ -1,0 +1,100 @@
+"""Teacher backend on Hugging Face transformers: works on any machine torch runs on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.backends import GenerationSettings
+from pipeline.cache import TeacherOutput
+from pipeline.errors import PipelineError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"device '{device}' requested but no CUDA GPU is available")
+    return device
+
+
+class TransformersBackend:
+    """Generates with `model.generate`, then scores prompt + response in one forward pass.
+
+    Scoring the finished sequence (rather than keeping generation-time logits) makes the cache
+    equal a plain forward of the stored tokens, whatever the KV-cache and padding did.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model_dir: Path, dtype: str = "float32", batch_size: int = 8, device: str = "cpu"):
+        if dtype not in DTYPES:
+            raise PipelineError(f"unknown dtype '{dtype}' (choose one of: {', '.join(DTYPES)})")
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(self.device).eval()
+        self.vocab_size = self.model.config.vocab_size
+        self.max_length = getattr(self.model.config, "max_position_embeddings", 1 << 30)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int) -> list[TeacherOutput]:
+        torch.manual_seed(seed)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        sequences: list[list[int]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            width = max(len(p) for p in batch)
+            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, prompt in enumerate(batch):  # left padding for generation
+                input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+                attention_mask[row, width - len(prompt) :] = 1
+            sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) if settings.temperature > 0 else dict(do_sample=False)
+            generated = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                max_new_tokens=settings.max_new_tokens,
+                pad_token_id=self.pad_id,
+                top_k=None,
+                **sampling,
+            )[:, width:].tolist()
+            for prompt, response in zip(batch, generated):
+                cut = next((i + 1 for i, t in enumerate(response) if t in eos_ids), len(response))
+                sequences.append(list(prompt) + response[:cut])
+        return self.score(sequences, [len(p) for p in prompts], k)
+
+    @torch.inference_mode()
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int) -> list[TeacherOutput]:
+        outputs: list[TeacherOutput | None] = [None] * len(sequences)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = max(len(sequences[i]) for i in rows)
+            input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for row, i in enumerate(rows):  # right padding: causal positions never see it
+                input_ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+                attention_mask[row, : len(sequences[i])] = 1
+            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
+            for row, i in enumerate(rows):
+                seq, rs = sequences[i], response_starts[i]
+                if not 0 < rs <= len(seq):
+                    raise PipelineError(f"response start {rs} outside 1..{len(seq)}")
+                logprobs = torch.log_softmax(logits[row, rs - 1 : len(seq) - 1].float(), dim=-1)
+                top = logprobs.topk(k, dim=-1)
+                targets = torch.tensor(seq[rs:], device=logprobs.device)
+                outputs[i] = TeacherOutput(
+                    input_ids=np.asarray(seq, dtype=np.int32),
+                    response_start=rs,
+                    topk_ids=top.indices.to(torch.int32).cpu().numpy(),
+                    topk_logprobs=top.values.cpu().numpy(),
+                    token_logprobs=logprobs.gather(-1, targets[:, None])[:, 0].cpu().numpy(),
+                )
+        return outputs  # type: ignore[return-value]

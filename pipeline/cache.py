@@ -1,0 +1,238 @@
+"""The top-k cache format: Parquet shards of teacher log-probs plus a manifest.
+
+A cache directory holds `plan.json` (the settings every worker shares, written first),
+`<split>/shard-NNNNN.parquet` (each written to a temporary name, then renamed, so a file
+that exists is complete) and `manifest.json` (written last, atomically: a cache without it
+is incomplete). Shard boundaries depend only on row counts, so any worker can fill any
+shard and a rerun skips the shards that already exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_file
+
+FORMAT_NAME = "kd-topk-cache"
+FORMAT_VERSION = 1
+PLAN_FILE = "plan.json"
+MANIFEST_FILE = "manifest.json"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("response_start", pa.int32(), nullable=False),
+        pa.field("topk_ids", pa.list_(pa.list_(pa.int32())), nullable=False),
+        pa.field("topk_logprobs", pa.list_(pa.list_(pa.float32())), nullable=False),
+        pa.field("token_logprobs", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+
+@dataclass
+class TeacherOutput:
+    """What the teacher said about one sequence, for positions response_start..len-1.
+
+    Row j describes the prediction of input_ids[response_start + j] from the tokens before it.
+    """
+
+    input_ids: np.ndarray  # int32 [L]
+    response_start: int
+    topk_ids: np.ndarray  # int32 [n, k], most likely first
+    topk_logprobs: np.ndarray  # float32 [n, k], descending
+    token_logprobs: np.ndarray  # float32 [n], log-prob of the actual next token
+
+    @property
+    def num_positions(self) -> int:
+        return len(self.input_ids) - self.response_start
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    split: str
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def file(self) -> str:
+        return f"{self.split}/shard-{self.index:05d}.parquet"
+
+
+def plan_shards(split_rows: dict[str, int], shard_rows: int) -> list[ShardSpec]:
+    """Shard boundaries from row counts alone: the same on every worker and every rerun."""
+    if shard_rows < 1:
+        raise PipelineError(f"shard_rows must be at least 1, got {shard_rows}")
+    shards = []
+    for split, rows in split_rows.items():
+        for index, start in enumerate(range(0, rows, shard_rows)):
+            shards.append(ShardSpec(split, index, start, min(start + shard_rows, rows)))
+    return shards
+
+
+def worker_shards(shards: Sequence[ShardSpec], worker_index: int, num_workers: int) -> list[ShardSpec]:
+    if not 0 <= worker_index < num_workers:
+        raise PipelineError(f"worker index {worker_index} is outside 0..{num_workers - 1}")
+    return [shard for i, shard in enumerate(shards) if i % num_workers == worker_index]
+
+
+def _list_array(values: np.ndarray, lengths: Sequence[int]) -> pa.ListArray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def outputs_to_table(ids: Sequence[str], outputs: Sequence[TeacherOutput]) -> pa.Table:
+    if len(ids) != len(outputs):
+        raise ValueError("one id per teacher output")
+    positions = [o.num_positions for o in outputs]
+    k = outputs[0].topk_ids.shape[1] if outputs else 0
+    flat_ids = np.concatenate([o.topk_ids.reshape(-1) for o in outputs]).astype(np.int32)
+    flat_lps = np.concatenate([o.topk_logprobs.reshape(-1) for o in outputs]).astype(np.float32)
+    per_position = [k] * sum(positions)
+    columns = [
+        pa.array(list(ids), pa.string()),
+        _list_array(np.concatenate([o.input_ids for o in outputs]).astype(np.int32), [len(o.input_ids) for o in outputs]),
+        pa.array([o.response_start for o in outputs], pa.int32()),
+        pa.ListArray.from_arrays(_list_array(flat_ids, positions).offsets, _list_array(flat_ids, per_position)),
+        pa.ListArray.from_arrays(_list_array(flat_lps, positions).offsets, _list_array(flat_lps, per_position)),
+        _list_array(np.concatenate([o.token_logprobs for o in outputs]).astype(np.float32), positions),
+    ]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    _atomic_write_bytes(Path(path), (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def write_shard(table: pa.Table, path: Path) -> None:
+    """Write a zstd Parquet shard under a temporary name, then rename: a shard file is never partial."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, min(len(table), 1024)))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> bool:
+    """Record the plan every worker must share. Returns False when the cache is already complete.
+
+    A rerun with the same plan resumes; a different plan in the same directory is refused, so
+    shards made with other settings are never mixed in.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = cache_dir / PLAN_FILE
+    if plan_path.exists():
+        existing = json.loads(plan_path.read_text())
+        if existing != plan:
+            changed = sorted(k for k in set(existing) | set(plan) if existing.get(k) != plan.get(k))
+            raise PipelineError(
+                f"{cache_dir} holds a cache made with other settings ({', '.join(changed)} differ); "
+                "use a new output directory or delete it"
+            )
+    else:
+        write_json(plan_path, plan)
+    return not (cache_dir / MANIFEST_FILE).exists()
+
+
+def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSpec]:
+    return [shard for shard in shards if not (cache_dir / shard.file).exists()]
+
+
+def shard_entry(cache_dir: Path, shard: ShardSpec) -> dict[str, Any]:
+    path = cache_dir / shard.file
+    parquet = pq.ParquetFile(path)
+    lengths = pa.compute.list_value_length(parquet.read(columns=["token_logprobs"]).column(0))
+    return {
+        "file": shard.file,
+        "rows": parquet.metadata.num_rows,
+        "tokens": int(pa.compute.sum(lengths).as_py() or 0),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, Any]:
+    """Write manifest.json once every planned shard exists; returns the manifest."""
+    missing = pending_shards(cache_dir, shards)
+    if missing:
+        raise PipelineError(f"cannot finalize {cache_dir}: {len(missing)} shard(s) missing, first {missing[0].file}")
+    plan = json.loads((cache_dir / PLAN_FILE).read_text())
+    splits: dict[str, Any] = {}
+    for shard in shards:
+        entry = shard_entry(cache_dir, shard)
+        split = splits.setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
+        for key in ("rows", "tokens", "bytes"):
+            split[key] += entry[key]
+        split["shards"].append(entry)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created_by": {"package": "kd-pipeline", "version": __version__},
+        **plan,
+        "splits": splits,
+    }
+    write_json(cache_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def read_manifest(cache_dir: Path) -> dict[str, Any]:
+    path = Path(cache_dir) / MANIFEST_FILE
+    if not path.exists():
+        hint = " (incomplete: run the teacher stage again to resume it)" if (Path(cache_dir) / PLAN_FILE).exists() else ""
+        raise PipelineError(f"no cache at {cache_dir}: {MANIFEST_FILE} not found{hint}")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT_NAME:
+        raise PipelineError(f"{path} is not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise PipelineError(
+            f"{path}: cache format version {manifest.get('format_version')} is not supported "
+            f"(this is kd-pipeline {__version__}, reading version {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def split_shard_paths(cache_dir: Path, manifest: dict[str, Any], split: str) -> list[Path]:
+    if split not in manifest["splits"]:
+        raise PipelineError(f"cache {cache_dir} has no '{split}' split (it has: {', '.join(manifest['splits'])})")
+    paths = [Path(cache_dir) / entry["file"] for entry in manifest["splits"][split]["shards"]]
+    for path in paths:
+        if not path.exists():
+            raise PipelineError(f"cache {cache_dir} is missing shard {path.name} listed in its manifest")
+    return paths
+
+
+def iter_record_batches(paths: Sequence[Path], batch_rows: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream record batches shard by shard: memory depends on batch_rows, not on the cache size."""
+    for path in paths:
+        try:
+            parquet = pq.ParquetFile(path)
+            if parquet.schema_arrow.remove_metadata() != SCHEMA.remove_metadata() and columns is None:
+                raise PipelineError(f"shard {path} does not have the {FORMAT_NAME} v{FORMAT_VERSION} schema")
+            yield from parquet.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
+        except (OSError, pa.ArrowInvalid) as error:
+            raise PipelineError(f"shard {path} cannot be read: {error}") from error

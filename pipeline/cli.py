@@ -1,0 +1,160 @@
+"""`kd`: every pipeline step without DVC. Errors print one line and exit 1."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+import yaml
+
+from pipeline.errors import PipelineError
+
+app = typer.Typer(help="Offline knowledge distillation from LLM teachers.", no_args_is_help=True, add_completion=False)
+
+
+def clean_errors(command: Callable) -> Callable:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PipelineError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def params_section(params: Optional[Path], section: str) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not params.exists():
+        raise PipelineError(f"params file not found: {params}")
+    return dict((yaml.safe_load(params.read_text()) or {}).get(section, {}))
+
+
+@app.command()
+@clean_errors
+def prepare(
+    prompts: Path = typer.Argument(..., help="JSONL, CSV or Parquet with a prompt column"),
+    out: Path = typer.Option(Path("data/prepared"), help="folder for train.parquet and validation.parquet"),
+    text_column: str = "prompt",
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> None:
+    """Validate a prompt set, assign stable ids and split it."""
+    from pipeline.data import read_prompts, split_prompts, write_splits
+
+    splits = split_prompts(read_prompts(prompts, text_column), validation_fraction, seed)
+    write_splits(splits, out)
+    typer.echo(", ".join(f"{name}: {frame.height} prompts" for name, frame in splits.items()))
+
+
+@app.command()
+@clean_errors
+def teacher(
+    model: str = typer.Option("embedded", help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder"),
+    prepared: Path = typer.Option(Path("data/prepared"), help="output of `kd prepare`"),
+    out: Path = typer.Option(Path("data/cache"), help="cache directory (resumed if it exists with the same settings)"),
+    params: Optional[Path] = typer.Option(None, help="params.yaml whose 'teacher' section gives the settings"),
+    k: Optional[int] = typer.Option(None, help="top-k log-probs per position"),
+    backend: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    max_new_tokens: Optional[int] = None,
+    embedded_dir: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="where the embedded teacher is converted"),
+    num_workers: int = typer.Option(1, help="processes filling disjoint shards of the same cache"),
+    worker_index: int = 0,
+) -> None:
+    """Run the teacher over prepared prompts and write the top-k cache."""
+    from pipeline.config import teacher_settings
+    from pipeline.teacher import run_teacher
+    from pipeline.teacher_model import resolve_teacher
+
+    settings = teacher_settings(params_section(params, "teacher"))
+    overrides = {"k": k, "backend": backend, "batch_size": batch_size}
+    settings = replace(settings, **{name: value for name, value in overrides.items() if value is not None})
+    if max_new_tokens is not None:
+        settings = replace(settings, generation=replace(settings.generation, max_new_tokens=max_new_tokens))
+    manifest = run_teacher(prepared, resolve_teacher(model, embedded_dir), out, settings, worker_index, num_workers)
+    if manifest is None:
+        typer.echo(f"worker {worker_index} done; other workers' shards are still missing in {out}")
+    else:
+        typer.echo(f"cache complete: {sum(s['tokens'] for s in manifest['splits'].values())} tokens in {out}")
+
+
+@app.command()
+@clean_errors
+def student(
+    cache: Path = typer.Option(..., help="cache directory written by the teacher"),
+    tokenizer: Path = typer.Option(..., help="folder of the tokenizer the student uses (must match the cache's)"),
+    out: Path = typer.Option(..., help="folder for the trained student checkpoint"),
+    params: Optional[Path] = typer.Option(None, help="params.yaml whose 'student' section gives the settings"),
+    alpha: Optional[float] = typer.Option(None, help="weight of the KD term; 0 trains on CE only"),
+    epochs: Optional[int] = None,
+    loss_log: Optional[Path] = typer.Option(None, help="CSV file for the per-step loss log"),
+) -> None:
+    """Train a student from a cache."""
+    from pipeline.config import train_settings
+    from pipeline.training import train_student, write_loss_log
+
+    section = params_section(params, "student")
+    settings = train_settings(section)
+    settings = replace(settings, **{name: value for name, value in {"alpha": alpha, "epochs": epochs}.items() if value is not None})
+    log = train_student(cache, tokenizer, section.get("model", {}), settings, out)
+    if loss_log is not None:
+        write_loss_log(log, loss_log)
+
+
+@app.command()
+@clean_errors
+def evaluate(
+    cache: Path = typer.Option(..., help="cache directory with a validation split"),
+    teacher_model: Path = typer.Option(..., "--teacher", help="teacher checkpoint folder (for parameters and speed)"),
+    student_dirs: list[str] = typer.Option(..., "--student", help="NAME=FOLDER, repeatable"),
+    out: Optional[Path] = typer.Option(None, help="write metrics JSON here"),
+    speed_sequences: int = 16,
+) -> None:
+    """Compare students with the teacher on the cache's validation split."""
+    from pipeline.cache import write_json
+    from pipeline.metrics import evaluate_models, format_table
+
+    students = {}
+    for item in student_dirs:
+        name, sep, folder = item.partition("=")
+        if not sep or not Path(folder).is_dir():
+            raise PipelineError(f"--student expects NAME=FOLDER with an existing folder, got '{item}'")
+        students[name] = Path(folder)
+    metrics = evaluate_models(cache, teacher_model, students, speed_sequences)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, metrics)
+    typer.echo(format_table(metrics))
+
+
+@app.command()
+@clean_errors
+def inspect(path: Path = typer.Argument(..., help="cache directory"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print what a cache holds: rows, tokens, bytes per token, k, retained top-k mass, provenance."""
+    from pipeline.cache_summary import format_summary, summarize_cache
+
+    summary = summarize_cache(path)
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+@app.command()
+@clean_errors
+def report(metrics: Path = typer.Argument(Path("reports/metrics.json"))) -> None:
+    """Print the metrics table written by the evaluate stage."""
+    from pipeline.metrics import format_table
+
+    if not metrics.exists():
+        raise PipelineError(f"metrics file not found: {metrics} (run `dvc repro` first)")
+    typer.echo(format_table(json.loads(metrics.read_text())))
+
+
+def main() -> None:  # pragma: no cover
+    app(sys.argv[1:])

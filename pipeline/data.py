@@ -1,0 +1,89 @@
+"""Prompt sets: read JSONL/CSV/Parquet, validate, give every row a stable id, split deterministically."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.errors import PipelineError
+
+READERS = {".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}
+SPLITS = ("train", "validation")
+
+
+def read_prompts(path: Path, text_column: str = "prompt", response_column: str = "response") -> pl.DataFrame:
+    """Columns out: id, prompt, and response when the data has one (then the teacher scores it)."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"prompt file not found: {path}")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise PipelineError(f"unsupported prompt file type '{path.suffix}' for {path} (use .jsonl, .csv or .parquet)")
+    try:
+        frame = reader(path)
+    except Exception as error:  # polars raises several types for malformed files
+        raise PipelineError(f"cannot read {path}: {str(error).splitlines()[0]}") from error
+    if frame.height == 0:
+        raise PipelineError(f"{path} has no rows")
+    if text_column not in frame.columns:
+        raise PipelineError(f"{path} has no '{text_column}' column (columns: {', '.join(frame.columns)})")
+    columns = {"prompt": pl.col(text_column).cast(pl.String)}
+    if response_column in frame.columns:
+        columns["response"] = pl.col(response_column).cast(pl.String)
+    if "id" in frame.columns:
+        columns["id"] = pl.col("id").cast(pl.String)
+    out = frame.select(**columns)
+    _check_text(out, "prompt", path)
+    if "response" in out.columns:
+        _check_text(out, "response", path)
+    if "id" not in out.columns:
+        out = out.with_columns(id=pl.col("prompt").map_elements(_text_id, return_dtype=pl.String))
+    blank_ids = out.filter(pl.col("id").is_null() | (pl.col("id").str.strip_chars() == "")).height
+    if blank_ids:
+        raise PipelineError(f"{path}: {blank_ids} row(s) have an empty id")
+    duplicated = out.filter(pl.col("id").is_duplicated())["id"].unique().sort()
+    if len(duplicated):
+        raise PipelineError(f"{path}: duplicate id(s) {', '.join(duplicated[:5].to_list())} (duplicate prompts get the same id)")
+    return out.select(["id", "prompt"] + (["response"] if "response" in out.columns else []))
+
+
+def _check_text(frame: pl.DataFrame, column: str, path: Path) -> None:
+    blank = frame.with_row_index().filter(pl.col(column).is_null() | (pl.col(column).str.strip_chars() == ""))
+    if blank.height:
+        raise PipelineError(f"{path}: {blank.height} row(s) have an empty {column}, first at row {blank['index'][0]}")
+
+
+def _text_id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def split_prompts(prompts: pl.DataFrame, validation_fraction: float, seed: int) -> dict[str, pl.DataFrame]:
+    """Assign each id to a split by a seeded hash: adding prompts never moves existing ones."""
+    if not 0 < validation_fraction < 1:
+        raise PipelineError(f"validation_fraction must be between 0 and 1, got {validation_fraction}")
+    bucket = prompts["id"].map_elements(
+        lambda i: int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64, return_dtype=pl.Float64
+    )
+    is_validation = bucket < validation_fraction
+    splits = {"train": prompts.filter(~is_validation).sort("id"), "validation": prompts.filter(is_validation).sort("id")}
+    for name, frame in splits.items():
+        if frame.height == 0:
+            raise PipelineError(f"the {name} split is empty: {prompts.height} prompts with validation_fraction={validation_fraction}")
+    return splits
+
+
+def write_splits(splits: dict[str, pl.DataFrame], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame in splits.items():
+        tmp = out_dir / f".{name}.parquet.tmp"
+        frame.write_parquet(tmp)
+        tmp.replace(out_dir / f"{name}.parquet")
+
+
+def read_split(prepared_dir: Path, split: str) -> pl.DataFrame:
+    path = Path(prepared_dir) / f"{split}.parquet"
+    if not path.exists():
+        raise PipelineError(f"prepared split not found: {path} (run the prepare stage first)")
+    return pl.read_parquet(path)

@@ -1,0 +1,98 @@
+"""How close a student is to its teacher, measured on a cached split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.losses import sparse_forward_kl
+from pipeline.student import position_logits
+from pipeline.streaming import stream_batches
+
+
+@torch.inference_mode()
+def student_agreement(model: torch.nn.Module, cache_dir: Path, split: str = "validation", batch_size: int = 8) -> dict[str, float]:
+    """Per-token means over the split: top-1 agreement, KL to the teacher (top-k + tail), CE on the teacher's tokens."""
+    sums = {"top1_agreement": 0.0, "kl_to_teacher": 0.0, "ce": 0.0, "teacher_ce": 0.0}
+    tokens = 0
+    for batch in stream_batches(cache_dir, split, batch_size):
+        logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns).float()
+        sums["top1_agreement"] += (logits.argmax(-1) == batch.topk_ids[:, 0]).sum().item()
+        sums["kl_to_teacher"] += sparse_forward_kl(logits, batch.topk_ids, batch.topk_logprobs).sum().item()
+        sums["ce"] += F.cross_entropy(logits, batch.targets, reduction="sum").item()
+        sums["teacher_ce"] -= batch.token_logprobs.sum().item()
+        tokens += batch.num_tokens
+    return {name: value / tokens for name, value in sums.items()} | {"tokens": tokens}
+
+
+@torch.inference_mode()
+def tokens_per_second(model: torch.nn.Module, sequences: Sequence[torch.Tensor], batch_size: int = 8, repeats: int = 2) -> float:
+    """Forward throughput (full logits) on the given sequences; best of `repeats` after one warm-up."""
+    batches = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(chunk):
+            ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+        batches.append((ids, mask))
+    total = sum(int(m.sum()) for _, m in batches)
+    model(input_ids=batches[0][0], attention_mask=batches[0][1])
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for ids, mask in batches:
+            model(input_ids=ids, attention_mask=mask)
+        best = min(best, time.perf_counter() - started)
+    return total / best
+
+
+def validation_sequences(cache_dir: Path, count: int) -> list[torch.Tensor]:
+    sequences: list[torch.Tensor] = []
+    for batch in stream_batches(cache_dir, "validation", count):
+        for row in range(len(batch.input_ids)):
+            sequences.append(batch.input_ids[row][batch.attention_mask[row].bool()])
+        break
+    return sequences[:count]
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    columns = [
+        ("params", "params", "{:,}"),
+        ("top-1 agree", "top1_agreement", "{:.3f}"),
+        ("KL to teacher", "kl_to_teacher", "{:.3f}"),
+        ("CE", "ce", "{:.3f}"),
+        ("tok/s", "tokens_per_s", "{:,.0f}"),
+        ("speed-up", "speedup_vs_teacher", "{:.1f}x"),
+    ]
+    header = f"{'model':<12}" + "".join(f"{title:>15}" for title, _, _ in columns)
+    lines = [header, "-" * len(header)]
+    for name, values in metrics["models"].items():
+        cells = [fmt.format(values[key]) if key in values else "-" for _, key, fmt in columns]
+        lines.append(f"{name:<12}" + "".join(f"{cell:>15}" for cell in cells))
+    return "\n".join(lines)
+
+
+def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Path], speed_sequences: int = 16, batch_size: int = 8) -> dict[str, Any]:
+    """Metrics of each student against the cached teacher, with throughput measured side by side."""
+    from pipeline.student import count_parameters, load_student
+
+    sequences = validation_sequences(cache_dir, speed_sequences)
+    teacher = load_student(teacher_path)
+    teacher_speed = tokens_per_second(teacher, sequences, batch_size)
+    models: dict[str, dict[str, Any]] = {"teacher": {"params": count_parameters(teacher), "tokens_per_s": teacher_speed, "speedup_vs_teacher": 1.0}}
+    del teacher
+    tokens = 0
+    for name, path in students.items():
+        model = load_student(path)
+        scores = student_agreement(model, cache_dir, "validation", batch_size)
+        tokens = scores.pop("tokens")
+        models["teacher"]["ce"] = scores.pop("teacher_ce")
+        speed = tokens_per_second(model, sequences, batch_size)
+        models[name] = {"params": count_parameters(model), **scores, "tokens_per_s": speed, "speedup_vs_teacher": speed / teacher_speed}
+    return {"split": "validation", "tokens": tokens, "models": models}

@@ -1,0 +1,82 @@
+"""Stream a top-k cache into padded training batches without loading it whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from pipeline.cache import iter_record_batches, read_manifest, split_shard_paths
+
+PAD_ID = 0  # padded positions are masked out and never scored
+
+
+@dataclass
+class TopKBatch:
+    input_ids: torch.Tensor  # [B, L] right-padded
+    attention_mask: torch.Tensor  # [B, L]
+    rows: torch.Tensor  # [N] batch row of each cached position
+    columns: torch.Tensor  # [N] index of the logits that predict it (token index - 1)
+    targets: torch.Tensor  # [N] actual next token
+    topk_ids: torch.Tensor  # [N, k]
+    topk_logprobs: torch.Tensor  # [N, k]
+    token_logprobs: torch.Tensor  # [N]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.targets)
+
+
+def _flat(column: pa.ChunkedArray | pa.Array, depth: int) -> np.ndarray:
+    for _ in range(depth):
+        column = pc.list_flatten(column)
+    return column.to_numpy(zero_copy_only=False, writable=True)
+
+
+def to_topk_batch(records: pa.RecordBatch) -> TopKBatch:
+    """Vectorised conversion: no Python object per position."""
+    seq_lengths = pc.list_value_length(records.column("input_ids")).to_numpy()
+    starts = records.column("response_start").to_numpy().astype(np.int64)
+    flat_ids = _flat(records.column("input_ids"), 1)
+    batch, width = len(seq_lengths), int(seq_lengths.max())
+    input_ids = np.full((batch, width), PAD_ID, dtype=np.int64)
+    mask = np.arange(width)[None, :] < seq_lengths[:, None]
+    input_ids[mask] = flat_ids
+    positions = seq_lengths - starts
+    rows = np.repeat(np.arange(batch), positions)
+    offsets = np.concatenate([[0], np.cumsum(positions)[:-1]])
+    token_index = np.repeat(starts, positions) + np.arange(positions.sum()) - np.repeat(offsets, positions)
+    n = int(positions.sum())
+    return TopKBatch(
+        input_ids=torch.from_numpy(input_ids),
+        attention_mask=torch.from_numpy(mask.astype(np.int64)),
+        rows=torch.from_numpy(rows),
+        columns=torch.from_numpy(token_index - 1),
+        targets=torch.from_numpy(input_ids[rows, token_index]),
+        topk_ids=torch.from_numpy(_flat(records.column("topk_ids"), 2).astype(np.int64).reshape(n, -1)),
+        topk_logprobs=torch.from_numpy(_flat(records.column("topk_logprobs"), 2).reshape(n, -1)),
+        token_logprobs=torch.from_numpy(_flat(records.column("token_logprobs"), 1)),
+    )
+
+
+def stream_batches(cache_dir: Path, split: str, batch_size: int, seed: int | None = None, shuffle_rows: int = 256) -> Iterator[TopKBatch]:
+    """Yield TopKBatch of `batch_size` sequences; with a seed, shards and rows come shuffled.
+
+    Shuffling is within windows of `shuffle_rows` rows of a shard, so memory stays bounded.
+    """
+    manifest = read_manifest(cache_dir)
+    paths = split_shard_paths(cache_dir, manifest, split)
+    rng = np.random.default_rng(seed) if seed is not None else None
+    if rng is not None:
+        paths = [paths[i] for i in rng.permutation(len(paths))]
+    window = shuffle_rows if rng is not None else batch_size
+    for records in iter_record_batches(paths, window):
+        if rng is not None:
+            records = records.take(pa.array(rng.permutation(records.num_rows)))
+        for start in range(0, records.num_rows, batch_size):
+            yield to_topk_batch(records.slice(start, batch_size))

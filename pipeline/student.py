@@ -1,0 +1,42 @@
+"""Student models: small Llama-architecture causal LMs built from a config, sharing the teacher's vocabulary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+DEFAULT_STUDENT = {
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 512,
+    "max_position_embeddings": 1024,
+}
+
+
+def build_student(config: dict[str, Any], vocab_size: int, seed: int) -> LlamaForCausalLM:
+    """A randomly initialised student; embeddings tied to the output layer to keep it small."""
+    torch.manual_seed(seed)
+    settings = {**DEFAULT_STUDENT, **config}
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, **settings))
+
+
+def load_student(path: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def position_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Logits only at the positions that need them: [N, V] for the (rows, columns) pairs.
+
+    The output layer over a 50k vocabulary dominates the cost; prompt positions never need it.
+    """
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return model.lm_head(hidden[rows, columns])

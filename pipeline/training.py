@@ -1,0 +1,120 @@
+"""The student training loop: stream the cache, minimise the distillation loss."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from pipeline.cache import read_manifest
+from pipeline.errors import PipelineError
+from pipeline.hashing import tokenizer_sha256
+from pipeline.losses import distillation_loss
+from pipeline.student import build_student, count_parameters, position_logits
+from pipeline.streaming import stream_batches
+
+
+@dataclass
+class TrainSettings:
+    alpha: float = 0.9
+    temperature: float = 1.0
+    epochs: int = 4
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    seed: int = 0
+    shuffle_rows: int = 256
+
+
+def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, tokenizer_path: Path) -> None:
+    """Refuse a cache whose ids mean other tokens than the student's tokenizer says."""
+    expected = manifest["tokenizer"]["sha256"]
+    actual = tokenizer_sha256(tokenizer)
+    if actual != expected:
+        raise PipelineError(
+            f"tokenizer mismatch: the cache was made with tokenizer {expected[:12]} "
+            f"({manifest['tokenizer']['tokenizer_size']} tokens), the student's at {tokenizer_path} is {actual[:12]} ({len(tokenizer)} tokens)"
+        )
+
+
+def estimated_steps(manifest: dict[str, Any], split: str, settings: TrainSettings) -> int:
+    shards = manifest["splits"][split]["shards"]
+    per_epoch = sum(
+        math.ceil(min(settings.shuffle_rows, s["rows"] - w) / settings.batch_size) for s in shards for w in range(0, s["rows"], settings.shuffle_rows)
+    )
+    return per_epoch * settings.epochs
+
+
+def learning_rate(step: int, total: int, settings: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    progress = min(1.0, (step - settings.warmup_steps) / max(1, total - settings.warmup_steps))
+    return settings.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def train_student(cache_dir: Path, tokenizer_path: Path, model_config: dict[str, Any], settings: TrainSettings, out_dir: Path) -> list[dict[str, float]]:
+    """Train a student on the cache's train split, save it (with the tokenizer) to out_dir; returns the step log."""
+    if not 0 <= settings.alpha <= 1:
+        raise PipelineError(f"alpha must be between 0 and 1, got {settings.alpha}")
+    if settings.temperature <= 0:
+        raise PipelineError(f"temperature must be positive, got {settings.temperature}")
+    manifest = read_manifest(cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    check_tokenizer(manifest, tokenizer, tokenizer_path)
+    model = build_student(model_config, manifest["tokenizer"]["vocab_size"], settings.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    total = estimated_steps(manifest, "train", settings)
+    log: list[dict[str, float]] = []
+    step, started, tokens = 0, time.perf_counter(), 0
+    model.train()
+    with tqdm(total=total, unit="step", desc=f"student a={settings.alpha}") as progress:
+        for epoch in range(settings.epochs):
+            for batch in stream_batches(cache_dir, "train", settings.batch_size, seed=settings.seed + epoch, shuffle_rows=settings.shuffle_rows):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, total, settings)
+                logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns)
+                terms = distillation_loss(logits, batch.targets, batch.topk_ids, batch.topk_logprobs, settings.alpha, settings.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                tokens += batch.num_tokens
+                log.append({"step": step, "epoch": epoch, **{name: value.item() for name, value in terms.items()}})
+                step += 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{log[-1]['loss']:.3f}", tok_per_s=f"{tokens / (time.perf_counter() - started):.0f}")
+    save_student(model.eval(), tokenizer, out_dir)
+    print(f"student: {count_parameters(model) / 1e6:.2f}M parameters, {step} steps, {tokens} tokens, saved to {out_dir}")
+    return log
+
+
+def save_student(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> None:
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def write_loss_log(log: list[dict[str, float]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(log[0]))
+        writer.writeheader()
+        writer.writerows(log)
+
+
+def read_loss_log(path: Path) -> list[dict[str, float]]:
+    with open(path) as f:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]

@@ -1,0 +1,98 @@
+"""Tiny models made on the spot: a BPE tokenizer trained on the shipped prompts and a random Llama.
+
+head_dim is 64 (hidden 128, 2 heads) so the same fixtures suit the vLLM CPU backend.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = REPO / "data" / "prompts.jsonl"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer(vocab_size: int = 320):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def make_llama(path: Path, tokenizer, seed: int = 0, layers: int = 2) -> Path:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=layers,
+        intermediate_size=256, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a peakier output than default init, closer to a trained LM
+        model.lm_head.weight.mul_(8.0)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    return make_llama(tmp_path_factory.mktemp("models") / "tiny-teacher", make_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "other-tokenizer"
+    make_tokenizer(vocab_size=300).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_prompts(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    path.write_text("\n".join(PROMPTS.read_text().splitlines()[:20]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, small_prompts) -> Path:
+    from pipeline.data import read_prompts, split_prompts, write_splits
+
+    out = tmp_path_factory.mktemp("prepared")
+    write_splits(split_prompts(read_prompts(small_prompts), 0.3, seed=0), out)
+    return out
+
+
+def tiny_settings(**overrides):
+    from pipeline.backends import GenerationSettings
+    from pipeline.teacher import TeacherSettings
+
+    generation = GenerationSettings(max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0)
+    return TeacherSettings(**{"k": 8, "batch_size": 4, "shard_rows": 5, "generation": generation, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
+    from pipeline.teacher import run_teacher
+    from pipeline.teacher_model import resolve_teacher
+
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings()) is not None
+    return out

@@ -1,0 +1,121 @@
+import json
+import shutil
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import tiny_settings
+from transformers import AutoModelForCausalLM
+
+from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
+from pipeline.cache_summary import summarize_cache
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_file, tokenizer_sha256
+from pipeline.teacher import run_teacher
+from pipeline.teacher_model import resolve_teacher
+
+
+def cache_rows(cache_dir):
+    manifest = read_manifest(cache_dir)
+    tables = [pq.read_table(cache_dir / entry["file"]) for split in manifest["splits"].values() for entry in split["shards"]]
+    return [row for table in tables for row in table.to_pylist()]
+
+
+def assert_matches_forward(rows, model_dir, k):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for row in rows:
+        ids, start = row["input_ids"], row["response_start"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)[start - 1 : len(ids) - 1]
+        top = logprobs.topk(k, dim=-1)
+        assert torch.equal(torch.tensor(row["topk_ids"]), top.indices), row["id"]
+        torch.testing.assert_close(torch.tensor(row["topk_logprobs"]), top.values, atol=1e-5, rtol=0)
+        actual = logprobs.gather(-1, torch.tensor(ids[start:])[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(row["token_logprobs"]), actual, atol=1e-5, rtol=0)
+
+
+def test_generated_cache_equals_direct_forward(tiny_cache, tiny_teacher):
+    rows = cache_rows(tiny_cache)
+    assert len(rows) == 20 and all(len(r["token_logprobs"]) >= 1 for r in rows)
+    assert_matches_forward(rows, tiny_teacher, k=8)
+
+
+def test_scoring_given_responses_equals_direct_forward(tmp_path, tiny_teacher):
+    from pipeline.data import read_prompts, split_prompts, write_splits
+
+    source = tmp_path / "pairs.csv"
+    pl.DataFrame({"prompt": [f"Name a colour number {i}." for i in range(8)], "response": [f"Blue is colour {i}." for i in range(8)]}).write_csv(source)
+    write_splits(split_prompts(read_prompts(source), 0.3, 0), tmp_path / "prepared")
+    out = tmp_path / "cache"
+    run_teacher(tmp_path / "prepared", resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings())
+    rows = cache_rows(out)
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tiny_teacher)
+    for row in rows:
+        response = tokenizer.decode(row["input_ids"][row["response_start"] :])
+        assert response.startswith("Blue is colour") and response.endswith("<|im_end|>\n")
+    assert_matches_forward(rows, tiny_teacher, k=8)
+
+
+def test_manifest_records_provenance_and_checksums(tiny_cache, tiny_teacher):
+    manifest = read_manifest(tiny_cache)
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tiny_teacher)
+    assert manifest["format_version"] == 1 and manifest["k"] == 8
+    assert manifest["tokenizer"]["sha256"] == tokenizer_sha256(tokenizer)
+    assert manifest["tokenizer"]["vocab_size"] == 320 and "<|im_start|>" in manifest["tokenizer"]["chat_template"]
+    assert manifest["teacher"]["weights_sha256"] == resolve_teacher(str(tiny_teacher), tiny_teacher)["weights_sha256"]
+    assert manifest["generation"]["max_new_tokens"] == 12
+    rows = cache_rows(tiny_cache)
+    assert sum(s["rows"] for s in manifest["splits"].values()) == len(rows)
+    assert sum(s["tokens"] for s in manifest["splits"].values()) == sum(len(r["token_logprobs"]) for r in rows)
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            assert sha256_file(tiny_cache / entry["file"]) == entry["sha256"]
+            assert pq.ParquetFile(tiny_cache / entry["file"]).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_resume_skips_finished_shards_and_gives_identical_cache(tmp_path, tiny_cache, tiny_teacher, prepared):
+    out = tmp_path / "cache"
+    shutil.copytree(tiny_cache, out)
+    (out / MANIFEST_FILE).unlink()
+    (out / "train" / "shard-00001.parquet").unlink()  # as if killed during that shard
+    finished = (out / "train" / "shard-00000.parquet").stat().st_mtime_ns
+    run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings())
+    assert (out / "train" / "shard-00000.parquet").stat().st_mtime_ns == finished
+    assert cache_rows(out) == cache_rows(tiny_cache)
+    assert read_manifest(out) == read_manifest(tiny_cache)
+
+
+def test_two_workers_then_finalize_equal_one_worker(tmp_path, tiny_cache, tiny_teacher, prepared):
+    out = tmp_path / "cache"
+    teacher = resolve_teacher(str(tiny_teacher), tiny_teacher)
+    assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=0, num_workers=2) is None
+    assert not (out / MANIFEST_FILE).exists()
+    assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=1, num_workers=2) is not None
+    assert cache_rows(out) == cache_rows(tiny_cache)
+
+
+def test_other_settings_in_same_directory_are_refused(tmp_path, tiny_teacher, prepared):
+    out = tmp_path / "cache"
+    teacher = resolve_teacher(str(tiny_teacher), tiny_teacher)
+    run_teacher(prepared, teacher, out, tiny_settings(shard_rows=100))
+    with pytest.raises(PipelineError, match="other settings.*k"):
+        run_teacher(prepared, teacher, out, tiny_settings(shard_rows=100, k=4))
+    assert json.loads((out / PLAN_FILE).read_text())["k"] == 8
+
+
+def test_k_larger_than_vocabulary_is_refused(tmp_path, tiny_teacher, prepared):
+    with pytest.raises(PipelineError, match="k=999 must be between 1 and the teacher's vocabulary size 320"):
+        run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), tmp_path / "cache", tiny_settings(k=999))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_inspect_summary_matches_the_rows(tiny_cache):
+    summary = summarize_cache(tiny_cache)
+    rows = cache_rows(tiny_cache)
+    masses = sorted(sum(torch.tensor(p).exp().sum().item() for p in [lp]) for r in rows for lp in r["topk_logprobs"])
+    assert summary["tokens"] == len(masses)
+    assert summary["bytes_per_token"] == pytest.approx(summary["bytes"] / len(masses))
+    median = masses[len(masses) // 2]
+    assert summary["retained_mass"]["p50"] == pytest.approx(median, abs=2e-3)
+    assert summary["retained_mass"]["p1"] <= summary["retained_mass"]["p50"] <= summary["retained_mass"]["p99"]
