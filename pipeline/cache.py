@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import __version__
@@ -166,11 +167,11 @@ def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSp
 def shard_entry(cache_dir: Path, shard: ShardSpec) -> dict[str, Any]:
     path = cache_dir / shard.file
     parquet = pq.ParquetFile(path)
-    lengths = pa.compute.list_value_length(parquet.read(columns=["token_logprobs"]).column(0))
+    lengths = pc.list_value_length(parquet.read(columns=["token_logprobs"]).column(0))
     return {
         "file": shard.file,
         "rows": parquet.metadata.num_rows,
-        "tokens": int(pa.compute.sum(lengths).as_py() or 0),
+        "tokens": int(pc.sum(lengths).as_py() or 0),
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
@@ -231,7 +232,7 @@ def iter_record_batches(paths: Sequence[Path], batch_rows: int, columns: Sequenc
     for path in paths:
         try:
             parquet = pq.ParquetFile(path)
-            if parquet.schema_arrow.remove_metadata() != SCHEMA.remove_metadata() and columns is None:
+            if not parquet.schema_arrow.remove_metadata().equals(SCHEMA.remove_metadata()):
                 raise PipelineError(f"shard {path} does not have the {FORMAT_NAME} v{FORMAT_VERSION} schema")
             yield from parquet.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
         except (OSError, pa.ArrowInvalid) as error:

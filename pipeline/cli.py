@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -154,7 +153,3 @@ def report(metrics: Path = typer.Argument(Path("reports/metrics.json"))) -> None
     if not metrics.exists():
         raise PipelineError(f"metrics file not found: {metrics} (run `dvc repro` first)")
     typer.echo(format_table(json.loads(metrics.read_text())))
-
-
-def main() -> None:  # pragma: no cover
-    app(sys.argv[1:])

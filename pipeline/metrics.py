@@ -9,8 +9,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from pipeline.checkpoint import load_causal_lm
 from pipeline.losses import sparse_forward_kl
-from pipeline.student import position_logits
+from pipeline.student import count_parameters, position_logits
 from pipeline.streaming import stream_batches
 
 
@@ -80,16 +81,15 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Path], speed_sequences: int = 16, batch_size: int = 8) -> dict[str, Any]:
     """Metrics of each student against the cached teacher, with throughput measured side by side."""
-    from pipeline.student import count_parameters, load_student
 
     sequences = validation_sequences(cache_dir, speed_sequences)
-    teacher = load_student(teacher_path)
+    teacher = load_causal_lm(teacher_path)
     teacher_speed = tokens_per_second(teacher, sequences, batch_size)
     models: dict[str, dict[str, Any]] = {"teacher": {"params": count_parameters(teacher), "tokens_per_s": teacher_speed, "speedup_vs_teacher": 1.0}}
     del teacher
     tokens = 0
     for name, path in students.items():
-        model = load_student(path)
+        model = load_causal_lm(path)
         scores = student_agreement(model, cache_dir, "validation", batch_size)
         tokens = scores.pop("tokens")
         models["teacher"]["ce"] = scores.pop("teacher_ce")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 DEFAULT_STUDENT = {
     "hidden_size": 128,
@@ -22,10 +21,6 @@ def build_student(config: dict[str, Any], vocab_size: int, seed: int) -> LlamaFo
     torch.manual_seed(seed)
     settings = {**DEFAULT_STUDENT, **config}
     return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, **settings))
-
-
-def load_student(path: Path) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.hashing import weights_sha256
 
@@ -42,12 +42,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     config.pop("quantization_config", None)
     model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config), dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    save_checkpoint(model, tokenizer, out_dir)
 
 
 def resolve_teacher(model: str, embedded_dir: Path) -> dict[str, Any]:

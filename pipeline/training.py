@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from pipeline.cache import read_manifest
+from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
 from pipeline.losses import distillation_loss
@@ -93,18 +93,9 @@ def train_student(cache_dir: Path, tokenizer_path: Path, model_config: dict[str,
                 step += 1
                 progress.update(1)
                 progress.set_postfix(loss=f"{log[-1]['loss']:.3f}", tok_per_s=f"{tokens / (time.perf_counter() - started):.0f}")
-    save_student(model.eval(), tokenizer, out_dir)
+    save_checkpoint(model.eval(), tokenizer, out_dir)
     print(f"student: {count_parameters(model) / 1e6:.2f}M parameters, {step} steps, {tokens} tokens, saved to {out_dir}")
     return log
-
-
-def save_student(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> None:
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
 
 
 def write_loss_log(log: list[dict[str, float]], path: Path) -> None:

@@ -5,7 +5,8 @@ from pipeline.cache import read_manifest
 from pipeline.errors import PipelineError
 from pipeline.metrics import student_agreement
 from pipeline.streaming import stream_batches
-from pipeline.student import build_student, load_student
+from pipeline.checkpoint import load_causal_lm
+from pipeline.student import build_student
 from pipeline.training import TrainSettings, train_student
 
 STUDENT = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
@@ -26,7 +27,7 @@ def test_training_lowers_kl_to_teacher_on_held_out_data(tmp_path, tiny_cache, ti
     settings = TrainSettings(alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2, seed=0)
     before = student_agreement(build_student(STUDENT, 320, seed=0).eval(), tiny_cache)
     log = train_student(tiny_cache, tiny_teacher, STUDENT, settings, tmp_path / "student")
-    after = student_agreement(load_student(tmp_path / "student"), tiny_cache)
+    after = student_agreement(load_causal_lm(tmp_path / "student"), tiny_cache)
     assert after["kl_to_teacher"] < 0.7 * before["kl_to_teacher"]
     assert log[-1]["kl"] < log[0]["kl"]
     assert (tmp_path / "student" / "tokenizer.json").exists()
