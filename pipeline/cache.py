@@ -28,6 +28,8 @@ FORMAT_NAME = "kd-topk-cache"
 FORMAT_VERSION = 1
 PLAN_FILE = "plan.json"
 MANIFEST_FILE = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+CARD_FILE = "README.md"
 
 SCHEMA = pa.schema(
     [
@@ -160,6 +162,16 @@ def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> bool:
     return not (cache_dir / MANIFEST_FILE).exists()
 
 
+def write_tokenizer(cache_dir: Path, tokenizer: Any) -> None:
+    """Ship the tokenizer with the cache, so a consumer can train a student without the teacher."""
+    target = cache_dir / TOKENIZER_DIR
+    if target.exists():
+        return
+    tmp = cache_dir / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+
+
 def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSpec]:
     return [shard for shard in shards if not (cache_dir / shard.file).exists()]
 
@@ -197,6 +209,9 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
         **plan,
         "splits": splits,
     }
+    from pipeline.dataset_card import dataset_card
+
+    _atomic_write_bytes(cache_dir / CARD_FILE, dataset_card(manifest).encode())
     write_json(cache_dir / MANIFEST_FILE, manifest)
     return manifest
 

@@ -89,7 +89,7 @@ def teacher(
 @clean_errors
 def student(
     cache: Path = typer.Option(..., help="cache directory written by the teacher"),
-    tokenizer: Path = typer.Option(..., help="folder of the tokenizer the student uses (must match the cache's)"),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer folder (must match the cache's); default: the one shipped in the cache"),
     out: Path = typer.Option(..., help="folder for the trained student checkpoint"),
     params: Optional[Path] = typer.Option(None, help="params.yaml whose 'student' section gives the settings"),
     alpha: Optional[float] = typer.Option(None, help="weight of the KD term; 0 trains on CE only"),

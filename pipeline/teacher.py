@@ -12,7 +12,18 @@ import polars as pl
 from tqdm import tqdm
 
 from pipeline.backends import GenerationSettings, TeacherBackend, load_backend
-from pipeline.cache import TeacherOutput, finalize_cache, open_cache_for_writing, outputs_to_table, pending_shards, plan_shards, worker_shards, write_shard
+from pipeline.cache import (
+    TOKENIZER_DIR,
+    TeacherOutput,
+    finalize_cache,
+    open_cache_for_writing,
+    outputs_to_table,
+    pending_shards,
+    plan_shards,
+    worker_shards,
+    write_shard,
+    write_tokenizer,
+)
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows, tokenizer_sha256
@@ -86,6 +97,7 @@ def run_teacher(
             "vocab_size": backend.vocab_size,
             "tokenizer_size": len(tokenizer),
             "chat_template": tokenizer.chat_template if use_template else None,
+            "files": TOKENIZER_DIR,
         },
         "k": settings.k,
         "logprobs": "raw log-softmax of the teacher at temperature 1, float32",
@@ -98,6 +110,7 @@ def run_teacher(
     }
     shards = plan_shards({name: frame.height for name, frame in splits.items()}, settings.shard_rows)
     if open_cache_for_writing(out_dir, plan):
+        write_tokenizer(out_dir, tokenizer)
         todo = pending_shards(out_dir, worker_shards(shards, worker_index, num_workers))
         _fill_shards(backend, splits, todo, out_dir, settings, use_template)
     if pending_shards(out_dir, shards):

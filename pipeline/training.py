@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from pipeline.cache import read_manifest
+from pipeline.cache import TOKENIZER_DIR, read_manifest
 from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
@@ -35,8 +35,10 @@ class TrainSettings:
     shuffle_rows: int = 256
 
 
-def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, tokenizer_path: Path) -> None:
-    """Refuse a cache whose ids mean other tokens than the student's tokenizer says."""
+def check_compatibility(manifest: dict[str, Any], tokenizer: Any, tokenizer_path: Path) -> None:
+    """Refuse a cache this student cannot learn from, saying what differs."""
+    if manifest.get("task") != "causal_lm_topk":
+        raise PipelineError(f"the cache holds task '{manifest.get('task')}', but a causal LM student needs 'causal_lm_topk'")
     expected = manifest["tokenizer"]["sha256"]
     actual = tokenizer_sha256(tokenizer)
     if actual != expected:
@@ -44,6 +46,14 @@ def check_tokenizer(manifest: dict[str, Any], tokenizer: Any, tokenizer_path: Pa
             f"tokenizer mismatch: the cache was made with tokenizer {expected[:12]} "
             f"({manifest['tokenizer']['tokenizer_size']} tokens), the student's at {tokenizer_path} is {actual[:12]} ({len(tokenizer)} tokens)"
         )
+
+
+def student_tokenizer_path(cache_dir: Path, tokenizer_path: Path | None) -> Path:
+    """The tokenizer given, else the one shipped inside the cache."""
+    path = tokenizer_path or Path(cache_dir) / TOKENIZER_DIR
+    if not path.exists():
+        raise PipelineError(f"no tokenizer at {path}: this cache does not ship one, pass the teacher's tokenizer folder")
+    return path
 
 
 def estimated_steps(manifest: dict[str, Any], split: str, settings: TrainSettings) -> int:
@@ -62,15 +72,19 @@ def learning_rate(step: int, total: int, settings: TrainSettings) -> float:
     return settings.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def train_student(cache_dir: Path, tokenizer_path: Path, model_config: dict[str, Any], settings: TrainSettings, out_dir: Path) -> list[dict[str, float]]:
-    """Train a student on the cache's train split, save it (with the tokenizer) to out_dir; returns the step log."""
+def train_student(cache_dir: Path, tokenizer_path: Path | None, model_config: dict[str, Any], settings: TrainSettings, out_dir: Path) -> list[dict[str, float]]:
+    """Train a student on the cache's train split, save it (with the tokenizer) to out_dir; returns the step log.
+
+    tokenizer_path None means the tokenizer shipped in the cache.
+    """
     if not 0 <= settings.alpha <= 1:
         raise PipelineError(f"alpha must be between 0 and 1, got {settings.alpha}")
     if settings.temperature <= 0:
         raise PipelineError(f"temperature must be positive, got {settings.temperature}")
     manifest = read_manifest(cache_dir)
+    tokenizer_path = student_tokenizer_path(cache_dir, tokenizer_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    check_tokenizer(manifest, tokenizer, tokenizer_path)
+    check_compatibility(manifest, tokenizer, tokenizer_path)
     model = build_student(model_config, manifest["tokenizer"]["vocab_size"], settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     total = estimated_steps(manifest, "train", settings)

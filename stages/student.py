@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.config import train_settings
 from pipeline.training import train_student, write_loss_log
-from stages import load_params, run_stage, teacher_ref
+from stages import load_params, run_stage
 
 VARIANTS = ("distilled", "ce_only")
 
@@ -19,7 +19,7 @@ def main() -> None:
     settings = train_settings(section)
     if variant == "ce_only":
         settings = replace(settings, alpha=0.0)
-    log = train_student(Path("data/cache"), Path(teacher_ref()["path"]), section.get("model", {}), settings, Path(f"models/student-{variant}"))
+    log = train_student(Path("data/cache"), None, section.get("model", {}), settings, Path(f"models/student-{variant}"))
     write_loss_log(log, Path(f"reports/loss/{variant}.csv"))
 
 

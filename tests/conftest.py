@@ -6,10 +6,15 @@ head_dim is 64 (hidden 128, 2 heads) so the same fixtures suit the vLLM CPU back
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "data" / "prompts.jsonl"
@@ -96,3 +101,35 @@ def tiny_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
     out = tmp_path_factory.mktemp("cache") / "cache"
     assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings()) is not None
     return out
+
+
+def run(args, cwd, env: dict | None = None) -> str:
+    """Run a command as a user would (the venv's python and dvc first on PATH); fail with its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", **(env or {})}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}\n" + result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def project(tmp_path, tiny_teacher, small_prompts) -> Path:
+    """A git + DVC repository with this repo's dvc.yaml, stages and library, set to the tiny teacher."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "stages", "pipeline"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    (root / "data").mkdir()
+    shutil.copy(small_prompts, root / "data" / "prompts.jsonl")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["teacher"].update(model=str(tiny_teacher), k=8, batch_size=4, shard_rows=5)
+    params["teacher"]["generation"]["max_new_tokens"] = 8
+    params["student"].update(epochs=2, batch_size=4)
+    params["student"]["model"] = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128}
+    params["evaluate"]["speed_sequences"] = 4
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
+    run(["git", "config", "user.name", "test"], root)
+    run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    return root
