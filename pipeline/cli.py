@@ -87,6 +87,33 @@ def teacher(
 
 @app.command()
 @clean_errors
+def finalize(path: Path = typer.Argument(..., help="cache directory that parallel workers filled")) -> None:
+    """Write manifest.json once every shard exists (the worker that finishes last does this itself)."""
+    from pipeline.cache import finalize_from_plan
+
+    manifest = finalize_from_plan(path)
+    typer.echo(f"cache complete: {sum(s['tokens'] for s in manifest['splits'].values())} tokens in {path}")
+
+
+@app.command()
+@clean_errors
+def verify(path: Path = typer.Argument(..., help="cache directory")) -> None:
+    """Check a cache against its manifest: checksums, schema, counts, log-prob sanity, ids in the vocabulary."""
+    from pipeline.cache import read_manifest
+    from pipeline.verify import verify_cache
+
+    problems = verify_cache(path)
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    splits = read_manifest(path)["splits"]
+    shards = sum(len(s["shards"]) for s in splits.values())
+    typer.echo(f"ok: {path}: {shards} shards, {sum(s['rows'] for s in splits.values())} rows, {sum(s['tokens'] for s in splits.values())} tokens match the manifest")
+
+
+@app.command()
+@clean_errors
 def student(
     cache: Path = typer.Option(..., help="cache directory written by the teacher"),
     tokenizer: Path = typer.Option(..., help="folder of the tokenizer the student uses (must match the cache's)"),
@@ -153,3 +180,7 @@ def report(metrics: Path = typer.Argument(Path("reports/metrics.json"))) -> None
     if not metrics.exists():
         raise PipelineError(f"metrics file not found: {metrics} (run `dvc repro` first)")
     typer.echo(format_table(json.loads(metrics.read_text())))
+
+
+if __name__ == "__main__":
+    app()

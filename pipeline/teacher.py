@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,20 @@ import polars as pl
 from tqdm import tqdm
 
 from pipeline.backends import GenerationSettings, TeacherBackend, load_backend
-from pipeline.cache import TeacherOutput, finalize_cache, open_cache_for_writing, outputs_to_table, pending_shards, plan_shards, worker_shards, write_shard
+from pipeline.cache import (
+    MANIFEST_FILE,
+    PLAN_FILE,
+    TeacherOutput,
+    finalize_cache,
+    open_cache_for_writing,
+    outputs_to_table,
+    pending_shards,
+    plan_shards,
+    read_manifest,
+    remove_temp_files,
+    worker_shards,
+    write_shard,
+)
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows, tokenizer_sha256
@@ -65,7 +79,8 @@ def run_teacher(
 ) -> dict[str, Any] | None:
     """Fill this worker's shards of `out_dir`; returns the manifest once every shard exists.
 
-    `teacher` is {name, path, weights_sha256} from resolve_teacher.
+    `teacher` is {name, path, weights_sha256} from resolve_teacher. A single-worker run that
+    fails before its first shard removes the directory it created, so no half-made cache is left.
     """
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
     backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device)
@@ -97,11 +112,23 @@ def run_teacher(
         "shard_rows": settings.shard_rows,
     }
     shards = plan_shards({name: frame.height for name, frame in splits.items()}, settings.shard_rows)
-    if open_cache_for_writing(out_dir, plan):
-        todo = pending_shards(out_dir, worker_shards(shards, worker_index, num_workers))
-        _fill_shards(backend, splits, todo, out_dir, settings, use_template)
+    own = worker_shards(shards, worker_index, num_workers)
+    created = not out_dir.exists()
+    try:
+        open_cache_for_writing(out_dir, plan)
+        todo = pending_shards(out_dir, own)
+        if todo:
+            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
+            remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
+            _fill_shards(backend, splits, todo, out_dir, settings, use_template)
+    except BaseException:
+        if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     if pending_shards(out_dir, shards):
         return None
+    if (out_dir / MANIFEST_FILE).exists():
+        return read_manifest(out_dir)
     return finalize_cache(out_dir, shards)
 
 
