@@ -64,6 +64,8 @@ def teacher(
     backend: Optional[str] = None,
     batch_size: Optional[int] = None,
     max_new_tokens: Optional[int] = None,
+    device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (refused when no GPU is present)"),
+    too_long: Optional[str] = typer.Option(None, help="a prompt over the teacher's length limit: 'refuse' (default) or 'truncate'"),
     embedded_dir: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="where the embedded teacher is converted"),
     num_workers: int = typer.Option(1, help="processes filling disjoint shards of the same cache"),
     worker_index: int = 0,
@@ -74,7 +76,7 @@ def teacher(
     from pipeline.teacher_model import resolve_teacher
 
     settings = teacher_settings(params_section(params, "teacher"))
-    overrides = {"k": k, "backend": backend, "batch_size": batch_size}
+    overrides = {"k": k, "backend": backend, "batch_size": batch_size, "device": device, "too_long": too_long}
     settings = replace(settings, **{name: value for name, value in overrides.items() if value is not None})
     if max_new_tokens is not None:
         settings = replace(settings, generation=replace(settings.generation, max_new_tokens=max_new_tokens))
