@@ -180,6 +180,10 @@ def write_shard(table: pa.Table, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class OtherSettingsError(PipelineError):
+    """The output directory holds (part of) a cache made with another plan."""
+
+
 def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:
     """Record the plan every worker must share.
 
@@ -195,7 +199,7 @@ def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:
         existing = json.loads(plan_path.read_text())
         if existing != plan:
             changed = sorted(k for k in set(existing) | set(plan) if existing.get(k) != plan.get(k))
-            raise PipelineError(
+            raise OtherSettingsError(
                 f"{cache_dir} holds a cache made with other settings ({', '.join(changed)} differ); "
                 "use a new output directory or delete it"
             )

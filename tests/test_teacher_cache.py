@@ -128,3 +128,32 @@ def test_inspect_summary_matches_the_rows(tiny_cache):
     assert summary["retained_mass"]["p50"] == pytest.approx(median, abs=2e-3)
     assert summary["retained_mass"]["p1"] <= summary["retained_mass"]["p50"] <= summary["retained_mass"]["p99"]
 
+
+def test_dvc_teacher_stage_resumes_from_its_work_directory(tmp_path, monkeypatch, tiny_cache, tiny_teacher, prepared):
+    """DVC deletes data/cache before rerunning the stage; the shards of a killed run live on in WORK."""
+    import yaml
+
+    from pipeline.cache import write_json
+    from stages import teacher as stage
+
+    settings = {"k": 8, "batch_size": 4, "shard_rows": 5, "generation": {"max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "seed": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"teacher": settings}))
+    (tmp_path / "models").mkdir()
+    write_json(tmp_path / "models" / "teacher.json", resolve_teacher(str(tiny_teacher), tiny_teacher))
+    shutil.copytree(prepared, tmp_path / "data" / "prepared")
+    work = tmp_path / stage.WORK
+    shutil.copytree(tiny_cache, work)
+    (work / MANIFEST_FILE).unlink()
+    (work / "train" / "shard-00002.parquet").unlink()
+    finished = (work / "train" / "shard-00000.parquet").stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+
+    stage.main()
+    assert not work.exists()
+    assert (tmp_path / stage.CACHE / "train" / "shard-00000.parquet").stat().st_mtime_ns == finished
+    assert cache_rows(tmp_path / stage.CACHE) == cache_rows(tiny_cache)
+
+    work.mkdir()
+    write_json(work / PLAN_FILE, {"k": 4})  # an unfinished run with other settings
+    stage.main()
+    assert not work.exists() and read_manifest(tmp_path / stage.CACHE) == read_manifest(tiny_cache)
