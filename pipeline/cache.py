@@ -289,6 +289,8 @@ def load_manifest(cache_dir: Path) -> dict[str, Any]:
 
 
 def checksum_problem(cache_dir: Path, manifest: dict[str, Any]) -> str | None:
+    if MANIFEST_CHECKSUM not in manifest:
+        return f"{Path(cache_dir) / MANIFEST_FILE} has no {MANIFEST_CHECKSUM} (written before kd-pipeline checked manifests); `kd finalize {cache_dir}` rewrites it"
     if manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
         return f"{Path(cache_dir) / MANIFEST_FILE} was changed after the teacher wrote it ({MANIFEST_CHECKSUM} does not match)"
     return None

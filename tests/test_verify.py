@@ -141,3 +141,11 @@ def test_verify_reports_bad_values_by_shard(cache):
         f"train/shard-00000.parquet: a log-prob is above 0, first in row '{rows[0]['id']}' (1 row(s))",
         f"train/shard-00000.parquet: top-k probabilities add up to more than 1, first in row '{rows[0]['id']}' (1 row(s))",
     ]
+
+
+def test_manifest_without_a_checksum_is_sent_to_finalize(cache):
+    edit_manifest(cache, lambda m: m.pop("manifest_sha256"))
+    message = f"{cache / MANIFEST_FILE} has no manifest_sha256 (written before kd-pipeline checked manifests); `kd finalize {cache}` rewrites it"
+    assert verify_errors(cache) == [message]
+    assert runner.invoke(app, ["finalize", str(cache)]).exit_code == 0
+    assert verify_cache(cache) == []
