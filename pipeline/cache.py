@@ -3,12 +3,13 @@
 A cache directory holds `plan.json` (the settings every worker shares, written first),
 `<split>/shard-NNNNN.parquet` (each written to a temporary name, then renamed, so a file
 that exists is complete) and `manifest.json` (written last, atomically: a cache without it
-is incomplete). Shard boundaries depend only on row counts, so any worker can fill any
-shard and a rerun skips the shards that already exist.
+is incomplete; it carries a checksum of itself, so a hand edit shows). Shard boundaries depend
+only on row counts, so any worker can fill any shard and a rerun skips the shards that already exist.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
+from pipeline.hashing import sha256_file, sha256_json
 
 FORMAT_NAME = "kd-topk-cache"
 FORMAT_VERSION = 1
@@ -30,6 +31,8 @@ PLAN_FILE = "plan.json"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 CARD_FILE = "README.md"
+MANIFEST_CHECKSUM = "manifest_sha256"
+TEMP_MARK = ".tmp-"
 
 SCHEMA = pa.schema(
     [
@@ -85,6 +88,8 @@ def plan_shards(split_rows: dict[str, int], shard_rows: int) -> list[ShardSpec]:
 
 
 def worker_shards(shards: Sequence[ShardSpec], worker_index: int, num_workers: int) -> list[ShardSpec]:
+    if num_workers < 1:
+        raise PipelineError(f"num_workers must be at least 1, got {num_workers}")
     if not 0 <= worker_index < num_workers:
         raise PipelineError(f"worker index {worker_index} is outside 0..{num_workers - 1}")
     return [shard for i, shard in enumerate(shards) if i % num_workers == worker_index]
@@ -115,13 +120,47 @@ def outputs_to_table(ids: Sequence[str], outputs: Sequence[TeacherOutput]) -> pa
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before its rename; the pid keeps concurrent writers apart."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
+def remove_temp_files(cache_dir: Path, files: Sequence[str]) -> None:
+    """Delete what killed writers of these files left behind; only the files' owner may call this."""
+    for file in files:
+        target = cache_dir / file
+        for leftover in target.parent.glob(f".{target.name}{TEMP_MARK}*"):
+            leftover.unlink(missing_ok=True)
+
+
+def write_error(path: Path, error: OSError) -> PipelineError:
+    """One line for a failed write; a full disk says so, since the fix is space, not a rerun."""
+    if error.errno == errno.ENOSPC:
+        return PipelineError(f"disk full while writing {path}; free space and rerun to resume")
+    return PipelineError(f"cannot write {path}: {error.strerror or error}")
+
+
+def flat_values(column: pa.ChunkedArray | pa.Array, depth: int) -> np.ndarray:
+    """The values of a nested list column as one flat numpy array, without a Python object per value."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    for _ in range(depth):
+        column = pc.list_flatten(column)
+    return column.to_numpy(zero_copy_only=False, writable=True)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        raise write_error(path, error) from error
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -130,36 +169,44 @@ def write_json(path: Path, value: Any) -> None:
 
 def write_shard(table: pa.Table, path: Path) -> None:
     """Write a zstd Parquet shard under a temporary name, then rename: a shard file is never partial."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, min(len(table), 1024)))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        raise write_error(path, error) from error
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> bool:
-    """Record the plan every worker must share. Returns False when the cache is already complete.
+class OtherSettingsError(PipelineError):
+    """The output directory holds (part of) a cache made with another plan."""
+
+
+def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:
+    """Record the plan every worker must share.
 
     A rerun with the same plan resumes; a different plan in the same directory is refused, so
     shards made with other settings are never mixed in.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(cache_dir, error) from error
     plan_path = cache_dir / PLAN_FILE
     if plan_path.exists():
         existing = json.loads(plan_path.read_text())
         if existing != plan:
             changed = sorted(k for k in set(existing) | set(plan) if existing.get(k) != plan.get(k))
-            raise PipelineError(
+            raise OtherSettingsError(
                 f"{cache_dir} holds a cache made with other settings ({', '.join(changed)} differ); "
                 "use a new output directory or delete it"
             )
     else:
         write_json(plan_path, plan)
-    return not (cache_dir / MANIFEST_FILE).exists()
 
 
 def write_tokenizer(cache_dir: Path, tokenizer: Any) -> None:
@@ -189,11 +236,22 @@ def shard_entry(cache_dir: Path, shard: ShardSpec) -> dict[str, Any]:
     }
 
 
+def planned_shards(plan: dict[str, Any]) -> list[ShardSpec]:
+    """Every shard a plan (or a manifest, which contains it) calls for."""
+    return plan_shards(plan["source"]["rows"], plan["shard_rows"])
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """Hash of everything else in the manifest: any later edit shows."""
+    return sha256_json({key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM})
+
+
 def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, Any]:
     """Write manifest.json once every planned shard exists; returns the manifest."""
     missing = pending_shards(cache_dir, shards)
     if missing:
         raise PipelineError(f"cannot finalize {cache_dir}: {len(missing)} shard(s) missing, first {missing[0].file}")
+    remove_temp_files(cache_dir, [shard.file for shard in shards])
     plan = json.loads((cache_dir / PLAN_FILE).read_text())
     splits: dict[str, Any] = {}
     for shard in shards:
@@ -209,6 +267,7 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
         **plan,
         "splits": splits,
     }
+    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
     from pipeline.dataset_card import dataset_card
 
     _atomic_write_bytes(cache_dir / CARD_FILE, dataset_card(manifest).encode())
@@ -216,13 +275,25 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
     return manifest
 
 
-def read_manifest(cache_dir: Path) -> dict[str, Any]:
+def finalize_from_plan(cache_dir: Path) -> dict[str, Any]:
+    """`kd finalize`: write the manifest of a cache that parallel workers filled."""
+    plan_path = Path(cache_dir) / PLAN_FILE
+    if not plan_path.exists():
+        raise PipelineError(f"nothing to finalize in {cache_dir}: {PLAN_FILE} not found (run the teacher stage first)")
+    return finalize_cache(Path(cache_dir), planned_shards(json.loads(plan_path.read_text())))
+
+
+def load_manifest(cache_dir: Path) -> dict[str, Any]:
+    """The manifest, with its format and version checked but not its checksum (see read_manifest)."""
     path = Path(cache_dir) / MANIFEST_FILE
     if not path.exists():
         hint = " (incomplete: run the teacher stage again to resume it)" if (Path(cache_dir) / PLAN_FILE).exists() else ""
         raise PipelineError(f"no cache at {cache_dir}: {MANIFEST_FILE} not found{hint}")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT_NAME:
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PipelineError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise PipelineError(f"{path} is not a {FORMAT_NAME} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise PipelineError(
@@ -232,23 +303,62 @@ def read_manifest(cache_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def split_shard_paths(cache_dir: Path, manifest: dict[str, Any], split: str) -> list[Path]:
+def checksum_problem(cache_dir: Path, manifest: dict[str, Any]) -> str | None:
+    if MANIFEST_CHECKSUM not in manifest:
+        return f"{Path(cache_dir) / MANIFEST_FILE} has no {MANIFEST_CHECKSUM} (written before kd-pipeline checked manifests); `kd finalize {cache_dir}` rewrites it"
+    if manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
+        return f"{Path(cache_dir) / MANIFEST_FILE} was changed after the teacher wrote it ({MANIFEST_CHECKSUM} does not match)"
+    return None
+
+
+def read_manifest(cache_dir: Path) -> dict[str, Any]:
+    """The manifest of a complete, unedited cache, or a PipelineError saying why not."""
+    manifest = load_manifest(cache_dir)
+    problem = checksum_problem(cache_dir, manifest)
+    if problem:
+        raise PipelineError(f"{problem}; run `kd verify {cache_dir}`")
+    return manifest
+
+
+@dataclass(frozen=True)
+class CachedShard:
+    """A shard as the manifest describes it, so a reader can tell a damaged file at open time."""
+
+    path: Path
+    rows: int
+    bytes: int
+
+
+def split_shards(cache_dir: Path, manifest: dict[str, Any], split: str) -> list[CachedShard]:
     if split not in manifest["splits"]:
         raise PipelineError(f"cache {cache_dir} has no '{split}' split (it has: {', '.join(manifest['splits'])})")
-    paths = [Path(cache_dir) / entry["file"] for entry in manifest["splits"][split]["shards"]]
-    for path in paths:
-        if not path.exists():
-            raise PipelineError(f"cache {cache_dir} is missing shard {path.name} listed in its manifest")
-    return paths
+    return [CachedShard(Path(cache_dir) / e["file"], e["rows"], e["bytes"]) for e in manifest["splits"][split]["shards"]]
 
 
-def iter_record_batches(paths: Sequence[Path], batch_rows: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+def open_shard(shard: CachedShard) -> pq.ParquetFile:
+    """Open a shard after the checks that cost no scan: present, full size, schema, row count."""
+    path = shard.path
+    if not path.exists():
+        raise PipelineError(f"shard {path} listed in the manifest is missing; rerun the teacher stage with the same --out to regenerate it")
+    size = path.stat().st_size
+    if size != shard.bytes:
+        raise PipelineError(f"shard {path} is {size} bytes but the manifest says {shard.bytes} (truncated or rewritten); run `kd verify`")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise PipelineError(f"shard {path} cannot be read: {str(error).splitlines()[0]}") from error
+    if not parquet.schema_arrow.remove_metadata().equals(SCHEMA.remove_metadata()):
+        raise PipelineError(f"shard {path} does not have the {FORMAT_NAME} v{FORMAT_VERSION} schema")
+    if parquet.metadata.num_rows != shard.rows:
+        raise PipelineError(f"shard {path} has {parquet.metadata.num_rows} rows but the manifest says {shard.rows}; run `kd verify`")
+    return parquet
+
+
+def iter_record_batches(shards: Sequence[CachedShard], batch_rows: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream record batches shard by shard: memory depends on batch_rows, not on the cache size."""
-    for path in paths:
+    for shard in shards:
+        parquet = open_shard(shard)
         try:
-            parquet = pq.ParquetFile(path)
-            if not parquet.schema_arrow.remove_metadata().equals(SCHEMA.remove_metadata()):
-                raise PipelineError(f"shard {path} does not have the {FORMAT_NAME} v{FORMAT_VERSION} schema")
             yield from parquet.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
         except (OSError, pa.ArrowInvalid) as error:
-            raise PipelineError(f"shard {path} cannot be read: {error}") from error
+            raise PipelineError(f"shard {shard.path} cannot be read: {str(error).splitlines()[0]}") from error

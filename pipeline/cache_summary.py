@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache import iter_record_batches, read_manifest, split_shard_paths
-from pipeline.streaming import _flat
+from pipeline.cache import flat_values, iter_record_batches, read_manifest, split_shards
 
 MASS_BINS = 10_000  # histogram resolution: percentiles to 1e-4 with memory independent of the cache size
 
@@ -18,8 +17,8 @@ def summarize_cache(cache_dir: Path) -> dict[str, Any]:
     k = manifest["k"]
     counts = np.zeros(MASS_BINS, dtype=np.int64)
     for split in manifest["splits"]:
-        for records in iter_record_batches(split_shard_paths(cache_dir, manifest, split), 256, columns=["topk_logprobs"]):
-            mass = np.exp(_flat(records.column("topk_logprobs"), 2).reshape(-1, k).astype(np.float64)).sum(-1)
+        for records in iter_record_batches(split_shards(cache_dir, manifest, split), 256, columns=["topk_logprobs"]):
+            mass = np.exp(flat_values(records.column("topk_logprobs"), 2).reshape(-1, k).astype(np.float64)).sum(-1)
             counts += np.bincount(np.clip((mass * MASS_BINS).astype(np.int64), 0, MASS_BINS - 1), minlength=MASS_BINS)
     cumulative = np.cumsum(counts) / max(1, counts.sum())
     percentiles = {f"p{q}": float((np.searchsorted(cumulative, q / 100) + 1) / MASS_BINS) for q in (1, 10, 50, 90, 99)}

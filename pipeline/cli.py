@@ -64,6 +64,8 @@ def teacher(
     backend: Optional[str] = None,
     batch_size: Optional[int] = None,
     max_new_tokens: Optional[int] = None,
+    device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (refused when no GPU is present)"),
+    too_long: Optional[str] = typer.Option(None, help="a prompt over the teacher's length limit: 'refuse' (default) or 'truncate'"),
     embedded_dir: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="where the embedded teacher is converted"),
     num_workers: int = typer.Option(1, help="processes filling disjoint shards of the same cache"),
     worker_index: int = 0,
@@ -74,7 +76,7 @@ def teacher(
     from pipeline.teacher_model import resolve_teacher
 
     settings = teacher_settings(params_section(params, "teacher"))
-    overrides = {"k": k, "backend": backend, "batch_size": batch_size}
+    overrides = {"k": k, "backend": backend, "batch_size": batch_size, "device": device, "too_long": too_long}
     settings = replace(settings, **{name: value for name, value in overrides.items() if value is not None})
     if max_new_tokens is not None:
         settings = replace(settings, generation=replace(settings.generation, max_new_tokens=max_new_tokens))
@@ -83,6 +85,33 @@ def teacher(
         typer.echo(f"worker {worker_index} done; other workers' shards are still missing in {out}")
     else:
         typer.echo(f"cache complete: {sum(s['tokens'] for s in manifest['splits'].values())} tokens in {out}")
+
+
+@app.command()
+@clean_errors
+def finalize(path: Path = typer.Argument(..., help="cache directory that parallel workers filled")) -> None:
+    """Write manifest.json once every shard exists (the worker that finishes last does this itself)."""
+    from pipeline.cache import finalize_from_plan
+
+    manifest = finalize_from_plan(path)
+    typer.echo(f"cache complete: {sum(s['tokens'] for s in manifest['splits'].values())} tokens in {path}")
+
+
+@app.command()
+@clean_errors
+def verify(path: Path = typer.Argument(..., help="cache directory")) -> None:
+    """Check a cache against its manifest: checksums, schema, counts, log-prob sanity, ids in the vocabulary."""
+    from pipeline.cache import read_manifest
+    from pipeline.verify import verify_cache
+
+    problems = verify_cache(path)
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    splits = read_manifest(path)["splits"]
+    shards = sum(len(s["shards"]) for s in splits.values())
+    typer.echo(f"ok: {path}: {shards} shards, {sum(s['rows'] for s in splits.values())} rows, {sum(s['tokens'] for s in splits.values())} tokens match the manifest")
 
 
 @app.command()
@@ -153,3 +182,7 @@ def report(metrics: Path = typer.Argument(Path("reports/metrics.json"))) -> None
     if not metrics.exists():
         raise PipelineError(f"metrics file not found: {metrics} (run `dvc repro` first)")
     typer.echo(format_table(json.loads(metrics.read_text())))
+
+
+if __name__ == "__main__":
+    app()

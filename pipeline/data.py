@@ -10,6 +10,7 @@ import polars as pl
 from pipeline.errors import PipelineError
 
 READERS = {".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}
+TEXT_FORMATS = (".jsonl", ".ndjson", ".csv")
 SPLITS = ("train", "validation")
 
 
@@ -21,6 +22,8 @@ def read_prompts(path: Path, text_column: str = "prompt", response_column: str =
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise PipelineError(f"unsupported prompt file type '{path.suffix}' for {path} (use .jsonl, .csv or .parquet)")
+    if path.suffix.lower() in TEXT_FORMATS:
+        _check_text_file(path)
     try:
         frame = reader(path)
     except Exception as error:  # polars raises several types for malformed files
@@ -47,6 +50,18 @@ def read_prompts(path: Path, text_column: str = "prompt", response_column: str =
     if len(duplicated):
         raise PipelineError(f"{path}: duplicate id(s) {', '.join(duplicated[:5].to_list())} (duplicate prompts get the same id)")
     return out.select(["id", "prompt"] + (["response"] if "response" in out.columns else []))
+
+
+def _check_text_file(path: Path) -> None:
+    """Name the line of the first bad byte and call an empty file empty, where a parser would not."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise PipelineError(f"{path} is not valid UTF-8: byte 0x{data[error.start]:02x} on line {line}") from error
+    if not text.strip():
+        raise PipelineError(f"{path} has no rows")
 
 
 def _check_text(frame: pl.DataFrame, column: str, path: Path) -> None:

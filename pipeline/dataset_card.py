@@ -75,6 +75,7 @@ data = load_dataset("parquet", data_files={{"train": "train/*.parquet", "validat
 Train a student with kd-pipeline (the tokenizer ships in `tokenizer/`, no teacher needed):
 
 ```bash
+kd verify .   # checksums, schema, counts, log-prob sanity
 kd student --cache . --out my-student
 ```
 """

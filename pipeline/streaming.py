@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pipeline.cache import iter_record_batches, read_manifest, split_shard_paths
+from pipeline.cache import flat_values, iter_record_batches, read_manifest, split_shards
 
 PAD_ID = 0  # padded positions are masked out and never scored
 
@@ -32,17 +32,11 @@ class TopKBatch:
         return len(self.targets)
 
 
-def _flat(column: pa.ChunkedArray | pa.Array, depth: int) -> np.ndarray:
-    for _ in range(depth):
-        column = pc.list_flatten(column)
-    return column.to_numpy(zero_copy_only=False, writable=True)
-
-
 def to_topk_batch(records: pa.RecordBatch) -> TopKBatch:
     """Vectorised conversion: no Python object per position."""
     seq_lengths = pc.list_value_length(records.column("input_ids")).to_numpy()
     starts = records.column("response_start").to_numpy().astype(np.int64)
-    flat_ids = _flat(records.column("input_ids"), 1)
+    flat_ids = flat_values(records.column("input_ids"), 1)
     batch, width = len(seq_lengths), int(seq_lengths.max())
     input_ids = np.full((batch, width), PAD_ID, dtype=np.int64)
     mask = np.arange(width)[None, :] < seq_lengths[:, None]
@@ -58,9 +52,9 @@ def to_topk_batch(records: pa.RecordBatch) -> TopKBatch:
         rows=torch.from_numpy(rows),
         columns=torch.from_numpy(token_index - 1),
         targets=torch.from_numpy(input_ids[rows, token_index]),
-        topk_ids=torch.from_numpy(_flat(records.column("topk_ids"), 2).astype(np.int64).reshape(n, -1)),
-        topk_logprobs=torch.from_numpy(_flat(records.column("topk_logprobs"), 2).reshape(n, -1)),
-        token_logprobs=torch.from_numpy(_flat(records.column("token_logprobs"), 1)),
+        topk_ids=torch.from_numpy(flat_values(records.column("topk_ids"), 2).astype(np.int64).reshape(n, -1)),
+        topk_logprobs=torch.from_numpy(flat_values(records.column("topk_logprobs"), 2).reshape(n, -1)),
+        token_logprobs=torch.from_numpy(flat_values(records.column("token_logprobs"), 1)),
     )
 
 
@@ -70,12 +64,12 @@ def stream_batches(cache_dir: Path, split: str, batch_size: int, seed: int | Non
     Shuffling is within windows of `shuffle_rows` rows of a shard, so memory stays bounded.
     """
     manifest = read_manifest(cache_dir)
-    paths = split_shard_paths(cache_dir, manifest, split)
+    shards = split_shards(cache_dir, manifest, split)
     rng = np.random.default_rng(seed) if seed is not None else None
     if rng is not None:
-        paths = [paths[i] for i in rng.permutation(len(paths))]
+        shards = [shards[i] for i in rng.permutation(len(shards))]
     window = shuffle_rows if rng is not None else batch_size
-    for records in iter_record_batches(paths, window):
+    for records in iter_record_batches(shards, window):
         if rng is not None:
             records = records.take(pa.array(rng.permutation(records.num_rows)))
         for start in range(0, records.num_rows, batch_size):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 from tqdm import tqdm
@@ -14,12 +15,17 @@ from tqdm import tqdm
 from pipeline.backends import GenerationSettings, TeacherBackend, load_backend
 from pipeline.cache import (
     TOKENIZER_DIR,
+    MANIFEST_FILE,
+    PLAN_FILE,
+    ShardSpec,
     TeacherOutput,
     finalize_cache,
     open_cache_for_writing,
     outputs_to_table,
     pending_shards,
     plan_shards,
+    read_manifest,
+    remove_temp_files,
     worker_shards,
     write_shard,
     write_tokenizer,
@@ -27,6 +33,7 @@ from pipeline.cache import (
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows, tokenizer_sha256
+from pipeline.sequences import Encoded, encode_rows, length_limit, refuse_too_long, truncate
 
 
 @dataclass
@@ -38,26 +45,8 @@ class TeacherSettings:
     batch_size: int = 8
     shard_rows: int = 64
     chat_template: bool = True
+    too_long: str = "refuse"  # a sequence over the teacher's length limit: "refuse" the run, or "truncate" it
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-
-
-def encode_prompt(tokenizer: Any, prompt: str, use_chat_template: bool) -> list[int]:
-    if use_chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
-
-
-def encode_conversation(tokenizer: Any, prompt: str, response: str, use_chat_template: bool) -> tuple[list[int], int]:
-    """Token ids of prompt + response and where the response starts."""
-    prompt_ids = encode_prompt(tokenizer, prompt, use_chat_template)
-    if not use_chat_template:
-        return prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"], len(prompt_ids)
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    full = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
-    if full[: len(prompt_ids)] != prompt_ids:
-        raise PipelineError("the chat template renders the prompt differently with and without the response; set teacher.chat_template: false")
-    return full, len(prompt_ids)
 
 
 def shard_seed(seed: int, split: str, index: int) -> int:
@@ -76,7 +65,9 @@ def run_teacher(
 ) -> dict[str, Any] | None:
     """Fill this worker's shards of `out_dir`; returns the manifest once every shard exists.
 
-    `teacher` is {name, path, weights_sha256} from resolve_teacher.
+    `teacher` is {name, path, weights_sha256} from resolve_teacher. Every check that can fail
+    runs before the directory is created; a single-worker run that fails before its first shard
+    removes the directory it created, so no half-made cache is left behind.
     """
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
     backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device)
@@ -88,6 +79,14 @@ def run_teacher(
         raise PipelineError("generation.max_new_tokens must be at least 1")
     if not 1 <= settings.k <= backend.vocab_size:
         raise PipelineError(f"k={settings.k} must be between 1 and the teacher's vocabulary size {backend.vocab_size}")
+    if settings.k > backend.max_k:
+        raise PipelineError(f"k={settings.k} is above the {backend.name} backend's limit of {backend.max_k} log-probs per position")
+    scoring = "response" in splits[SPLITS[0]].columns
+    limit = length_limit(backend.max_length, settings.generation.max_new_tokens, scoring)
+    encoded = ((chunk["id"], encode_rows(tokenizer, chunk, use_template)) for frame in splits.values() for chunk in frame.iter_slices(1024))
+    truncated = refuse_too_long(encoded, limit, settings.too_long)
+    if truncated:
+        print(f"teacher: {truncated} sequence(s) longer than {limit} tokens truncated (teacher.too_long: truncate)")
 
     plan = {
         "task": "causal_lm_topk",
@@ -106,47 +105,54 @@ def run_teacher(
             "sha256": sha256_rows(row for name in SPLITS for row in splits[name].iter_rows(named=True)),
             "rows": {name: frame.height for name, frame in splits.items()},
         },
+        "prompt_length": {"limit": limit, "too_long": settings.too_long, "truncated": truncated},
         "shard_rows": settings.shard_rows,
     }
     shards = plan_shards({name: frame.height for name, frame in splits.items()}, settings.shard_rows)
-    if open_cache_for_writing(out_dir, plan):
+    own = worker_shards(shards, worker_index, num_workers)
+    created = not out_dir.exists()
+    try:
+        open_cache_for_writing(out_dir, plan)
         write_tokenizer(out_dir, tokenizer)
-        todo = pending_shards(out_dir, worker_shards(shards, worker_index, num_workers))
-        _fill_shards(backend, splits, todo, out_dir, settings, use_template)
+        todo = pending_shards(out_dir, own)
+        if todo:
+            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
+            remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
+            _fill_shards(backend, splits, todo, out_dir, settings, limit)
+    except BaseException:
+        if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     if pending_shards(out_dir, shards):
         return None
+    if (out_dir / MANIFEST_FILE).exists():
+        return read_manifest(out_dir)
     return finalize_cache(out_dir, shards)
 
 
-def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list, out_dir: Path, settings: TeacherSettings, use_template: bool) -> None:
+def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int) -> None:
     started, tokens = time.perf_counter(), 0
     with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress:
         for shard in shards:
             outputs = []
             rows = splits[shard.split].slice(shard.start, shard.stop - shard.start)
-            for chunk_index, start in enumerate(range(0, rows.height, settings.batch_size)):
-                chunk = rows.slice(start, settings.batch_size)
-                seed = shard_seed(settings.generation.seed, shard.split, shard.index) + chunk_index
-                outputs += _teacher_outputs(backend, chunk, settings, use_template, seed)
+            for seed, chunk in _seeded_chunks(shard, rows, settings):
+                encoded = [truncate(e, limit) for e in encode_rows(backend.tokenizer, chunk, settings.chat_template)]
+                outputs += _teacher_outputs(backend, encoded, "response" in chunk.columns, settings, seed)
                 tokens += sum(len(o.input_ids) for o in outputs[-chunk.height :])
                 progress.update(chunk.height)
                 progress.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - started):.0f}")
             write_shard(outputs_to_table(rows["id"].to_list(), outputs), out_dir / shard.file)
 
 
-def _teacher_outputs(backend: TeacherBackend, rows: pl.DataFrame, settings: TeacherSettings, use_template: bool, seed: int) -> list[TeacherOutput]:
+def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettings) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Batches of a shard with their sampling seeds: fixed by the shard, not by the worker or the time."""
+    for chunk_index, start in enumerate(range(0, rows.height, settings.batch_size)):
+        yield shard_seed(settings.generation.seed, shard.split, shard.index) + chunk_index, rows.slice(start, settings.batch_size)
+
+
+def _teacher_outputs(backend: TeacherBackend, encoded: list[Encoded], scoring: bool, settings: TeacherSettings, seed: int) -> list[TeacherOutput]:
     """Score the given responses, or generate responses when the data has none."""
-    tokenizer = backend.tokenizer
-    if "response" in rows.columns:
-        encoded = [encode_conversation(tokenizer, p, r, use_template) for p, r in zip(rows["prompt"], rows["response"])]
-        _check_lengths(rows["id"], [len(ids) for ids, _ in encoded], backend.max_length)
+    if scoring:
         return backend.score([ids for ids, _ in encoded], [start for _, start in encoded], settings.k)
-    prompts = [encode_prompt(tokenizer, p, use_template) for p in rows["prompt"]]
-    _check_lengths(rows["id"], [len(p) for p in prompts], backend.max_length - settings.generation.max_new_tokens)
-    return backend.generate(prompts, settings.generation, settings.k, seed)
-
-
-def _check_lengths(ids: pl.Series, lengths: list[int], limit: int) -> None:
-    for row_id, length in zip(ids, lengths):
-        if length > limit:
-            raise PipelineError(f"prompt '{row_id}' is {length} tokens, over the teacher's limit of {limit} (max length minus max_new_tokens)")
+    return backend.generate([ids for ids, _ in encoded], settings.generation, settings.k, seed)

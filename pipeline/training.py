@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from pipeline.cache import TOKENIZER_DIR, read_manifest
+from pipeline.cache import TOKENIZER_DIR, open_shard, read_manifest, split_shards
 from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
@@ -85,6 +85,8 @@ def train_student(cache_dir: Path, tokenizer_path: Path | None, model_config: di
     tokenizer_path = student_tokenizer_path(cache_dir, tokenizer_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     check_compatibility(manifest, tokenizer, tokenizer_path)
+    for shard in split_shards(cache_dir, manifest, "train"):  # a damaged shard stops the run now, not hours in
+        open_shard(shard)
     model = build_student(model_config, manifest["tokenizer"]["vocab_size"], settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     total = estimated_steps(manifest, "train", settings)

@@ -85,6 +85,17 @@ def prepared(tmp_path_factory, small_prompts) -> Path:
     return out
 
 
+def cache_rows(cache_dir):
+    """Every row of a complete cache, in manifest order."""
+    import pyarrow.parquet as pq
+
+    from pipeline.cache import read_manifest
+
+    manifest = read_manifest(cache_dir)
+    tables = [pq.read_table(cache_dir / entry["file"]) for split in manifest["splits"].values() for entry in split["shards"]]
+    return [row for table in tables for row in table.to_pylist()]
+
+
 def tiny_settings(**overrides):
     from pipeline.backends import GenerationSettings
     from pipeline.teacher import TeacherSettings

@@ -84,13 +84,15 @@ def test_readme_sharing_commands_publish_import_update_and_pull(tmp_path, projec
 def test_student_refuses_a_cache_of_another_task(tmp_path, tiny_cache):
     import shutil
 
-    from pipeline.cache import MANIFEST_FILE, write_json
+    from pipeline.cache import MANIFEST_CHECKSUM, MANIFEST_FILE, manifest_checksum, write_json
     from pipeline.errors import PipelineError
     from pipeline.training import TrainSettings, train_student
 
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
     manifest = read_manifest(cache)
-    write_json(cache / MANIFEST_FILE, {**manifest, "task": "classify_soft_labels"})
+    edited = {**manifest, "task": "classify_soft_labels"}
+    edited[MANIFEST_CHECKSUM] = manifest_checksum(edited)
+    write_json(cache / MANIFEST_FILE, edited)
     with pytest.raises(PipelineError, match="the cache holds task 'classify_soft_labels'"):
         train_student(cache, None, {}, TrainSettings(epochs=1), tmp_path / "student")

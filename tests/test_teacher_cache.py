@@ -5,21 +5,17 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tiny_settings
+from conftest import cache_rows, tiny_settings
 from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
 
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
 from pipeline.cache_summary import summarize_cache
+from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, tokenizer_sha256
 from pipeline.teacher import run_teacher
 from pipeline.teacher_model import resolve_teacher
-
-
-def cache_rows(cache_dir):
-    manifest = read_manifest(cache_dir)
-    tables = [pq.read_table(cache_dir / entry["file"]) for split in manifest["splits"].values() for entry in split["shards"]]
-    return [row for table in tables for row in table.to_pylist()]
 
 
 def assert_matches_forward(rows, model_dir, k):
@@ -80,8 +76,10 @@ def test_resume_skips_finished_shards_and_gives_identical_cache(tmp_path, tiny_c
     (out / MANIFEST_FILE).unlink()
     (out / "train" / "shard-00001.parquet").unlink()  # as if killed during that shard
     finished = (out / "train" / "shard-00000.parquet").stat().st_mtime_ns
+    (out / "train" / ".shard-00001.parquet.tmp-999999").write_bytes(b"PAR1 partial")  # left by the killed writer
     run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings())
     assert (out / "train" / "shard-00000.parquet").stat().st_mtime_ns == finished
+    assert not (out / "train" / ".shard-00001.parquet.tmp-999999").exists()
     assert cache_rows(out) == cache_rows(tiny_cache)
     assert read_manifest(out) == read_manifest(tiny_cache)
 
@@ -91,8 +89,18 @@ def test_two_workers_then_finalize_equal_one_worker(tmp_path, tiny_cache, tiny_t
     teacher = resolve_teacher(str(tiny_teacher), tiny_teacher)
     assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=0, num_workers=2) is None
     assert not (out / MANIFEST_FILE).exists()
-    assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=1, num_workers=2) is not None
+    assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=1, num_workers=2) == read_manifest(tiny_cache)
     assert cache_rows(out) == cache_rows(tiny_cache)
+
+
+def test_kd_finalize_writes_the_manifest_workers_would(tmp_path, tiny_cache):
+    out = tmp_path / "cache"
+    shutil.copytree(tiny_cache, out)
+    (out / MANIFEST_FILE).unlink()
+    result = CliRunner().invoke(app, ["finalize", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("cache complete: ")
+    assert read_manifest(out) == read_manifest(tiny_cache)
 
 
 def test_other_settings_in_same_directory_are_refused(tmp_path, tiny_teacher, prepared):
@@ -119,3 +127,33 @@ def test_inspect_summary_matches_the_rows(tiny_cache):
     median = masses[len(masses) // 2]
     assert summary["retained_mass"]["p50"] == pytest.approx(median, abs=2e-3)
     assert summary["retained_mass"]["p1"] <= summary["retained_mass"]["p50"] <= summary["retained_mass"]["p99"]
+
+
+def test_dvc_teacher_stage_resumes_from_its_work_directory(tmp_path, monkeypatch, tiny_cache, tiny_teacher, prepared):
+    """DVC deletes data/cache before rerunning the stage; the shards of a killed run live on in WORK."""
+    import yaml
+
+    from pipeline.cache import write_json
+    from stages import teacher as stage
+
+    settings = {"k": 8, "batch_size": 4, "shard_rows": 5, "generation": {"max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "seed": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"teacher": settings}))
+    (tmp_path / "models").mkdir()
+    write_json(tmp_path / "models" / "teacher.json", resolve_teacher(str(tiny_teacher), tiny_teacher))
+    shutil.copytree(prepared, tmp_path / "data" / "prepared")
+    work = tmp_path / stage.WORK
+    shutil.copytree(tiny_cache, work)
+    (work / MANIFEST_FILE).unlink()
+    (work / "train" / "shard-00002.parquet").unlink()
+    finished = (work / "train" / "shard-00000.parquet").stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+
+    stage.main()
+    assert not work.exists()
+    assert (tmp_path / stage.CACHE / "train" / "shard-00000.parquet").stat().st_mtime_ns == finished
+    assert cache_rows(tmp_path / stage.CACHE) == cache_rows(tiny_cache)
+
+    work.mkdir()
+    write_json(work / PLAN_FILE, {"k": 4})  # an unfinished run with other settings
+    stage.main()
+    assert not work.exists() and read_manifest(tmp_path / stage.CACHE) == read_manifest(tiny_cache)

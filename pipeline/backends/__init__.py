@@ -30,6 +30,7 @@ class TeacherBackend(Protocol):
     tokenizer: Any
     vocab_size: int  # size of the model's output distribution (ids in the cache are below it)
     max_length: int  # longest sequence the model accepts
+    max_k: int  # most log-probs per position the engine returns
 
     def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int) -> list[TeacherOutput]:
         """Answer each tokenised prompt and return top-k records for every response position."""

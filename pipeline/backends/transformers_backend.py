@@ -39,6 +39,7 @@ class TransformersBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(self.device).eval()
         self.vocab_size = self.model.config.vocab_size
+        self.max_k = self.vocab_size  # a full log-softmax: any k up to the vocabulary
         self.max_length = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 

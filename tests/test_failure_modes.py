@@ -1,0 +1,230 @@
+"""The rows of README's "Failure modes" table: each bad input gets its one-line message, exit 1,
+and leaves nothing that claims to be a complete output."""
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import cache_rows, tiny_settings
+from typer.testing import CliRunner
+
+from pipeline import __version__
+from pipeline.backends.transformers_backend import TransformersBackend
+from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
+from pipeline.cli import app
+from pipeline.data import read_prompts, split_prompts, write_splits
+from pipeline.errors import PipelineError
+from pipeline.sequences import truncate
+from pipeline.teacher import run_teacher
+from pipeline.teacher_model import resolve_teacher
+from pipeline.verify import verify_cache
+from stages import run_stage
+
+runner = CliRunner()
+
+
+def error_line(args) -> str:
+    """Run `kd ARGS`, expect exit 1 and exactly one `error:` line, the last one printed."""
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], result.output
+    return lines[-1]
+
+
+def leftovers(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if ".tmp-" in p.name]
+
+
+BAD_PROMPT_FILES = [
+    ("missing.jsonl", None, "error: prompt file not found: {path}"),
+    ("empty.jsonl", b"", "error: {path} has no rows"),
+    ("header-only.csv", b"prompt\n", "error: {path} has no rows"),
+    ("no-column.jsonl", b'{"text": "hi"}\n', "error: {path} has no 'prompt' column (columns: text)"),
+    ("blank.jsonl", b'{"prompt": "ok"}\n{"prompt": "  \\t "}\n', "error: {path}: 1 row(s) have an empty prompt, first at row 1"),
+    ("bad-bytes.jsonl", b'{"prompt": "ok"}\n{"prompt": "a\xff"}\n', "error: {path} is not valid UTF-8: byte 0xff on line 2"),
+    ("duplicate.jsonl", b'{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "error: {path}: duplicate id(s) a (duplicate prompts get the same id)"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD_PROMPT_FILES, ids=[case[0] for case in BAD_PROMPT_FILES])
+def test_bad_prompt_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    assert error_line(["prepare", path, "--out", tmp_path / "prepared"]) == message.format(path=path)
+    assert not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_requested_but_absent(tmp_path, prepared, tiny_teacher):
+    out = tmp_path / "cache"
+    assert error_line(["teacher", "--model", tiny_teacher, "--prepared", prepared, "--out", out, "--device", "cuda"]) == (
+        "error: device 'cuda' requested but no CUDA GPU is available"
+    )
+    assert not out.exists()
+
+
+def test_k_above_the_backend_limit(tmp_path, prepared, tiny_teacher):
+    backend = TransformersBackend(tiny_teacher)
+    backend.max_k = 4
+    with pytest.raises(PipelineError) as error:
+        run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), tmp_path / "cache", tiny_settings(k=8), backend=backend)
+    assert str(error.value) == "k=8 is above the transformers backend's limit of 4 log-probs per position"
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.fixture(scope="module")
+def long_prepared(tmp_path_factory):
+    """Six short prompts and one of about 300 tokens, over the tiny teacher's 256."""
+    root = tmp_path_factory.mktemp("long")
+    rows = [{"id": f"p{i}", "prompt": f"Name a colour, number {i}."} for i in range(6)]
+    rows.append({"id": "long", "prompt": " ".join(f"word{i}" for i in range(150))})
+    pl.DataFrame(rows).write_csv(root / "prompts.csv")
+    write_splits(split_prompts(read_prompts(root / "prompts.csv"), 0.3, 0), root / "prepared")
+    return root / "prepared"
+
+
+def test_prompt_over_the_length_limit_is_refused(tmp_path, long_prepared, tiny_teacher):
+    out = tmp_path / "cache"
+    line = error_line(["teacher", "--model", tiny_teacher, "--prepared", long_prepared, "--out", out, "--max-new-tokens", "4"])
+    assert line.startswith("error: 1 prompt(s) are longer than the teacher's limit of 252 tokens, first 'long' (")
+    assert line.endswith(" tokens); shorten them or set teacher.too_long: truncate")
+    assert not out.exists()
+
+
+def test_prompt_over_the_length_limit_is_truncated_and_counted(tmp_path, long_prepared, tiny_teacher):
+    out = tmp_path / "cache"
+    args = ["teacher", "--model", tiny_teacher, "--prepared", long_prepared, "--out", out, "--max-new-tokens", "4", "--k", "4", "--too-long", "truncate"]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "teacher: 1 sequence(s) longer than 252 tokens truncated (teacher.too_long: truncate)" in result.output
+    assert read_manifest(out)["prompt_length"] == {"limit": 252, "too_long": "truncate", "truncated": 1}
+    (row,) = [r for r in cache_rows(out) if r["id"] == "long"]
+    assert row["response_start"] == 252 and 252 < len(row["input_ids"]) <= 256
+    assert verify_cache(out) == []
+
+
+def test_truncation_keeps_the_first_tokens_and_one_response_token():
+    prompt, answer = list(range(10)), [100, 101, 102]
+    assert truncate((prompt, 10), 6) == (prompt[:6], 6)  # a prompt to answer: cut to the limit
+    assert truncate((prompt + answer, 10), 12) == (prompt + answer[:2], 10)  # scoring: the response is cut first
+    assert truncate((prompt + answer, 10), 6) == (prompt[:5] + answer[:1], 5)  # ... then the prompt, keeping one answer token
+    assert truncate((prompt, 10), 20) == (prompt, 10)
+
+
+def full_disk_after(shards_written: int):
+    """pq.write_table that succeeds `shards_written` times, then leaves a partial file and raises ENOSPC."""
+    real, calls = pq.write_table, []
+
+    def write_table(table, where, **kwargs):
+        calls.append(where)
+        if len(calls) > shards_written:
+            Path(where).write_bytes(b"PAR1 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(table, where, **kwargs)
+
+    return write_table
+
+
+def test_disk_full_on_the_first_shard_leaves_no_directory(tmp_path, monkeypatch, prepared, tiny_teacher):
+    monkeypatch.setattr(pq, "write_table", full_disk_after(0))
+    out = tmp_path / "cache"
+    params = tmp_path / "params.yaml"
+    params.write_text("teacher: {k: 8, batch_size: 4, shard_rows: 5, generation: {max_new_tokens: 12, temperature: 1.0, top_p: 1.0}}\n")
+    line = error_line(["teacher", "--model", tiny_teacher, "--prepared", prepared, "--out", out, "--params", params])
+    assert line == f"error: disk full while writing {out / 'train' / 'shard-00000.parquet'}; free space and rerun to resume"
+    assert not out.exists()
+
+
+def test_disk_full_mid_run_keeps_finished_shards_and_resumes(tmp_path, monkeypatch, prepared, tiny_teacher, tiny_cache):
+    out, teacher = tmp_path / "cache", resolve_teacher(str(tiny_teacher), tiny_teacher)
+    monkeypatch.setattr(pq, "write_table", full_disk_after(2))
+    with pytest.raises(PipelineError, match=r"^disk full while writing .*train/shard-00002\.parquet; free space and rerun to resume$"):
+        run_teacher(prepared, teacher, out, tiny_settings())
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert leftovers(out) == [] and not (out / MANIFEST_FILE).exists()
+    monkeypatch.undo()
+    assert run_teacher(prepared, teacher, out, tiny_settings()) == read_manifest(tiny_cache)
+    assert cache_rows(out) == cache_rows(tiny_cache)
+
+
+@pytest.fixture
+def broken_cache(tmp_path, tiny_cache):
+    out = tmp_path / "cache"
+    shutil.copytree(tiny_cache, out)
+    return out
+
+
+def edit_manifest(cache, change):
+    manifest = json.loads((cache / MANIFEST_FILE).read_text())
+    change(manifest)
+    (cache / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def train_student(cache, tiny_teacher, out):
+    return error_line(["student", "--cache", cache, "--tokenizer", tiny_teacher, "--out", out, "--epochs", "1"])
+
+
+def test_unknown_cache_format_version(tmp_path, broken_cache, tiny_teacher):
+    edit_manifest(broken_cache, lambda m: m.update(format_version=2))
+    expected = f"error: {broken_cache / MANIFEST_FILE}: cache format version 2 is not supported (this is kd-pipeline {__version__}, reading version 1)"
+    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == expected
+    assert error_line(["verify", broken_cache]) == expected
+    assert not (tmp_path / "student").exists()
+
+
+def test_manifest_edited_by_hand_is_refused_by_the_student(tmp_path, broken_cache, tiny_teacher):
+    edit_manifest(broken_cache, lambda m: m.update(k=4))
+    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == (
+        f"error: {broken_cache / MANIFEST_FILE} was changed after the teacher wrote it (manifest_sha256 does not match); run `kd verify {broken_cache}`"
+    )
+    assert not (tmp_path / "student").exists()
+
+
+def test_deleted_shard_is_named_by_the_student(tmp_path, broken_cache, tiny_teacher):
+    shard = broken_cache / "train" / "shard-00001.parquet"
+    shard.unlink()
+    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == (
+        f"error: shard {shard} listed in the manifest is missing; rerun the teacher stage with the same --out to regenerate it"
+    )
+    assert not (tmp_path / "student").exists()
+
+
+def test_truncated_shard_is_named_by_the_student(tmp_path, broken_cache, tiny_teacher):
+    shard = broken_cache / "train" / "shard-00002.parquet"
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[: size // 2])
+    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == (
+        f"error: shard {shard} is {size // 2} bytes but the manifest says {size} (truncated or rewritten); run `kd verify`"
+    )
+    assert not (tmp_path / "student").exists()
+
+
+def test_rerunning_the_teacher_regenerates_a_deleted_shard(broken_cache, tiny_cache, tiny_teacher, prepared):
+    (broken_cache / "train" / "shard-00001.parquet").unlink()
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), broken_cache, tiny_settings()) == read_manifest(tiny_cache)
+    assert verify_cache(broken_cache) == []
+
+
+def test_finalize_refuses_an_incomplete_cache(broken_cache):
+    (broken_cache / MANIFEST_FILE).unlink()
+    (broken_cache / "train" / "shard-00001.parquet").unlink()
+    assert error_line(["finalize", broken_cache]) == f"error: cannot finalize {broken_cache}: 1 shard(s) missing, first train/shard-00001.parquet"
+    assert not (broken_cache / MANIFEST_FILE).exists()
+    assert error_line(["finalize", broken_cache.parent / "elsewhere"]).startswith(f"error: nothing to finalize in {broken_cache.parent / 'elsewhere'}: {PLAN_FILE} not found")
+
+
+def test_dvc_stages_print_one_error_line(capsys):
+    def stage():
+        raise PipelineError("prompt file not found: data/prompts.jsonl")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: prompt file not found: data/prompts.jsonl\n"

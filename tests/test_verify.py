@@ -1,0 +1,151 @@
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cache import MANIFEST_FILE, TeacherOutput, manifest_checksum, outputs_to_table
+from pipeline.cli import app
+from pipeline.hashing import sha256_file
+from pipeline.verify import value_problems, verify_cache
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cache(tmp_path, tiny_cache):
+    out = tmp_path / "cache"
+    shutil.copytree(tiny_cache, out)
+    return out
+
+
+def verify_errors(path) -> list[str]:
+    """`kd verify PATH`, expected to fail: its lines, each one problem."""
+    result = runner.invoke(app, ["verify", str(path)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), result.output
+    return [line.removeprefix("error: ") for line in lines]
+
+
+def edit_manifest(cache, change):
+    manifest = json.loads((cache / MANIFEST_FILE).read_text())
+    change(manifest)
+    (cache / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_intact_cache_verifies(tiny_cache):
+    result = runner.invoke(app, ["verify", str(tiny_cache)])
+    assert result.exit_code == 0, result.output
+    splits = json.loads((tiny_cache / MANIFEST_FILE).read_text())["splits"].values()
+    shards, tokens = sum(len(s["shards"]) for s in splits), sum(s["tokens"] for s in splits)
+    assert result.output.strip() == f"ok: {tiny_cache}: {shards} shards, 20 rows, {tokens} tokens match the manifest"
+
+
+def test_flipped_byte(cache):
+    shard = cache / "train" / "shard-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert "train/shard-00001.parquet: sha256 differs from the manifest (the file changed after it was written)" in verify_errors(cache)
+
+
+def test_truncated_shard(cache):
+    shard = cache / "train" / "shard-00002.parquet"
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:-100])
+    errors = verify_errors(cache)
+    assert f"train/shard-00002.parquet: {size - 100} bytes, the manifest says {size} (truncated or rewritten)" in errors
+    assert any(e.startswith("train/shard-00002.parquet: cannot be read as Parquet") for e in errors)
+
+
+def test_removed_shard(cache):
+    (cache / "train" / "shard-00000.parquet").unlink()
+    assert verify_errors(cache) == ["train/shard-00000.parquet: missing"]
+
+
+def test_manifest_edited_by_hand(cache):
+    rows = json.loads((cache / MANIFEST_FILE).read_text())["splits"]["train"]["rows"]
+    edit_manifest(cache, lambda m: m["splits"]["train"].update(rows=rows + 1))
+    assert verify_errors(cache) == [
+        f"{cache / MANIFEST_FILE} was changed after the teacher wrote it (manifest_sha256 does not match)",
+        f"manifest.json: split 'train' says {rows + 1} rows, its shards add up to {rows}",
+        f"manifest.json: split 'train' has {rows + 1} rows, the prepared data had {rows}",
+    ]
+
+
+def test_manifest_edit_that_leaves_counts_consistent(cache):
+    edit_manifest(cache, lambda m: m["teacher"].update(name="someone else's teacher"))
+    assert verify_errors(cache) == [f"{cache / MANIFEST_FILE} was changed after the teacher wrote it (manifest_sha256 does not match)"]
+
+
+def test_manifest_dropping_a_shard(cache):
+    edit_manifest(cache, lambda m: m["splits"]["train"]["shards"].pop(1))
+    assert "manifest.json does not list planned shard train/shard-00001.parquet" in verify_errors(cache)
+
+
+def test_manifest_missing_a_field(cache):
+    edit_manifest(cache, lambda m: m["splits"]["train"].pop("tokens"))
+    assert verify_errors(cache)[-1] == f"{cache / MANIFEST_FILE} is malformed: split 'train' needs integer rows, tokens, bytes and a list of shards"
+
+
+def output(topk_ids, topk_logprobs, token_logprobs):
+    n = len(token_logprobs)
+    return TeacherOutput(
+        input_ids=np.array([1, 2] + [3] * n, dtype=np.int32),
+        response_start=2,
+        topk_ids=np.array(topk_ids, dtype=np.int32),
+        topk_logprobs=np.array(topk_logprobs, dtype=np.float32),
+        token_logprobs=np.array(token_logprobs, dtype=np.float32),
+    )
+
+
+def test_value_sanity_names_the_first_bad_row():
+    rows = {
+        "good": output([[5, 6]], [[-0.5, -1.5]], [-0.5]),
+        "nan": output([[5, 6], [5, 6]], [[-0.5, -1.5], [np.nan, -2.0]], [-0.5, -1.0]),
+        "positive": output([[5, 6]], [[0.25, -1.5]], [-0.5]),
+        "unsorted": output([[5, 6]], [[-1.5, -0.5]], [-0.5]),
+        "mass": output([[5, 6]], [[-0.1, -0.2]], [-0.1]),
+        "vocab": output([[5, 999]], [[-0.5, -1.5]], [-0.5]),
+    }
+    problems = value_problems(outputs_to_table(list(rows), list(rows.values())), k=2, vocab_size=10)
+    assert problems == [
+        "a log-prob is not finite, first in row 'nan' (1 row(s))",
+        "a log-prob is above 0, first in row 'positive' (1 row(s))",
+        "top-k log-probs are not sorted, most likely first, first in row 'unsorted' (1 row(s))",
+        "top-k probabilities add up to more than 1, first in row 'positive' (2 row(s))",
+        "a top-k id is outside the vocabulary (0..9), first in row 'vocab' (1 row(s))",
+    ]
+    assert value_problems(outputs_to_table(["good"], [rows["good"]]), k=2, vocab_size=10) == []
+
+
+def test_verify_reports_bad_values_by_shard(cache):
+    """A consistent forgery (sizes and checksums updated) whose only fault is a positive log-prob."""
+    shard = cache / "train" / "shard-00000.parquet"
+    rows = pq.read_table(shard).to_pylist()
+    rows[0]["topk_logprobs"][0][0] = 0.5
+    columns = ("input_ids", "response_start", "topk_ids", "topk_logprobs", "token_logprobs")
+    outputs = [TeacherOutput(**{c: r[c] if c == "response_start" else np.array(r[c]) for c in columns}) for r in rows]
+    pq.write_table(outputs_to_table([r["id"] for r in rows], outputs), shard)
+    assert "train/shard-00000.parquet: sha256 differs from the manifest (the file changed after it was written)" in verify_cache(cache)
+    manifest = json.loads((cache / MANIFEST_FILE).read_text())
+    entry = manifest["splits"]["train"]["shards"][0]
+    manifest["splits"]["train"]["bytes"] += shard.stat().st_size - entry["bytes"]
+    entry.update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (cache / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert verify_cache(cache) == [
+        f"train/shard-00000.parquet: a log-prob is above 0, first in row '{rows[0]['id']}' (1 row(s))",
+        f"train/shard-00000.parquet: top-k probabilities add up to more than 1, first in row '{rows[0]['id']}' (1 row(s))",
+    ]
+
+
+def test_manifest_without_a_checksum_is_sent_to_finalize(cache):
+    edit_manifest(cache, lambda m: m.pop("manifest_sha256"))
+    message = f"{cache / MANIFEST_FILE} has no manifest_sha256 (written before kd-pipeline checked manifests); `kd finalize {cache}` rewrites it"
+    assert verify_errors(cache) == [message]
+    assert runner.invoke(app, ["finalize", str(cache)]).exit_code == 0
+    assert verify_cache(cache) == []
