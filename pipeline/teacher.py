@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 from tqdm import tqdm
 
-from pipeline.backends import GenerationSettings, TeacherBackend, load_backend
+from pipeline.backends import EngineSettings, GenerationSettings, TeacherBackend, load_backend
 from pipeline.cache import TeacherOutput, finalize_cache, open_cache_for_writing, outputs_to_table, pending_shards, plan_shards, worker_shards, write_shard
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
@@ -28,6 +28,7 @@ class TeacherSettings:
     shard_rows: int = 64
     chat_template: bool = True
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
 
 def encode_prompt(tokenizer: Any, prompt: str, use_chat_template: bool) -> list[int]:
@@ -68,7 +69,7 @@ def run_teacher(
     `teacher` is {name, path, weights_sha256} from resolve_teacher.
     """
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
-    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device)
+    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, settings.k, settings.engine)
     tokenizer = backend.tokenizer
     use_template = settings.chat_template
     if use_template and not getattr(tokenizer, "chat_template", None):
