@@ -122,7 +122,9 @@ class VLLMBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.vocab_size = config.get_text_config().vocab_size
         self.stop_ids = stop_token_ids(model_dir, self.tokenizer)
-        kv_cache_gib = engine.kv_cache_gib if engine.kv_cache_gib is not None or not current_platform.is_cpu() else CPU_KV_CACHE_GIB
+        kv_cache_gib = engine.kv_cache_gib
+        if kv_cache_gib is None and current_platform.is_cpu():
+            kv_cache_gib = CPU_KV_CACHE_GIB  # vLLM's own CPU default claims a share of all the machine's memory
         self.llm = vllm.LLM(
             model=str(model_dir),
             dtype=dtype,
