@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from pipeline.backends import GenerationSettings
+from pipeline.backends import EngineSettings, GenerationSettings
 from pipeline.errors import PipelineError
 from pipeline.teacher import TeacherSettings
 from pipeline.training import TrainSettings
@@ -24,7 +24,8 @@ def settings_from(cls: type[T], values: dict[str, Any], section: str, ignore: tu
 def teacher_settings(section: dict[str, Any]) -> TeacherSettings:
     values = dict(section)
     generation = settings_from(GenerationSettings, values.pop("generation", {}), "teacher.generation")
-    return settings_from(TeacherSettings, {**values, "generation": generation}, "teacher", ignore=("model",))
+    engine = settings_from(EngineSettings, values.pop("engine", None) or {}, "teacher.engine")
+    return settings_from(TeacherSettings, {**values, "generation": generation, "engine": engine}, "teacher", ignore=("model",))
 
 
 def train_settings(section: dict[str, Any]) -> TrainSettings:

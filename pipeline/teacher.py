@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import polars as pl
 from tqdm import tqdm
 
-from pipeline.backends import GenerationSettings, TeacherBackend, load_backend
+from pipeline.backends import EngineSettings, GenerationSettings, TeacherBackend, load_backend
 from pipeline.cache import (
     TOKENIZER_DIR,
     MANIFEST_FILE,
@@ -47,6 +47,7 @@ class TeacherSettings:
     chat_template: bool = True
     too_long: str = "refuse"  # a sequence over the teacher's length limit: "refuse" the run, or "truncate" it
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
 
 def shard_seed(seed: int, split: str, index: int) -> int:
@@ -70,7 +71,7 @@ def run_teacher(
     removes the directory it created, so no half-made cache is left behind.
     """
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
-    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device)
+    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, settings.k, settings.engine)
     tokenizer = backend.tokenizer
     use_template = settings.chat_template
     if use_template and not getattr(tokenizer, "chat_template", None):

@@ -39,18 +39,18 @@ def make_tokenizer(vocab_size: int = 320):
     return tokenizer
 
 
-def make_llama(path: Path, tokenizer, seed: int = 0, layers: int = 2) -> Path:
+def make_llama(path: Path, tokenizer, seed: int = 0, layers: int = 2, head_scale: float = 8.0, hidden_size: int = 128) -> Path:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=layers,
         intermediate_size=256, max_position_embeddings=256, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # a peakier output than default init, closer to a trained LM
-        model.lm_head.weight.mul_(8.0)
+        model.lm_head.weight.mul_(head_scale)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

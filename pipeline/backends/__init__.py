@@ -25,6 +25,17 @@ class GenerationSettings:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """Knobs of a serving engine (vLLM); the transformers backend has none of these."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9  # GPU: share of GPU memory for weights + KV cache
+    kv_cache_gib: float | None = None  # KV cache size; on CPU None means 4 GiB, on GPU it overrides the share above
+    max_model_len: int | None = None  # None: the model's own limit
+    enforce_eager: bool = False  # skip torch.compile / CUDA graphs: faster start, slower steps
+
+
 class TeacherBackend(Protocol):
     name: str
     tokenizer: Any
@@ -39,12 +50,25 @@ class TeacherBackend(Protocol):
         """Top-k records for positions response_start.. of existing sequences."""
 
 
-BACKENDS = ("transformers",)
+BACKENDS = ("transformers", "vllm")
 
 
-def load_backend(name: str, model_dir: Path, dtype: str = "float32", batch_size: int = 8, device: str = "cpu") -> TeacherBackend:
+def load_backend(
+    name: str,
+    model_dir: Path,
+    dtype: str = "float32",
+    batch_size: int = 8,
+    device: str = "cpu",
+    k: int = 20,
+    engine: EngineSettings | None = None,
+) -> TeacherBackend:
+    """`k` is the most log-probs per position the backend will be asked for (vLLM sizes its engine by it)."""
     if name == "transformers":
         from pipeline.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend(model_dir, dtype=dtype, batch_size=batch_size, device=device)
+    if name == "vllm":
+        from pipeline.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model_dir, dtype=dtype, batch_size=batch_size, device=device, k=k, engine=engine or EngineSettings())
     raise PipelineError(f"unknown teacher backend '{name}' (choose one of: {', '.join(BACKENDS)})")

