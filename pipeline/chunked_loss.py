@@ -22,11 +22,11 @@ VOCAB_BLOCK = 8192  # columns per step of the in-place passes: temporaries stay 
 
 def _logsumexp(values: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Row-wise logsumexp(values * scale), scale > 0, one column block at a time."""
-    top = values.amax(dim=-1) * scale
+    top = values.amax(dim=-1, keepdim=True)
     total = torch.zeros_like(top)
     for block in values.split(VOCAB_BLOCK, dim=-1):
-        total += (block * scale - top[:, None]).exp_().sum(-1)
-    return top + total.log()
+        total += (block - top).mul_(scale).exp_().sum(-1, keepdim=True)
+    return (top * scale + total.log())[:, 0]
 
 
 def _logit_gradient_(
@@ -53,12 +53,22 @@ def _logit_gradient_(
         weight = grad_norm / temperature
         total[:cached] += weight
         for block in logprobs[:cached].split(VOCAB_BLOCK, dim=-1):
-            tempered = (block / temperature - tempered_norm[:, None]).exp_().mul_(weight[:, None])
+            tempered = (block - temperature * tempered_norm[:, None]).div_(temperature).exp_().mul_(weight[:, None])
             block.exp_().mul_(-total[:cached, None]).add_(tempered)
         logprobs[cached:].exp_().mul_(-total[cached:, None])
     logprobs.scatter_add_(-1, targets[:, None], grad_target[:, None])
     logprobs[:cached].scatter_add_(-1, topk_ids, grad_topk)
     return logprobs
+
+
+def _backprop_head(gradient: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, grads: list[torch.Tensor | None], rows: slice) -> None:
+    """Add one chunk's share of the output layer's gradients (hidden, weight, bias) from d loss / d logits."""
+    if grads[0] is not None:
+        grads[0][rows] = gradient @ weight
+    if grads[1] is not None:
+        grads[1].addmm_(gradient.T, hidden)
+    if grads[2] is not None:
+        grads[2] += gradient.sum(0)
 
 
 def _chunk(
@@ -70,23 +80,28 @@ def _chunk(
     topk_logprobs: torch.Tensor,
     spec: LossSpec,
     weights: tuple[float, float] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Summed divergence and CE of one chunk, and (given the loss weights) d loss / d logits in the logits' buffer."""
+    grads: list[torch.Tensor | None],
+    rows: slice,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed divergence and CE of one chunk; given the loss weights, also its gradients, added to `grads`.
+
+    The chunk's [n, V] buffer lives only inside this call, so it is gone before the next chunk's.
+    """
     logprobs = F.linear(hidden, weight, bias)
     logprobs.sub_(_logsumexp(logprobs)[:, None])
     cached = len(topk_ids)
     norm = None if spec.temperature == 1 else _logsumexp(logprobs[:cached], 1 / spec.temperature)
     gathered = [logprobs.gather(-1, targets[:, None])[:, 0], logprobs[:cached].gather(-1, topk_ids)]
     if weights is None:
-        kd_sum, ce_sum = sparse_terms(*gathered, norm, topk_logprobs, spec)
-        return kd_sum, ce_sum, None
+        return sparse_terms(*gathered, norm, topk_logprobs, spec)
     with torch.enable_grad():
         leaves = [value.requires_grad_() for value in gathered + ([] if norm is None else [norm])]
         kd_sum, ce_sum = sparse_terms(leaves[0], leaves[1], None if norm is None else leaves[2], topk_logprobs, spec)
-        grads = torch.autograd.grad(weights[0] * kd_sum + weights[1] * ce_sum, leaves, materialize_grads=True)
-    grad_norm = grads[2] if norm is not None else None
-    gradient = _logit_gradient_(logprobs, targets, topk_ids, grads[0], grads[1], norm, grad_norm, spec.temperature)
-    return kd_sum.detach(), ce_sum.detach(), gradient
+        small = torch.autograd.grad(weights[0] * kd_sum + weights[1] * ce_sum, leaves, materialize_grads=True)
+    grad_norm = small[2] if norm is not None else None
+    gradient = _logit_gradient_(logprobs, targets, topk_ids, small[0], small[1], norm, grad_norm, spec.temperature)
+    _backprop_head(gradient, hidden, weight, grads, rows)
+    return kd_sum.detach(), ce_sum.detach()
 
 
 def _run(
@@ -109,16 +124,8 @@ def _run(
     kd_total, ce_total = hidden.new_zeros(()), hidden.new_zeros(())
     for start in range(0, len(targets), chunk):
         rows = slice(start, start + chunk)
-        kd_sum, ce_sum, gradient = _chunk(hidden[rows], weight, bias, targets[rows], topk_ids[rows], topk_logprobs[rows], spec, weights)
+        kd_sum, ce_sum = _chunk(hidden[rows], weight, bias, targets[rows], topk_ids[rows], topk_logprobs[rows], spec, weights, grads, rows)
         kd_total, ce_total = kd_total + kd_sum, ce_total + ce_sum
-        if gradient is None:
-            continue
-        if grads[0] is not None:
-            grads[0][rows] = gradient @ weight
-        if grads[1] is not None:
-            grads[1].addmm_(gradient.T, hidden[rows])
-        if grads[2] is not None:
-            grads[2] += gradient.sum(0)
     return kd_total, ce_total, grads
 
 

@@ -204,3 +204,28 @@ def test_sparse_forward_kl_full_vocab_equals_dense_kl():
     top = F.log_softmax(teacher, -1).topk(V, dim=-1)
     dense = (F.softmax(teacher, -1) * (F.log_softmax(teacher, -1) - F.log_softmax(logits, -1))).sum(-1)
     torch.testing.assert_close(sparse_forward_kl(logits, top.indices, top.values), dense, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_chunked_loss_holds_one_vocabulary_buffer_per_chunk(temperature):
+    """Peak tensor memory of forward + backward: one [chunk, V] buffer, block-sized temporaries and the
+    output layer's own gradients; plain autograd over all positions holds several [N, V] tensors."""
+    from bench.memory import peak_tensor_bytes
+    from pipeline.chunked_loss import VOCAB_BLOCK
+
+    vocab, hidden_size, n, chunk = 32768, 32, 256, 32
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, hidden_size, generator=g, requires_grad=True)
+    weight = torch.randn(vocab, hidden_size, generator=g, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    top = F.log_softmax(torch.randn(n, vocab, generator=g), -1).topk(20, dim=-1)
+    ids, values = top.indices.clone(), top.values.clone()
+    spec = LossSpec("jsd", temperature=temperature)
+
+    def step():
+        chunked_distillation_loss(hidden, weight, None, targets, ids, values, spec, chunk)["loss"].backward()
+
+    bound = 4 * (chunk * vocab + 2 * chunk * VOCAB_BLOCK + weight.numel() + hidden.numel()) + 2**20
+    assert peak_tensor_bytes(step) <= bound
+    hidden.grad = weight.grad = None
+    assert peak_tensor_bytes(lambda: distillation_loss(F.linear(hidden, weight), targets, ids, values, spec)["loss"].backward()) > 3 * 4 * n * vocab
