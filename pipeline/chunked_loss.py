@@ -10,6 +10,7 @@ once, so only one [chunk, V] tensor exists at a time and backward merely hands t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,16 +18,38 @@ import torch.nn.functional as F
 
 from pipeline.losses import LossSpec, combine_terms, loss_weights, sparse_terms
 
-VOCAB_BLOCK = 8192  # columns per step of the in-place passes: temporaries stay a fraction of the buffer
+ROW_BLOCK = 16  # rows per step of the passes over a buffer: temporaries stay a small fraction of it
 
 
-def _logsumexp(values: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Row-wise logsumexp(values * scale), scale > 0, one column block at a time."""
-    top = values.amax(dim=-1, keepdim=True)
-    total = torch.zeros_like(top)
-    for block in values.split(VOCAB_BLOCK, dim=-1):
-        total += (block - top).mul_(scale).exp_().sum(-1, keepdim=True)
-    return (top * scale + total.log())[:, 0]
+def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax in place: torch has no log_softmax_, but its kernel accepts the input as `out`
+    (full aliasing, the way in-place ops are built), reading each row before writing it."""
+    return torch.log_softmax(logits, dim=-1, out=logits)
+
+
+def _exp_(values: torch.Tensor) -> torch.Tensor:
+    """exp in place, inputs raised to at least log(smallest normal float) first: exp with denormal
+    results is about 15x slower on CPU (a confident student has many), and probabilities below
+    1e-38 move no gradient."""
+    return values.clamp_(min=math.log(torch.finfo(values.dtype).tiny)).exp_()
+
+
+def _row_blocks(*tensors: torch.Tensor) -> zip:
+    return zip(*(t.split(ROW_BLOCK) for t in tensors))
+
+
+def _tempered_norm(logprobs: torch.Tensor, temperature: float, scratch: torch.Tensor) -> torch.Tensor:
+    """Row-wise logsumexp(logprobs / T), a few rows at a time through one reused scratch block."""
+    norms = logprobs.new_empty(len(logprobs))
+    for rows, out in _row_blocks(logprobs, norms):
+        top = rows.amax(dim=-1, keepdim=True) / temperature
+        out.copy_(top[:, 0] + _exp_(_scaled_shifted(rows, temperature, top, scratch)).sum(-1).log())
+    return norms
+
+
+def _scaled_shifted(rows: torch.Tensor, temperature: float, shift: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """rows / T - shift, written into the scratch block."""
+    return torch.div(rows, temperature, out=scratch[: len(rows)]).sub_(shift)
 
 
 def _logit_gradient_(
@@ -35,27 +58,28 @@ def _logit_gradient_(
     topk_ids: torch.Tensor,
     grad_target: torch.Tensor,
     grad_topk: torch.Tensor,
-    tempered_norm: torch.Tensor | None,
-    grad_norm: torch.Tensor | None,
     temperature: float,
+    tempered: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Overwrite log-probs [n, V] with d loss / d logits, from the loss's gradient at the gathered values.
 
-    d log p_i / d z_j = [i = j] - p_j; the tempered normaliser s = logsumexp(log p / T) has
-    d s / d z_j = (p^T_j - p_j) / T, with p^T the student's tempered distribution.
+    d log p_i / d z_j = [i = j] - p_j. At T != 1, `tempered` holds the normaliser
+    s = logsumexp(log p / T), the loss's gradient for it and a scratch block; d s / d z_j = (p^T_j - p_j) / T,
+    with p^T the student's tempered distribution.
     """
     cached = len(topk_ids)
     total = grad_target.clone()
     total[:cached] += grad_topk.sum(-1)
-    if tempered_norm is None or grad_norm is None:
-        logprobs.exp_().mul_(-total[:, None])
+    if tempered is None:
+        _exp_(logprobs).mul_(-total[:, None])
     else:
+        norm, grad_norm, scratch = tempered
         weight = grad_norm / temperature
         total[:cached] += weight
-        for block in logprobs[:cached].split(VOCAB_BLOCK, dim=-1):
-            tempered = (block - temperature * tempered_norm[:, None]).div_(temperature).exp_().mul_(weight[:, None])
-            block.exp_().mul_(-total[:cached, None]).add_(tempered)
-        logprobs[cached:].exp_().mul_(-total[cached:, None])
+        for rows, row_norm, row_weight, row_total in _row_blocks(logprobs[:cached], norm, weight, total[:cached]):
+            p_tempered = _exp_(_scaled_shifted(rows, temperature, row_norm[:, None], scratch))
+            _exp_(rows).mul_(-row_total[:, None]).addcmul_(p_tempered, row_weight[:, None])
+        _exp_(logprobs[cached:]).mul_(-total[cached:, None])
     logprobs.scatter_add_(-1, targets[:, None], grad_target[:, None])
     logprobs[:cached].scatter_add_(-1, topk_ids, grad_topk)
     return logprobs
@@ -87,10 +111,10 @@ def _chunk(
 
     The chunk's [n, V] buffer lives only inside this call, so it is gone before the next chunk's.
     """
-    logprobs = F.linear(hidden, weight, bias)
-    logprobs.sub_(_logsumexp(logprobs)[:, None])
+    logprobs = _log_softmax_(F.linear(hidden, weight, bias))
     cached = len(topk_ids)
-    norm = None if spec.temperature == 1 else _logsumexp(logprobs[:cached], 1 / spec.temperature)
+    scratch = None if spec.temperature == 1 else logprobs.new_empty(min(ROW_BLOCK, cached), logprobs.shape[1])
+    norm = None if scratch is None else _tempered_norm(logprobs[:cached], spec.temperature, scratch)
     gathered = [logprobs.gather(-1, targets[:, None])[:, 0], logprobs[:cached].gather(-1, topk_ids)]
     if weights is None:
         return sparse_terms(*gathered, norm, topk_logprobs, spec)
@@ -98,8 +122,8 @@ def _chunk(
         leaves = [value.requires_grad_() for value in gathered + ([] if norm is None else [norm])]
         kd_sum, ce_sum = sparse_terms(leaves[0], leaves[1], None if norm is None else leaves[2], topk_logprobs, spec)
         small = torch.autograd.grad(weights[0] * kd_sum + weights[1] * ce_sum, leaves, materialize_grads=True)
-    grad_norm = small[2] if norm is not None else None
-    gradient = _logit_gradient_(logprobs, targets, topk_ids, small[0], small[1], norm, grad_norm, spec.temperature)
+    tempered = None if norm is None or scratch is None else (norm, small[2], scratch)
+    gradient = _logit_gradient_(logprobs, targets, topk_ids, small[0], small[1], spec.temperature, tempered)
     _backprop_head(gradient, hidden, weight, grads, rows)
     return kd_sum.detach(), ce_sum.detach()
 
