@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.chunked_loss import chunked_distillation_loss
+from bench.memory import peak_tensor_bytes
+from pipeline.chunked_loss import ROW_BLOCK, chunked_distillation_loss
 from pipeline.errors import PipelineError
 from pipeline.losses import DIVERGENCES, TAILS, LossSpec, distillation_loss, sparse_forward_kl
 
@@ -210,9 +211,6 @@ def test_sparse_forward_kl_full_vocab_equals_dense_kl():
 def test_chunked_loss_holds_one_vocabulary_buffer_per_chunk(temperature):
     """Peak tensor memory of forward + backward: one [chunk, V] buffer, row-block temporaries and the
     output layer's own gradients; plain autograd over all positions holds several [N, V] tensors."""
-    from bench.memory import peak_tensor_bytes
-    from pipeline.chunked_loss import ROW_BLOCK
-
     vocab, hidden_size, n, chunk = 32768, 32, 256, 32
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(n, hidden_size, generator=g, requires_grad=True)
