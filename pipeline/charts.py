@@ -16,7 +16,7 @@ def plot_training(logs: dict[str, list[dict[str, float]]], metrics: dict[str, An
     figure, (curves, kl_bars) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
     for name, log in logs.items():
         curves.plot([row["step"] for row in log], [row["ce"] for row in log], label=f"{name}: CE on teacher tokens")
-        curves.plot([row["step"] for row in log], [row["kl"] for row in log], linestyle="--", label=f"{name}: KL to teacher")
+        curves.plot([row["step"] for row in log], [row["kd"] for row in log], linestyle="--", label=f"{name}: distillation term")
     curves.set_xlabel("step")
     curves.set_ylabel("nats per token (train)")
     curves.set_title("Student training")

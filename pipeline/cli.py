@@ -122,6 +122,8 @@ def student(
     out: Path = typer.Option(..., help="folder for the trained student checkpoint"),
     params: Optional[Path] = typer.Option(None, help="params.yaml whose 'student' section gives the settings"),
     alpha: Optional[float] = typer.Option(None, help="weight of the KD term; 0 trains on CE only"),
+    loss: Optional[str] = typer.Option(None, help="divergence: forward_kl, reverse_kl, jsd, skew_kl or tvd"),
+    tail: Optional[str] = typer.Option(None, help="mass outside the top-k: bucket or renormalize"),
     epochs: Optional[int] = None,
     loss_log: Optional[Path] = typer.Option(None, help="CSV file for the per-step loss log"),
 ) -> None:
@@ -131,7 +133,7 @@ def student(
 
     section = params_section(params, "student")
     settings = train_settings(section)
-    settings = replace(settings, **{name: value for name, value in {"alpha": alpha, "epochs": epochs}.items() if value is not None})
+    settings = replace(settings, **{name: value for name, value in {"alpha": alpha, "loss": loss, "tail": tail, "epochs": epochs}.items() if value is not None})
     log = train_student(cache, tokenizer, section.get("model", {}), settings, out)
     if loss_log is not None:
         write_loss_log(log, loss_log)

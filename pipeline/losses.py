@@ -1,14 +1,59 @@
-"""Distillation losses on a sparse top-k cache.
+"""Distillation losses on a sparse top-k cache: the math, independent of how logits are produced.
 
-The teacher's distribution is known on its top-k ids; the rest of its mass (1 - sum of the
-top-k probabilities) becomes one tail bucket. The student's distribution is folded onto the
-same k + 1 buckets, so the KL is exact for what the cache holds and no mass is renormalised away.
+The teacher's distribution is known only on its cached top-k ids. Two ways to put teacher and
+student on one support:
+
+- `bucket` (default): the teacher's remaining mass (1 - sum of the top-k probabilities) is one tail
+  bucket, and the student's mass outside the teacher's top-k is folded onto it. Nothing is
+  renormalised away; with k equal to the vocabulary this is the full-vocabulary divergence.
+- `renormalize`: teacher and student are both renormalised over the top-k ids. Biased (the student
+  is never told how much mass belongs outside the top-k), kept for comparison with other tools.
+
+Every divergence takes the teacher's and the student's log-probabilities over the same support
+and returns one value per position. The losses need only a few values of the student's
+full-vocabulary log-softmax (at the target and at the top-k ids, plus the tempered normaliser
+when T != 1): `sparse_terms` works from those, so a caller may compute them however it likes
+(`distillation_loss` over full logits here, `pipeline.chunked_loss` chunk by chunk for training).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+
+from pipeline.errors import PipelineError
+
+TAILS = ("bucket", "renormalize")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What `student.loss`, `tail`, `alpha`, `temperature`, `beta` and `skew` select in params.yaml."""
+
+    divergence: str = "forward_kl"
+    tail: str = "bucket"
+    alpha: float = 0.9
+    temperature: float = 1.0
+    beta: float = 0.5
+    skew: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.divergence not in DIVERGENCES:
+            raise PipelineError(f"unknown loss '{self.divergence}' (known: {', '.join(DIVERGENCES)})")
+        if self.tail not in TAILS:
+            raise PipelineError(f"unknown tail treatment '{self.tail}' (known: {', '.join(TAILS)})")
+        if not 0 <= self.alpha <= 1:
+            raise PipelineError(f"alpha must be between 0 and 1, got {self.alpha}")
+        if self.temperature <= 0:
+            raise PipelineError(f"temperature must be positive, got {self.temperature}")
+        if not 0 <= self.beta <= 1:
+            raise PipelineError(f"beta must be between 0 and 1, got {self.beta}")
+        if not 0 <= self.skew < 1:
+            raise PipelineError(f"skew must be in [0, 1), got {self.skew}")
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -31,18 +76,99 @@ def teacher_buckets(topk_logprobs: torch.Tensor, temperature: float = 1.0) -> to
     return F.log_softmax(buckets / temperature, dim=-1)
 
 
-def student_buckets(student_logits: torch.Tensor, topk_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """[N, k+1] student log-probs on the teacher's top-k ids, plus the rest of its mass."""
-    logprobs = F.log_softmax(student_logits / temperature, dim=-1)
-    on_topk = logprobs.gather(-1, topk_ids)
-    return torch.cat([on_topk, tail_logprob(on_topk)[:, None]], dim=-1)
+def teacher_support(topk_logprobs: torch.Tensor, tail: str, temperature: float = 1.0) -> torch.Tensor:
+    """The teacher's tempered log-probs on the shared support: [N, k+1] buckets or [N, k] renormalised."""
+    if tail == "bucket":
+        return teacher_buckets(topk_logprobs, temperature)
+    return F.log_softmax(topk_logprobs / temperature, dim=-1)
 
 
-def sparse_forward_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-position KL(teacher || student) over the top-k ids plus one tail bucket: shape [N]."""
-    teacher = teacher_buckets(topk_logprobs.to(student_logits.dtype), temperature)
-    student = student_buckets(student_logits, topk_ids, temperature)
+def student_support(on_topk: torch.Tensor, tail: str) -> torch.Tensor:
+    """The student's log-probs on the shared support, from its (tempered) log-probs at the teacher's top-k ids."""
+    if tail == "bucket":
+        return torch.cat([on_topk, tail_logprob(on_topk)[:, None]], dim=-1)
+    return on_topk - torch.logsumexp(on_topk, dim=-1, keepdim=True)
+
+
+def forward_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student): mass-covering."""
     return (teacher.exp() * (teacher - student)).sum(-1)
+
+
+def reverse_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """KL(student || teacher): mode-seeking."""
+    return (student.exp() * (student - teacher)).sum(-1)
+
+
+def _mixture(a: torch.Tensor, b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(weight_a * exp(a) + (1 - weight_a) * exp(b)) for 0 < weight_a < 1."""
+    return torch.logaddexp(a + math.log(weight_a), b + math.log1p(-weight_a))
+
+
+def generalized_jsd(teacher: torch.Tensor, student: torch.Tensor, beta: float) -> torch.Tensor:
+    """beta * KL(teacher || m) + (1 - beta) * KL(student || m), m = beta * teacher + (1 - beta) * student.
+
+    As in TRL's GKD: beta = 0 is forward KL and beta = 1 reverse KL (the endpoints are defined so;
+    the mixture form itself vanishes there).
+    """
+    if beta == 0:
+        return forward_kl(teacher, student)
+    if beta == 1:
+        return reverse_kl(teacher, student)
+    mixture = _mixture(teacher, student, beta)
+    return beta * forward_kl(teacher, mixture) + (1 - beta) * forward_kl(student, mixture)
+
+
+def skew_kl(teacher: torch.Tensor, student: torch.Tensor, skew: float) -> torch.Tensor:
+    """KL(teacher || skew * teacher + (1 - skew) * student) (DistiLLM): forward KL at skew 0, bounded above by -log(skew)."""
+    if skew == 0:
+        return forward_kl(teacher, student)
+    return forward_kl(teacher, _mixture(teacher, student, skew))
+
+
+def total_variation(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Half the L1 distance between the two distributions."""
+    return 0.5 * (teacher.exp() - student.exp()).abs().sum(-1)
+
+
+DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor, LossSpec], torch.Tensor]] = {
+    "forward_kl": lambda teacher, student, spec: forward_kl(teacher, student),
+    "reverse_kl": lambda teacher, student, spec: reverse_kl(teacher, student),
+    "jsd": lambda teacher, student, spec: generalized_jsd(teacher, student, spec.beta),
+    "skew_kl": lambda teacher, student, spec: skew_kl(teacher, student, spec.skew),
+    "tvd": lambda teacher, student, spec: total_variation(teacher, student),
+}
+
+
+def sparse_terms(
+    target_logprobs: torch.Tensor,
+    topk_student: torch.Tensor,
+    tempered_norm: torch.Tensor | None,
+    topk_logprobs: torch.Tensor,
+    spec: LossSpec,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed divergence (over the first len(topk_student) positions) and summed CE (over all).
+
+    target_logprobs [N] and topk_student [M, k] are the student's log-softmax at temperature 1,
+    gathered at the actual tokens and at the teacher's top-k ids. At T != 1, tempered_norm [M] is
+    logsumexp(log_softmax / T) over the vocabulary: the student's tempered log-probs on the top-k
+    are then topk_student / T - tempered_norm, exact. Pass None at T = 1.
+    """
+    on_topk = topk_student if tempered_norm is None else topk_student / spec.temperature - tempered_norm[:, None]
+    teacher = teacher_support(topk_logprobs.to(on_topk.dtype), spec.tail, spec.temperature)
+    divergence = DIVERGENCES[spec.divergence](teacher, student_support(on_topk, spec.tail), spec)
+    return divergence.sum(), -target_logprobs.sum()
+
+
+def combine_terms(kd_sum: torch.Tensor, ce_sum: torch.Tensor, kd_count: int, ce_count: int, spec: LossSpec) -> dict[str, torch.Tensor]:
+    """alpha * T^2 * mean divergence + (1 - alpha) * mean CE, and both means for logging."""
+    kd_weight, ce_weight = loss_weights(kd_count, ce_count, spec)
+    return {"loss": kd_weight * kd_sum + ce_weight * ce_sum, "kd": kd_sum / max(kd_count, 1), "ce": ce_sum / max(ce_count, 1)}
+
+
+def loss_weights(kd_count: int, ce_count: int, spec: LossSpec) -> tuple[float, float]:
+    """Factors that turn the two sums into the loss: loss = kd_weight * kd_sum + ce_weight * ce_sum."""
+    return spec.alpha * spec.temperature**2 / max(kd_count, 1), (1 - spec.alpha) / max(ce_count, 1)
 
 
 def distillation_loss(
@@ -50,13 +176,23 @@ def distillation_loss(
     targets: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
-    alpha: float,
-    temperature: float = 1.0,
+    spec: LossSpec = LossSpec(),
 ) -> dict[str, torch.Tensor]:
-    """alpha * T^2 * sparse forward KL + (1 - alpha) * CE on the actual tokens, mean over positions.
+    """The loss over full logits [N, V], one log_softmax shared by CE and the divergence.
 
-    Returns the loss and both terms (the KL at the training temperature) for logging.
+    The first len(topk_ids) rows are cached positions (divergence and CE); any further rows count
+    for CE only. Plain autograd: memory grows with N * V; training uses `pipeline.chunked_loss`.
     """
-    kl = sparse_forward_kl(student_logits, topk_ids, topk_logprobs, temperature).mean()
-    ce = F.cross_entropy(student_logits, targets)
-    return {"loss": alpha * temperature**2 * kl + (1 - alpha) * ce, "kl": kl, "ce": ce}
+    logprobs = F.log_softmax(student_logits, dim=-1)
+    cached = len(topk_ids)
+    norm = None if spec.temperature == 1 else torch.logsumexp(logprobs[:cached] / spec.temperature, dim=-1)
+    target_logprobs = logprobs.gather(-1, targets[:, None])[:, 0]
+    kd_sum, ce_sum = sparse_terms(target_logprobs, logprobs[:cached].gather(-1, topk_ids), norm, topk_logprobs, spec)
+    return combine_terms(kd_sum, ce_sum, cached, len(targets), spec)
+
+
+def sparse_forward_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-position KL(teacher || student) over the top-k ids plus one tail bucket: shape [N]."""
+    student = F.log_softmax(student_logits / temperature, dim=-1).gather(-1, topk_ids)
+    teacher = teacher_support(topk_logprobs.to(student.dtype), "bucket", temperature)
+    return forward_kl(teacher, student_support(student, "bucket"))

@@ -12,8 +12,10 @@ import pyarrow.compute as pc
 import torch
 
 from pipeline.cache import flat_values, iter_record_batches, read_manifest, split_shards
+from pipeline.errors import PipelineError
 
 PAD_ID = 0  # padded positions are masked out and never scored
+POSITIONS = ("response", "all")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class TopKBatch:
     topk_ids: torch.Tensor  # [N, k]
     topk_logprobs: torch.Tensor  # [N, k]
     token_logprobs: torch.Tensor  # [N]
+    response_start: torch.Tensor  # [B] index of each row's first answer token
 
     @property
     def num_tokens(self) -> int:
@@ -55,7 +58,31 @@ def to_topk_batch(records: pa.RecordBatch) -> TopKBatch:
         topk_ids=torch.from_numpy(flat_values(records.column("topk_ids"), 2).astype(np.int64).reshape(n, -1)),
         topk_logprobs=torch.from_numpy(flat_values(records.column("topk_logprobs"), 2).reshape(n, -1)),
         token_logprobs=torch.from_numpy(flat_values(records.column("token_logprobs"), 1)),
+        response_start=torch.from_numpy(starts),
     )
+
+
+def prompt_positions(batch: TopKBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, columns, targets) of the positions that predict prompt tokens 1 .. response_start - 1.
+
+    The cache has no teacher data for them; CE may still train on them (`student.positions: all`).
+    """
+    counts = (batch.response_start - 1).clamp(min=0)
+    rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    offsets = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    columns = torch.arange(int(counts.sum())) - offsets
+    return rows, columns, batch.input_ids[rows, columns + 1]
+
+
+def scored_positions(batch: TopKBatch, positions: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, columns, targets) the loss scores: the cached answer positions first, then with
+    positions='all' the prompt positions (CE only). Padding is never among them."""
+    if positions not in POSITIONS:
+        raise PipelineError(f"unknown positions '{positions}' (known: {', '.join(POSITIONS)})")
+    if positions == "response":
+        return batch.rows, batch.columns, batch.targets
+    prompt = prompt_positions(batch)
+    return tuple(torch.cat([cached, extra]) for cached, extra in zip((batch.rows, batch.columns, batch.targets), prompt))  # type: ignore[return-value]
 
 
 def stream_batches(cache_dir: Path, split: str, batch_size: int, seed: int | None = None, shuffle_rows: int = 256) -> Iterator[TopKBatch]:

@@ -28,10 +28,14 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def position_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """Logits only at the positions that need them: [N, V] for the (rows, columns) pairs.
+def position_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The output layer's inputs [N, H] at the (rows, columns) pairs only.
 
-    The output layer over a 50k vocabulary dominates the cost; prompt positions never need it.
+    The output layer over a 50k vocabulary dominates the cost; padding and unscored positions never reach it.
     """
-    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return model.lm_head(hidden[rows, columns])
+    return model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows, columns]
+
+
+def position_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Logits [N, V] only at the (rows, columns) pairs."""
+    return model.lm_head(position_hidden(model, input_ids, attention_mask, rows, columns))

@@ -17,15 +17,22 @@ from pipeline.cache import TOKENIZER_DIR, open_shard, read_manifest, split_shard
 from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
-from pipeline.losses import distillation_loss
-from pipeline.student import build_student, count_parameters, position_logits
-from pipeline.streaming import stream_batches
+from pipeline.chunked_loss import chunked_distillation_loss
+from pipeline.losses import LossSpec
+from pipeline.student import build_student, count_parameters, position_hidden
+from pipeline.streaming import POSITIONS, TopKBatch, scored_positions, stream_batches
 
 
 @dataclass
 class TrainSettings:
+    loss: str = "forward_kl"  # a pipeline.losses.DIVERGENCES name
+    tail: str = "bucket"  # or "renormalize"
     alpha: float = 0.9
     temperature: float = 1.0
+    beta: float = 0.5  # jsd only
+    skew: float = 0.1  # skew_kl only
+    positions: str = "response"  # or "all": CE also on prompt tokens
+    chunk_positions: int = 256
     epochs: int = 4
     batch_size: int = 8
     lr: float = 3e-3
@@ -33,6 +40,16 @@ class TrainSettings:
     warmup_steps: int = 10
     seed: int = 0
     shuffle_rows: int = 256
+
+    def loss_spec(self) -> LossSpec:
+        return LossSpec(self.loss, self.tail, self.alpha, self.temperature, self.beta, self.skew)
+
+    def validate(self) -> None:
+        self.loss_spec()
+        if self.positions not in POSITIONS:
+            raise PipelineError(f"positions must be one of {', '.join(POSITIONS)}, got '{self.positions}'")
+        if self.chunk_positions < 1:
+            raise PipelineError(f"chunk_positions must be at least 1, got {self.chunk_positions}")
 
 
 def check_compatibility(manifest: dict[str, Any], tokenizer: Any, tokenizer_path: Path) -> None:
@@ -72,15 +89,22 @@ def learning_rate(step: int, total: int, settings: TrainSettings) -> float:
     return settings.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
+def batch_loss(model: torch.nn.Module, batch: TopKBatch, settings: TrainSettings) -> dict[str, torch.Tensor]:
+    """The training loss of one batch, with the output layer applied chunk by chunk inside the loss."""
+    rows, columns, targets = scored_positions(batch, settings.positions)
+    hidden = position_hidden(model, batch.input_ids, batch.attention_mask, rows, columns)
+    head = model.get_output_embeddings()
+    return chunked_distillation_loss(
+        hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, settings.loss_spec(), settings.chunk_positions
+    )
+
+
 def train_student(cache_dir: Path, tokenizer_path: Path | None, model_config: dict[str, Any], settings: TrainSettings, out_dir: Path) -> list[dict[str, float]]:
     """Train a student on the cache's train split, save it (with the tokenizer) to out_dir; returns the step log.
 
     tokenizer_path None means the tokenizer shipped in the cache.
     """
-    if not 0 <= settings.alpha <= 1:
-        raise PipelineError(f"alpha must be between 0 and 1, got {settings.alpha}")
-    if settings.temperature <= 0:
-        raise PipelineError(f"temperature must be positive, got {settings.temperature}")
+    settings.validate()
     manifest = read_manifest(cache_dir)
     tokenizer_path = student_tokenizer_path(cache_dir, tokenizer_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -93,13 +117,12 @@ def train_student(cache_dir: Path, tokenizer_path: Path | None, model_config: di
     log: list[dict[str, float]] = []
     step, started, tokens = 0, time.perf_counter(), 0
     model.train()
-    with tqdm(total=total, unit="step", desc=f"student a={settings.alpha}") as progress:
+    with tqdm(total=total, unit="step", desc=f"student {settings.loss} a={settings.alpha}") as progress:
         for epoch in range(settings.epochs):
             for batch in stream_batches(cache_dir, "train", settings.batch_size, seed=settings.seed + epoch, shuffle_rows=settings.shuffle_rows):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, total, settings)
-                logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns)
-                terms = distillation_loss(logits, batch.targets, batch.topk_ids, batch.topk_logprobs, settings.alpha, settings.temperature)
+                terms = batch_loss(model, batch, settings)
                 optimizer.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

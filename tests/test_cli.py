@@ -49,7 +49,7 @@ def test_teacher_student_evaluate_without_dvc(tmp_path, prepared, tiny_teacher):
     params.write_text("student:\n  epochs: 1\n  batch_size: 4\n  model: {hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 128}\n")
     result = runner.invoke(app, ["student", "--cache", str(cache), "--tokenizer", str(tiny_teacher), "--out", str(student), "--params", str(params), "--loss-log", str(tmp_path / "loss.csv")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "loss.csv").read_text().startswith("step,epoch,loss,kl,ce")
+    assert (tmp_path / "loss.csv").read_text().startswith("step,epoch,loss,kd,ce")
     result = runner.invoke(app, ["evaluate", "--cache", str(cache), "--teacher", str(tiny_teacher), "--student", f"kd={student}", "--out", str(tmp_path / "m.json"), "--speed-sequences", "2"])
     assert result.exit_code == 0, result.output
     assert "kd" in result.output and json.loads((tmp_path / "m.json").read_text())["models"]["kd"]["params"] > 0

@@ -194,5 +194,5 @@ def test_stage_output_passes_cache_checks_and_trains_a_student(tmp_path, soft_te
         seen += batch.num_tokens
     assert seen == manifest["splits"]["train"]["tokens"]
     log = train_student(out, soft_teacher, STUDENT, TrainSettings(alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, seed=0), tmp_path / "student")
-    assert log[-1]["kl"] < log[0]["kl"]
+    assert log[-1]["kd"] < log[0]["kd"]
     assert load_causal_lm(tmp_path / "student").config.vocab_size == 320

@@ -1,0 +1,209 @@
+"""How much quality a top-k cache costs against distilling from the teacher's full distribution.
+
+The teacher rescores the sequences of an existing cache with one full forward each and keeps its
+whole distribution at every answer position in memory. The same student (params.yaml, same seed,
+same batches) is then trained once per variant: from the full distribution (the online reference),
+from top-k caches cut from it with the tail bucket and renormalised, and on CE alone. Each is scored
+on held-out sequences against the FULL teacher distribution: KL(teacher || student) per token,
+top-1 agreement, and recovery = (KL_ce - KL_variant) / (KL_ce - KL_full), the share of full-logit
+distillation's improvement over CE that the variant keeps.
+
+    python -m bench.loss_quality --cache data/cache --teacher models/smollm2-135m-instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+import yaml
+
+from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table, read_manifest, split_shard_paths
+from pipeline.checkpoint import load_causal_lm
+from pipeline.config import train_settings
+from pipeline.losses import DIVERGENCES, sparse_forward_kl
+from pipeline.student import build_student, position_logits
+from pipeline.streaming import TopKBatch, to_topk_batch
+from pipeline.teacher_model import resolve_teacher
+from pipeline.training import TrainSettings, batch_loss, learning_rate
+
+K_MAX = 50
+
+
+@dataclass
+class Split:
+    """Sequences of one split with the teacher's full log-probs [answer positions, V] per sequence."""
+
+    table: pa.Table  # in the cache format, top-K_MAX from the rescoring
+    full: list[torch.Tensor]
+
+
+@dataclass
+class Variant:
+    name: str
+    k: int | None  # None: the teacher's full distribution
+    settings: TrainSettings
+
+
+def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, np.ndarray]]:
+    """(id, input_ids, response_start, cached top-k ids) of the first `limit` rows of a split."""
+    manifest = read_manifest(cache)
+    rows = []
+    for records in iter_record_batches(split_shard_paths(cache, manifest, split), 64, ["id", "input_ids", "response_start", "topk_ids"]):
+        for row in records.to_pylist():
+            rows.append((row["id"], row["input_ids"], row["response_start"], np.array(row["topk_ids"])))
+    return rows[:limit]
+
+
+@torch.inference_mode()
+def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int, np.ndarray]], batch_size: int = 8) -> tuple[Split, float]:
+    """Full teacher log-probs at every answer position, and the share of positions whose top-k ids match the cache's."""
+    outputs, full, matches, positions = [], [], 0, 0
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        width = max(len(ids) for _, ids, _, _ in chunk)
+        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, (_, ids, _, _) in enumerate(chunk):
+            input_ids[row, : len(ids)], mask[row, : len(ids)] = torch.tensor(ids), 1
+        logits = teacher(input_ids=input_ids, attention_mask=mask).logits
+        for row, (_, ids, start_at, cached_ids) in enumerate(chunk):
+            logprobs = torch.log_softmax(logits[row, start_at - 1 : len(ids) - 1].float(), dim=-1)
+            top = logprobs.topk(K_MAX, dim=-1)
+            targets = torch.tensor(ids[start_at:])
+            k = cached_ids.shape[1]
+            matches += sum(set(a) == set(b) for a, b in zip(top.indices[:, :k].tolist(), cached_ids.tolist()))
+            positions += len(targets)
+            full.append(logprobs)
+            outputs.append(
+                TeacherOutput(
+                    input_ids=np.asarray(ids, dtype=np.int32),
+                    response_start=start_at,
+                    topk_ids=top.indices.to(torch.int32).numpy(),
+                    topk_logprobs=top.values.numpy(),
+                    token_logprobs=logprobs.gather(-1, targets[:, None])[:, 0].numpy(),
+                )
+            )
+    return Split(outputs_to_table([s[0] for s in sequences], outputs), full), matches / positions
+
+
+def batches(split: Split, batch_size: int, seed: int | None) -> Iterator[tuple[TopKBatch, torch.Tensor]]:
+    """Batches in the streaming format (top-K_MAX) with the full teacher log-probs of the same positions."""
+    order = np.arange(split.table.num_rows) if seed is None else np.random.default_rng(seed).permutation(split.table.num_rows)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        records = split.table.take(rows).combine_chunks().to_batches()[0]
+        yield to_topk_batch(records), torch.cat([split.full[i] for i in rows])
+
+
+def truncated(batch: TopKBatch, k: int) -> TopKBatch:
+    return replace(batch, topk_ids=batch.topk_ids[:, :k].contiguous(), topk_logprobs=batch.topk_logprobs[:, :k].contiguous())
+
+
+def full_logit_loss(model: torch.nn.Module, batch: TopKBatch, teacher: torch.Tensor, settings: TrainSettings) -> torch.Tensor:
+    """The online reference: the same objective with the teacher's whole distribution (dense forward KL)."""
+    logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns)
+    t = settings.temperature
+    teacher_t, student_t = F.log_softmax(teacher / t, dim=-1), F.log_softmax(logits / t, dim=-1)
+    kl = (teacher_t.exp() * (teacher_t - student_t)).sum(-1).mean()
+    return settings.alpha * t**2 * kl + (1 - settings.alpha) * F.cross_entropy(logits, batch.targets)
+
+
+def train(variant: Variant, train_split: Split, model_config: dict, vocab_size: int) -> torch.nn.Module:
+    settings = variant.settings
+    model = build_student(model_config, vocab_size, settings.seed).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    total = -(-train_split.table.num_rows // settings.batch_size) * settings.epochs
+    step = 0
+    for epoch in range(settings.epochs):
+        for batch, teacher in batches(train_split, settings.batch_size, settings.seed + epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total, settings)
+            loss = full_logit_loss(model, batch, teacher, settings) if variant.k is None else batch_loss(model, truncated(batch, variant.k), settings)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+    return model.eval()
+
+
+@torch.inference_mode()
+def score(model: torch.nn.Module, split: Split, batch_size: int, seen_k: int) -> dict[str, float]:
+    """Per-token KL(full teacher || student), top-1 agreement with the teacher's argmax, and the KL
+    a top-`seen_k` cache with tail bucket sees (the part of the full KL outside the tail's shape)."""
+    kl, seen, agree, tokens = 0.0, 0.0, 0, 0
+    for batch, teacher in batches(split, batch_size, None):
+        student = F.log_softmax(position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns), dim=-1)
+        kl += (teacher.exp() * (teacher - student)).sum().item()
+        top = teacher.topk(seen_k, dim=-1)
+        seen += sparse_forward_kl(student, top.indices, top.values).sum().item()
+        agree += (student.argmax(-1) == teacher.argmax(-1)).sum().item()
+        tokens += batch.num_tokens
+    return {"kl": kl / tokens, "seen_kl": seen / tokens, "top1": agree / tokens}
+
+
+def variants(settings: TrainSettings, ks: list[int], divergences: list[str]) -> list[Variant]:
+    table = [Variant("full logits (online)", None, settings)]
+    for tail in ("bucket", "renormalize"):
+        table += [Variant(f"{settings.loss} {tail} k={k}", k, replace(settings, tail=tail)) for k in ks]
+    table += [Variant(f"{name} bucket k={ks[len(ks) // 2]}", ks[len(ks) // 2], replace(settings, loss=name, tail="bucket")) for name in divergences]
+    return table + [Variant("ce only", K_MAX, replace(settings, alpha=0.0))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache", type=Path, default=Path("data/cache"), help="its sequences are rescored; its top-k only checks the rescoring")
+    parser.add_argument("--teacher", type=Path, default=Path("models/smollm2-135m-instruct"), help="teacher folder ('embedded' converts it here if missing)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--train-sequences", type=int, default=10**9)
+    parser.add_argument("--validation-sequences", type=int, default=10**9)
+    parser.add_argument("--epochs", type=int, default=None, help="default: params.yaml")
+    parser.add_argument("--model", type=yaml.safe_load, default={}, help="student LlamaConfig fields over params.yaml's, as YAML: '{hidden_size: 64}'")
+    parser.add_argument("--k", type=int, nargs="+", default=[5, 20, 50])
+    parser.add_argument("--divergences", nargs="*", default=[], help=f"also train these at the middle k with the tail bucket: {', '.join(DIVERGENCES)}")
+    args = parser.parse_args()
+    if max(args.k) > K_MAX:
+        parser.error(f"k above {K_MAX}")
+
+    section = yaml.safe_load(args.params.read_text())["student"]
+    section["model"] = {**section.get("model", {}), **args.model}
+    settings = train_settings(section)
+    settings = replace(settings, loss="forward_kl", epochs=args.epochs or settings.epochs)
+    started = time.perf_counter()
+    teacher = load_causal_lm(Path(resolve_teacher("embedded", args.teacher)["path"]))
+    train_split, train_match = rescore(teacher, read_sequences(args.cache, "train", args.train_sequences))
+    validation, validation_match = rescore(teacher, read_sequences(args.cache, "validation", args.validation_sequences))
+    vocab_size = teacher.config.vocab_size
+    del teacher
+    positions = (sum(len(f) for f in train_split.full), sum(len(f) for f in validation.full))
+    print(
+        f"teacher rescored {train_split.table.num_rows} train / {validation.table.num_rows} validation sequences "
+        f"({positions[0]} / {positions[1]} answer positions) in {time.perf_counter() - started:.0f} s; "
+        f"top-{read_manifest(args.cache)['k']} id sets equal to the cache's at {100 * train_match:.1f}% / {100 * validation_match:.1f}% of positions"
+    )
+    print(f"student: {section['model']}, {settings.epochs} epochs, batch {settings.batch_size}, alpha {settings.alpha}, T {settings.temperature}, seed {settings.seed}")
+    results = {}
+    seen_k = args.k[len(args.k) // 2]
+    for variant in variants(settings, args.k, args.divergences):
+        begun = time.perf_counter()
+        model = train(variant, train_split, section["model"], vocab_size)
+        results[variant.name] = score(model, validation, settings.batch_size, seen_k)
+        print(f"  {variant.name}: {results[variant.name]}, trained in {time.perf_counter() - begun:.0f} s", flush=True)
+    kl_ce, kl_full = results["ce only"]["kl"], results["full logits (online)"]["kl"]
+    header = f"{'student trained on':<28}{'KL to teacher':>14}{'top-1 agree':>13}{'recovery':>10}{f'KL top-{seen_k}+tail':>17}"
+    print(header + "\n" + "-" * len(header))
+    for name, r in results.items():
+        print(f"{name:<28}{r['kl']:>14.3f}{r['top1']:>13.3f}{100 * (kl_ce - r['kl']) / (kl_ce - kl_full):>9.1f}%{r['seen_kl']:>17.3f}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
