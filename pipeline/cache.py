@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -149,18 +150,27 @@ def flat_values(column: pa.ChunkedArray | pa.Array, depth: int) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False, writable=True)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside `path`; when the body succeeds, fsync it and rename it into place.
+
+    A file at `path` is therefore always whole; a failed write leaves nothing and says why in one line.
+    """
     tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as error:
         raise write_error(path, error) from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -169,17 +179,9 @@ def write_json(path: Path, value: Any) -> None:
 
 def write_shard(table: pa.Table, path: Path) -> None:
     """Write a zstd Parquet shard under a temporary name, then rename: a shard file is never partial."""
-    tmp = temp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, min(len(table), 1024)))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        raise write_error(path, error) from error
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class OtherSettingsError(PipelineError):
