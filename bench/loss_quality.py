@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table, read_manifest, split_shard_paths
+from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table, read_manifest, split_shards
 from pipeline.checkpoint import load_causal_lm
 from pipeline.config import train_settings
 from pipeline.losses import DIVERGENCES, sparse_forward_kl
@@ -56,7 +56,7 @@ def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[
     """(id, input_ids, response_start, cached top-k ids) of the first `limit` rows of a split."""
     manifest = read_manifest(cache)
     rows = []
-    for records in iter_record_batches(split_shard_paths(cache, manifest, split), 64, ["id", "input_ids", "response_start", "topk_ids"]):
+    for records in iter_record_batches(split_shards(cache, manifest, split), 64, ["id", "input_ids", "response_start", "topk_ids"]):
         for row in records.to_pylist():
             rows.append((row["id"], row["input_ids"], row["response_start"], np.array(row["topk_ids"])))
     return rows[:limit]
