@@ -102,6 +102,7 @@ def _chunk(
     targets: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
+    counts: torch.Tensor | None,
     spec: LossSpec,
     weights: tuple[float, float] | None,
     grads: list[torch.Tensor | None],
@@ -117,10 +118,10 @@ def _chunk(
     norm = None if scratch is None else _tempered_norm(logprobs[:cached], spec.temperature, scratch)
     gathered = [logprobs.gather(-1, targets[:, None])[:, 0], logprobs[:cached].gather(-1, topk_ids)]
     if weights is None:
-        return sparse_terms(*gathered, norm, topk_logprobs, spec)
+        return sparse_terms(*gathered, norm, topk_logprobs, spec, counts)
     with torch.enable_grad():
         leaves = [value.requires_grad_() for value in gathered + ([] if norm is None else [norm])]
-        kd_sum, ce_sum = sparse_terms(leaves[0], leaves[1], None if norm is None else leaves[2], topk_logprobs, spec)
+        kd_sum, ce_sum = sparse_terms(leaves[0], leaves[1], None if norm is None else leaves[2], topk_logprobs, spec, counts)
         small = torch.autograd.grad(weights[0] * kd_sum + weights[1] * ce_sum, leaves, materialize_grads=True)
     tempered = None if norm is None or scratch is None else (norm, small[2], scratch)
     gradient = _logit_gradient_(logprobs, targets, topk_ids, small[0], small[1], spec.temperature, tempered)
@@ -135,6 +136,7 @@ def _run(
     targets: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
+    counts: torch.Tensor | None,
     spec: LossSpec,
     chunk: int,
     need: tuple[bool, bool, bool],
@@ -148,7 +150,8 @@ def _run(
     kd_total, ce_total = hidden.new_zeros(()), hidden.new_zeros(())
     for start in range(0, len(targets), chunk):
         rows = slice(start, start + chunk)
-        kd_sum, ce_sum = _chunk(hidden[rows], weight, bias, targets[rows], topk_ids[rows], topk_logprobs[rows], spec, weights, grads, rows)
+        chunk_counts = None if counts is None else counts[rows]
+        kd_sum, ce_sum = _chunk(hidden[rows], weight, bias, targets[rows], topk_ids[rows], topk_logprobs[rows], chunk_counts, spec, weights, grads, rows)
         kd_total, ce_total = kd_total + kd_sum, ce_total + ce_sum
     return kd_total, ce_total, grads
 
@@ -157,9 +160,9 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     """Loss of the output layer + divergence; gradients are computed during forward, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx: Any, hidden, weight, bias, targets, topk_ids, topk_logprobs, spec: LossSpec, chunk: int):  # type: ignore[override]
+    def forward(ctx: Any, hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec: LossSpec, chunk: int):  # type: ignore[override]
         need = tuple(ctx.needs_input_grad[:3])
-        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, spec, chunk, need)
+        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, need)
         terms = combine_terms(kd_sum, ce_sum, len(topk_ids), len(targets), spec)
         ctx.mark_non_differentiable(terms["kd"], terms["ce"])
         return terms["loss"], terms["kd"], terms["ce"]
@@ -169,7 +172,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         if grads is None:
             raise RuntimeError("the chunked distillation loss supports one backward per forward")
-        return (*(None if g is None else g.mul_(grad_loss) for g in grads), None, None, None, None, None)
+        return (*(None if g is None else g.mul_(grad_loss) for g in grads), None, None, None, None, None, None)
 
 
 def chunked_distillation_loss(
@@ -181,16 +184,18 @@ def chunked_distillation_loss(
     topk_logprobs: torch.Tensor,
     spec: LossSpec,
     chunk_positions: int | None = None,
+    counts: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """`pipeline.losses.distillation_loss` of logits = hidden @ weight.T + bias, never holding them whole.
 
     hidden [N, H] are the output layer's inputs at the scored positions; the first len(topk_ids)
-    are cached positions (divergence and CE), any further ones count for CE only. Returns the loss
+    are cached positions (divergence and CE), any further ones count for CE only; `counts` marks a
+    sampled cache (see `pipeline.losses.sampled_forward_kl`). Returns the loss
     (differentiable with respect to hidden, weight and bias) and the two mean terms.
     """
     chunk = max(1, chunk_positions or len(targets))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
-        loss, kd, ce = _ChunkedHeadLoss.apply(hidden, weight, bias, targets, topk_ids, topk_logprobs, spec, chunk)
+        loss, kd, ce = _ChunkedHeadLoss.apply(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk)
         return {"loss": loss, "kd": kd, "ce": ce}
-    kd_sum, ce_sum, _ = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, spec, chunk, (False, False, False))
+    kd_sum, ce_sum, _ = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, (False, False, False))
     return combine_terms(kd_sum, ce_sum, len(topk_ids), len(targets), spec)

@@ -9,6 +9,10 @@ student on one support:
 - `renormalize`: teacher and student are both renormalised over the top-k ids. Biased (the student
   is never told how much mass belongs outside the top-k), kept for comparison with other tools.
 
+A sampled cache (Sparse Logit Sampling, Anshumann et al. 2025) holds, per position, ids drawn from
+the teacher with their counts instead of the top-k: `sampled_forward_kl` is the importance-sampling
+estimate of forward KL over the full vocabulary, unbiased in value and gradient at T = 1.
+
 Every divergence takes the teacher's and the student's log-probabilities over the same support
 and returns one value per position. The losses need only a few values of the student's
 full-vocabulary log-softmax (at the target and at the top-k ids, plus the tempered normaliser
@@ -140,21 +144,57 @@ DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor, LossSpec], torch.Te
 }
 
 
+def sample_log_weights(sample_logprobs: torch.Tensor, counts: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, m] log importance weights of the sampled ids for the teacher at temperature T, and [N, 1] log Z_T.
+
+    The ids were drawn from the teacher at T = 1, so at T = 1 the weight is count / draws (unbiased);
+    at T != 1 each draw is reweighted by p^(1/T - 1) and the weights self-normalised by
+    Z_T = E_p[p^(1/T - 1)], estimated from the same draws (consistent: the bias shrinks with the
+    number of draws). Padding entries have count 0 and weight 0.
+    """
+    present = counts > 0
+    counts = counts.to(sample_logprobs.dtype)
+    share = torch.where(present, counts / counts.sum(-1, keepdim=True), 1.0).log()
+    unnormalised = torch.where(present, share + (1 / temperature - 1) * torch.where(present, sample_logprobs, 0.0), -torch.inf)
+    log_z = torch.logsumexp(unnormalised, dim=-1, keepdim=True)
+    return unnormalised - log_z, log_z
+
+
+def sampled_forward_kl(sample_logprobs: torch.Tensor, counts: torch.Tensor, student: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-position estimate of KL(teacher_T || student_T) from ids drawn from the teacher: shape [N].
+
+    sum_i w_i (log p_T(i) - log q_T(i)) with the weights of `sample_log_weights`, where `student`
+    holds the student's tempered full-vocabulary log-probs at the sampled ids and
+    log p_T(i) = log p(i) / T - log Z_T. The gradient for the student's logits is (q_T - w) / T,
+    q_T - p_T in expectation at T = 1: the full-vocabulary gradient, with no truncation bias.
+    """
+    present = counts > 0
+    log_weights, log_z = sample_log_weights(sample_logprobs, counts, temperature)
+    teacher = torch.where(present, sample_logprobs, 0.0) / temperature - log_z
+    return torch.where(present, log_weights.exp() * (teacher - student), 0.0).sum(-1)
+
+
 def sparse_terms(
     target_logprobs: torch.Tensor,
     topk_student: torch.Tensor,
     tempered_norm: torch.Tensor | None,
     topk_logprobs: torch.Tensor,
     spec: LossSpec,
+    counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed divergence (over the first len(topk_student) positions) and summed CE (over all).
 
     target_logprobs [N] and topk_student [M, k] are the student's log-softmax at temperature 1,
     gathered at the actual tokens and at the teacher's top-k ids. At T != 1, tempered_norm [M] is
     logsumexp(log_softmax / T) over the vocabulary: the student's tempered log-probs on the top-k
-    are then topk_student / T - tempered_norm, exact. Pass None at T = 1.
+    are then topk_student / T - tempered_norm, exact. Pass None at T = 1. With `counts` [M, k] the
+    ids are a sampled cache's draws and the divergence is `sampled_forward_kl`.
     """
     on_topk = topk_student if tempered_norm is None else topk_student / spec.temperature - tempered_norm[:, None]
+    if counts is not None:
+        if spec.divergence != "forward_kl":
+            raise PipelineError(f"a sampled cache supports loss forward_kl only (its unbiased estimator), not '{spec.divergence}'")
+        return sampled_forward_kl(topk_logprobs.to(on_topk.dtype), counts, on_topk, spec.temperature).sum(), -target_logprobs.sum()
     teacher = teacher_support(topk_logprobs.to(on_topk.dtype), spec.tail, spec.temperature)
     divergence = DIVERGENCES[spec.divergence](teacher, student_support(on_topk, spec.tail), spec)
     return divergence.sum(), -target_logprobs.sum()
@@ -177,6 +217,7 @@ def distillation_loss(
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
     spec: LossSpec = LossSpec(),
+    counts: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss over full logits [N, V], one log_softmax shared by CE and the divergence.
 
@@ -187,7 +228,7 @@ def distillation_loss(
     cached = len(topk_ids)
     norm = None if spec.temperature == 1 else torch.logsumexp(logprobs[:cached] / spec.temperature, dim=-1)
     target_logprobs = logprobs.gather(-1, targets[:, None])[:, 0]
-    kd_sum, ce_sum = sparse_terms(target_logprobs, logprobs[:cached].gather(-1, topk_ids), norm, topk_logprobs, spec)
+    kd_sum, ce_sum = sparse_terms(target_logprobs, logprobs[:cached].gather(-1, topk_ids), norm, topk_logprobs, spec, counts)
     return combine_terms(kd_sum, ce_sum, cached, len(targets), spec)
 
 
