@@ -3,7 +3,9 @@
 The teacher rescores the sequences of an existing cache with one full forward each and keeps its
 whole distribution at every answer position in memory. The same student (params.yaml, same seed,
 same batches) is then trained once per variant: from the full distribution (the online reference),
-from top-k caches cut from it with the tail bucket and renormalised, and on CE alone. Each is scored
+from top-k caches cut from it with the tail bucket and renormalised, from sampled caches (N ids
+drawn per position from the full distribution, once, as the teacher stage would store them), and
+on CE alone. Each is scored
 on held-out sequences against the FULL teacher distribution: KL(teacher || student) per token,
 top-1 agreement, and recovery = (KL_ce - KL_variant) / (KL_ce - KL_full), the share of full-logit
 distillation's improvement over CE that the variant keeps.
@@ -29,6 +31,7 @@ from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table,
 from pipeline.checkpoint import load_causal_lm
 from pipeline.config import train_settings
 from pipeline.losses import DIVERGENCES, sparse_forward_kl
+from pipeline.sampling import SampledIds, draw_teacher_samples, padded_samples
 from pipeline.student import build_student, position_logits
 from pipeline.streaming import TopKBatch, to_topk_batch
 from pipeline.teacher_model import resolve_teacher
@@ -43,6 +46,7 @@ class Split:
 
     table: pa.Table  # in the cache format, top-K_MAX from the rescoring
     full: list[torch.Tensor]
+    samples: dict[int, list[SampledIds]]  # per number of draws, per sequence
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Variant:
     name: str
     k: int | None  # None: the teacher's full distribution
     settings: TrainSettings
+    draws: int | None = None  # a sampled cache with this many draws per position instead of the top-k
 
 
 def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, np.ndarray]]:
@@ -91,16 +96,31 @@ def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int,
                     token_logprobs=logprobs.gather(-1, targets[:, None])[:, 0].numpy(),
                 )
             )
-    return Split(outputs_to_table([s[0] for s in sequences], outputs), full), matches / positions
+    return Split(outputs_to_table([s[0] for s in sequences], outputs), full, {}), matches / positions
 
 
-def batches(split: Split, batch_size: int, seed: int | None) -> Iterator[tuple[TopKBatch, torch.Tensor]]:
-    """Batches in the streaming format (top-K_MAX) with the full teacher log-probs of the same positions."""
+def draw(split: Split, draws: list[int], seed: int) -> None:
+    """The sampled caches: N draws per position from the full distribution, fixed for all epochs."""
+    for n in draws:
+        generator = torch.Generator().manual_seed(seed)
+        split.samples[n] = [draw_teacher_samples(full, n, generator) for full in split.full]
+
+
+def concatenated(samples: list[SampledIds]) -> SampledIds:
+    return SampledIds(*(np.concatenate([getattr(s, name) for s in samples]) for name in ("ids", "counts", "logprobs", "lengths")))
+
+
+def batches(split: Split, batch_size: int, seed: int | None, draws: int | None = None) -> Iterator[tuple[TopKBatch, torch.Tensor]]:
+    """Batches in the streaming format (top-K_MAX, or the sampled cache with `draws`) with the full teacher log-probs of the same positions."""
     order = np.arange(split.table.num_rows) if seed is None else np.random.default_rng(seed).permutation(split.table.num_rows)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         records = split.table.take(rows).combine_chunks().to_batches()[0]
-        yield to_topk_batch(records), torch.cat([split.full[i] for i in rows])
+        batch = to_topk_batch(records)
+        if draws is not None:
+            ids, counts, logprobs = padded_samples(concatenated([split.samples[draws][i] for i in rows]))
+            batch = replace(batch, topk_ids=ids, topk_logprobs=logprobs, counts=counts)
+        yield batch, torch.cat([split.full[i] for i in rows])
 
 
 def truncated(batch: TopKBatch, k: int) -> TopKBatch:
@@ -123,10 +143,13 @@ def train(variant: Variant, train_split: Split, model_config: dict, vocab_size: 
     total = -(-train_split.table.num_rows // settings.batch_size) * settings.epochs
     step = 0
     for epoch in range(settings.epochs):
-        for batch, teacher in batches(train_split, settings.batch_size, settings.seed + epoch):
+        for batch, teacher in batches(train_split, settings.batch_size, settings.seed + epoch, variant.draws):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, settings)
-            loss = full_logit_loss(model, batch, teacher, settings) if variant.k is None else batch_loss(model, truncated(batch, variant.k), settings)["loss"]
+            if variant.k is None:
+                loss = full_logit_loss(model, batch, teacher, settings)
+            else:
+                loss = batch_loss(model, batch if variant.draws else truncated(batch, variant.k), settings)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -150,10 +173,11 @@ def score(model: torch.nn.Module, split: Split, batch_size: int, seen_k: int) ->
     return {"kl": kl / tokens, "seen_kl": seen / tokens, "top1": agree / tokens}
 
 
-def variants(settings: TrainSettings, ks: list[int], divergences: list[str]) -> list[Variant]:
+def variants(settings: TrainSettings, ks: list[int], divergences: list[str], draws: list[int], tails: list[str]) -> list[Variant]:
     table = [Variant("full logits (online)", None, settings)]
-    for tail in ("bucket", "renormalize"):
+    for tail in tails:
         table += [Variant(f"{settings.loss} {tail} k={k}", k, replace(settings, tail=tail)) for k in ks]
+    table += [Variant(f"sampled N={n}", K_MAX, settings, draws=n) for n in draws]
     table += [Variant(f"{name} bucket k={ks[len(ks) // 2]}", ks[len(ks) // 2], replace(settings, loss=name, tail="bucket")) for name in divergences]
     return table + [Variant("ce only", K_MAX, replace(settings, alpha=0.0))]
 
@@ -169,6 +193,8 @@ def main() -> None:
     parser.add_argument("--model", type=yaml.safe_load, default={}, help="student LlamaConfig fields over params.yaml's, as YAML: '{hidden_size: 64}'")
     parser.add_argument("--k", type=int, nargs="+", default=[5, 20, 50])
     parser.add_argument("--divergences", nargs="*", default=[], help=f"also train these at the middle k with the tail bucket: {', '.join(DIVERGENCES)}")
+    parser.add_argument("--draws", type=int, nargs="*", default=[], help="sampled caches with these numbers of draws per position")
+    parser.add_argument("--tails", nargs="*", default=["bucket", "renormalize"], help="top-k tail treatments to train")
     args = parser.parse_args()
     if max(args.k) > K_MAX:
         parser.error(f"k above {K_MAX}")
@@ -183,6 +209,10 @@ def main() -> None:
     validation, validation_match = rescore(teacher, read_sequences(args.cache, "validation", args.validation_sequences))
     vocab_size = teacher.config.vocab_size
     del teacher
+    draw(train_split, args.draws, settings.seed)
+    for n in args.draws:
+        unique = sum(len(s.ids) for s in train_split.samples[n]) / sum(len(s.lengths) for s in train_split.samples[n])
+        print(f"sampled N={n}: {unique:.1f} unique ids per position on average")
     positions = (sum(len(f) for f in train_split.full), sum(len(f) for f in validation.full))
     print(
         f"teacher rescored {train_split.table.num_rows} train / {validation.table.num_rows} validation sequences "
@@ -192,7 +222,7 @@ def main() -> None:
     print(f"student: {section['model']}, {settings.epochs} epochs, batch {settings.batch_size}, alpha {settings.alpha}, T {settings.temperature}, seed {settings.seed}")
     results = {}
     seen_k = args.k[len(args.k) // 2]
-    for variant in variants(settings, args.k, args.divergences):
+    for variant in variants(settings, args.k, args.divergences, args.draws, args.tails):
         begun = time.perf_counter()
         model = train(variant, train_split, section["model"], vocab_size)
         results[variant.name] = score(model, validation, settings.batch_size, seen_k)

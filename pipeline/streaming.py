@@ -29,6 +29,7 @@ class TopKBatch:
     topk_logprobs: torch.Tensor  # [N, k]
     token_logprobs: torch.Tensor  # [N]
     response_start: torch.Tensor  # [B] index of each row's first answer token
+    counts: torch.Tensor | None = None  # [N, k] draws of each id in a sampled cache (topk_* then hold the drawn ids); None for top-k
 
     @property
     def num_tokens(self) -> int:

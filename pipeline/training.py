@@ -95,7 +95,7 @@ def batch_loss(model: torch.nn.Module, batch: TopKBatch, settings: TrainSettings
     hidden = position_hidden(model, batch.input_ids, batch.attention_mask, rows, columns)
     head = model.get_output_embeddings()
     return chunked_distillation_loss(
-        hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, settings.loss_spec(), settings.chunk_positions
+        hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, settings.loss_spec(), settings.chunk_positions, batch.counts
     )
 
 
