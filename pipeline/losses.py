@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pipeline.errors import PipelineError
 
 TAILS = ("bucket", "renormalize")
+PADDING = -1e30  # stands in for -inf at padded entries: exp() of it is 0, and padding minus padding is 0, not NaN
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,19 @@ DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor, LossSpec], torch.Te
 }
 
 
+def mask_padding(topk_logprobs: torch.Tensor, on_topk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student log-probs with padded entries (teacher log-prob -inf) set to PADDING on both sides.
+
+    Padding then carries no mass on either side and adds exactly 0 to every divergence and to every
+    gradient: -inf would give 0 * (-inf - -inf) = NaN. The student's value at a padded id is discarded.
+    """
+    padded = torch.isneginf(topk_logprobs)
+    if not padded.any():
+        return topk_logprobs, on_topk
+    fill = torch.tensor(PADDING, dtype=on_topk.dtype)
+    return torch.where(padded, fill, topk_logprobs.to(on_topk.dtype)), torch.where(padded, fill, on_topk)
+
+
 def sparse_terms(
     target_logprobs: torch.Tensor,
     topk_student: torch.Tensor,
@@ -155,6 +169,7 @@ def sparse_terms(
     are then topk_student / T - tempered_norm, exact. Pass None at T = 1.
     """
     on_topk = topk_student if tempered_norm is None else topk_student / spec.temperature - tempered_norm[:, None]
+    topk_logprobs, on_topk = mask_padding(topk_logprobs, on_topk)
     teacher = teacher_support(topk_logprobs.to(on_topk.dtype), spec.tail, spec.temperature)
     divergence = DIVERGENCES[spec.divergence](teacher, student_support(on_topk, spec.tail), spec)
     return divergence.sum(), -target_logprobs.sum()
@@ -194,5 +209,6 @@ def distillation_loss(
 def sparse_forward_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-position KL(teacher || student) over the top-k ids plus one tail bucket: shape [N]."""
     student = F.log_softmax(student_logits / temperature, dim=-1).gather(-1, topk_ids)
+    topk_logprobs, student = mask_padding(topk_logprobs, student)
     teacher = teacher_support(topk_logprobs.to(student.dtype), "bucket", temperature)
     return forward_kl(teacher, student_support(student, "bucket"))

@@ -5,7 +5,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import cache_rows, tiny_settings
+from conftest import TINY_CACHE, cache_rows, tiny_settings
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -136,7 +136,7 @@ def test_dvc_teacher_stage_resumes_from_its_work_directory(tmp_path, monkeypatch
     from pipeline.cache import write_json
     from stages import teacher as stage
 
-    settings = {"k": 8, "batch_size": 4, "shard_rows": 5, "generation": {"max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "seed": 0}}
+    settings = {"k": 8, "batch_size": 4, "shard_rows": 5, "generation": {"max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "seed": 0}, "cache": TINY_CACHE}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"teacher": settings}))
     (tmp_path / "models").mkdir()
     write_json(tmp_path / "models" / "teacher.json", resolve_teacher(str(tiny_teacher), tiny_teacher))
