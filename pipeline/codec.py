@@ -299,6 +299,23 @@ def _compact_streams(rows: CacheRows, block: dict[str, Any]) -> list[pa.BinaryAr
     return [_binary(data, row_bytes) for data, row_bytes in streams]
 
 
+def padded_entries(rows: CacheRows) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """[P, widest] ids (0), log-probs (-inf) and counts (0) from the flat per-position lists."""
+    entries = rows.entries
+    width = int(entries.max()) if len(entries) else 0
+    position = segment_index(entries)
+    slot = np.arange(len(position)) - segment_starts(entries)[position]
+    ids = np.full((len(entries), width), 0, dtype=np.int64)
+    logprobs = np.full((len(entries), width), -np.inf, dtype=np.float32)
+    ids[position, slot] = rows.entry_ids
+    logprobs[position, slot] = rows.entry_logprobs
+    if rows.entry_counts is None:
+        return ids, logprobs, None
+    counts = np.zeros((len(entries), width), dtype=np.float32)
+    counts[position, slot] = rows.entry_counts
+    return ids, logprobs, counts
+
+
 def rows_to_dicts(rows: CacheRows) -> list[dict[str, Any]]:
     """Python rows in the version 1 shape (plus `counts` when sampled): for tests and small tools."""
     positions = rows.positions

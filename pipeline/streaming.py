@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.cache import iter_record_batches, read_manifest, split_shards
-from pipeline.codec import FLOAT32_BLOCK, CacheRows, decode, manifest_encoding
+from pipeline.codec import FLOAT32_BLOCK, CacheRows, decode, manifest_encoding, padded_entries
 from pipeline.encoding import segment_index, segment_starts
 from pipeline.errors import PipelineError
 
@@ -66,23 +66,6 @@ def to_topk_batch(records: pa.RecordBatch | CacheRows, block: dict | None = None
         response_start=torch.from_numpy(starts),
         counts=None if counts is None else torch.from_numpy(counts),
     )
-
-
-def padded_entries(rows: CacheRows) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """[P, widest] ids (PAD_ID), log-probs (-inf) and counts (0) from the flat per-position lists."""
-    entries = rows.entries
-    width = int(entries.max()) if len(entries) else 0
-    position = segment_index(entries)
-    slot = np.arange(len(position)) - segment_starts(entries)[position]
-    ids = np.full((len(entries), width), PAD_ID, dtype=np.int64)
-    logprobs = np.full((len(entries), width), -np.inf, dtype=np.float32)
-    ids[position, slot] = rows.entry_ids
-    logprobs[position, slot] = rows.entry_logprobs
-    if rows.entry_counts is None:
-        return ids, logprobs, None
-    counts = np.zeros((len(entries), width), dtype=np.float32)
-    counts[position, slot] = rows.entry_counts
-    return ids, logprobs, counts
 
 
 def prompt_positions(batch: TopKBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
