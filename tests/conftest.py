@@ -120,6 +120,18 @@ def tiny_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def float32_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
+    """The tiny teacher's cache in the exact float32 encoding (tiny_cache is the same run, compact)."""
+    from pipeline.codec import CacheEncoding
+    from pipeline.teacher import run_teacher
+    from pipeline.teacher_model import resolve_teacher
+
+    out = tmp_path_factory.mktemp("cache") / "float32"
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings(cache=CacheEncoding("float32"))) is not None
+    return out
+
+
 def run(args, cwd, env: dict | None = None) -> str:
     """Run a command as a user would (the venv's python and dvc first on PATH); fail with its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", **(env or {})}

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
 from pipeline.cache_summary import summarize_cache
 from pipeline.cli import app
-from pipeline.codec import CacheEncoding
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, tokenizer_sha256
 from pipeline.teacher import run_teacher
@@ -48,12 +47,10 @@ def test_generated_cache_equals_direct_forward(tiny_cache, tiny_teacher):
     assert_matches_forward(rows, tiny_teacher, 8, read_manifest(tiny_cache)["encoding"])
 
 
-def test_float32_cache_equals_direct_forward(tmp_path, tiny_teacher, prepared):
-    out = tmp_path / "cache"
-    run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings(cache=CacheEncoding("float32")))
-    manifest = read_manifest(out)
+def test_float32_cache_equals_direct_forward(float32_cache, tiny_teacher):
+    manifest = read_manifest(float32_cache)
     assert manifest["format_version"] == 2 and manifest["encoding"]["name"] == "float32"
-    assert_matches_forward(cache_rows(out), tiny_teacher, 8, manifest["encoding"])
+    assert_matches_forward(cache_rows(float32_cache), tiny_teacher, 8, manifest["encoding"])
 
 
 def test_scoring_given_responses_equals_direct_forward(tmp_path, tiny_teacher):
