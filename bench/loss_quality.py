@@ -27,6 +27,7 @@ import yaml
 
 from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table, read_manifest, split_shards
 from pipeline.checkpoint import load_causal_lm
+from pipeline.codec import decode, manifest_encoding, rows_to_dicts
 from pipeline.config import train_settings
 from pipeline.losses import DIVERGENCES, sparse_forward_kl
 from pipeline.student import build_student, position_logits
@@ -52,18 +53,18 @@ class Variant:
     settings: TrainSettings
 
 
-def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, np.ndarray]]:
-    """(id, input_ids, response_start, cached top-k ids) of the first `limit` rows of a split."""
+def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, list[list[int]]]]:
+    """(id, input_ids, response_start, cached ids per position) of the first `limit` rows of a split, any encoding."""
     manifest = read_manifest(cache)
     rows = []
-    for records in iter_record_batches(split_shards(cache, manifest, split), 64, ["id", "input_ids", "response_start", "topk_ids"]):
-        for row in records.to_pylist():
-            rows.append((row["id"], row["input_ids"], row["response_start"], np.array(row["topk_ids"])))
+    for records in iter_record_batches(split_shards(cache, manifest, split), 64):
+        for row in rows_to_dicts(decode(records, manifest_encoding(manifest))):
+            rows.append((row["id"], row["input_ids"], row["response_start"], row["topk_ids"]))
     return rows[:limit]
 
 
 @torch.inference_mode()
-def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int, np.ndarray]], batch_size: int = 8) -> tuple[Split, float]:
+def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int, list[list[int]]]], batch_size: int = 8) -> tuple[Split, float]:
     """Full teacher log-probs at every answer position, and the share of positions whose top-k ids match the cache's."""
     outputs, full, matches, positions = [], [], 0, 0
     for start in range(0, len(sequences), batch_size):
@@ -78,8 +79,7 @@ def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int,
             logprobs = torch.log_softmax(logits[row, start_at - 1 : len(ids) - 1].float(), dim=-1)
             top = logprobs.topk(K_MAX, dim=-1)
             targets = torch.tensor(ids[start_at:])
-            k = cached_ids.shape[1]
-            matches += sum(set(a) == set(b) for a, b in zip(top.indices[:, :k].tolist(), cached_ids.tolist()))
+            matches += sum(set(a[: len(b)]) == set(b) for a, b in zip(top.indices.tolist(), cached_ids))
             positions += len(targets)
             full.append(logprobs)
             outputs.append(

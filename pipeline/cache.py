@@ -214,10 +214,17 @@ def write_shard(table: pa.Table, path: Path, zstd_level: int | None = None) -> N
     Compact shards skip column statistics (min/max of byte streams are noise, and cost about 3 bytes
     per token) and the embedded Arrow schema (Parquet's own types say uint16 and string already).
     """
-    options: dict[str, Any] = {} if zstd_level is None else {"compression_level": zstd_level, "use_dictionary": ["id"], "write_statistics": False, "store_schema": False}
     with atomic_path(path) as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, min(len(table), 1024)), **options)
+        pq.write_table(table, tmp, **parquet_options(len(table), zstd_level))
+
+
+def parquet_options(rows: int, zstd_level: int | None) -> dict[str, Any]:
+    """pq.write_table options of a shard (also what bench/cache_size.py measures)."""
+    options: dict[str, Any] = {"compression": "zstd", "row_group_size": max(1, min(rows, 1024))}
+    if zstd_level is not None:
+        options.update(compression_level=zstd_level, use_dictionary=["id"], write_statistics=False, store_schema=False)
+    return options
 
 
 class OtherSettingsError(PipelineError):

@@ -233,7 +233,8 @@ def decode(records: pa.RecordBatch | pa.Table, block: dict[str, Any]) -> CacheRo
     probs = dequantize_sqrt(levels, block["sqrt_step"]) ** 2
     total = np.bincount(position, weights=probs, minlength=len(entries)) + np.exp(tail)
     logprobs = np.log(probs) - np.log(total)[position]
-    order = np.lexsort((ids, -logprobs, position))  # most likely first, ties by id
+    top_level = int(levels.max(initial=0)) + 1
+    order = np.argsort(position * top_level + (top_level - 1 - levels), kind="stable")  # most likely first; ties keep ascending ids
     return CacheRows(
         **common,
         entries=entries,
