@@ -319,22 +319,18 @@ def padded_entries(rows: CacheRows) -> tuple[np.ndarray, np.ndarray, np.ndarray 
 
 def rows_to_dicts(rows: CacheRows) -> list[dict[str, Any]]:
     """Python rows in the version 1 shape (plus `counts` when sampled): for tests and small tools."""
-    positions = rows.positions
-    seq_split = np.split(rows.input_ids, np.cumsum(rows.seq_lengths)[:-1])
-    entry_split = np.cumsum(rows.entries)[:-1]
-    per_position = {
-        "topk_ids": np.split(rows.entry_ids, entry_split),
-        "topk_logprobs": np.split(rows.entry_logprobs, entry_split),
-        **({} if rows.entry_counts is None else {"counts": np.split(rows.entry_counts, entry_split)}),
-    }
-    bounds = np.cumsum(positions)[:-1]
+    entry_bounds = np.cumsum(rows.entries)[:-1]
+    per_entry = {"topk_ids": rows.entry_ids, "topk_logprobs": rows.entry_logprobs}
+    if rows.entry_counts is not None:
+        per_entry["counts"] = rows.entry_counts
+    per_position = {name: [part.tolist() for part in np.split(values, entry_bounds)] for name, values in per_entry.items()}
+    position_bounds = np.concatenate([[0], np.cumsum(rows.positions)])
+    sequences = np.split(rows.input_ids, np.cumsum(rows.seq_lengths)[:-1])
     out = []
-    token_split = np.split(rows.token_logprobs, bounds)
-    position_rows = {name: np.split(np.arange(len(rows.entries)), bounds) for name in ["index"]}["index"]
     for r, row_id in enumerate(rows.row_ids):
-        row = {"id": row_id, "input_ids": seq_split[r].tolist(), "response_start": int(rows.response_start[r])}
-        for name, values in per_position.items():
-            row[name] = [values[p].tolist() for p in position_rows[r]]
-        row["token_logprobs"] = token_split[r].tolist()
+        first, last = position_bounds[r], position_bounds[r + 1]
+        row: dict[str, Any] = {"id": row_id, "input_ids": sequences[r].tolist(), "response_start": int(rows.response_start[r])}
+        row.update({name: values[first:last] for name, values in per_position.items()})
+        row["token_logprobs"] = rows.token_logprobs[first:last].tolist()
         out.append(row)
     return out

@@ -92,6 +92,7 @@ def run_teacher(
     if truncated:
         print(f"teacher: {truncated} sequence(s) longer than {limit} tokens truncated (teacher.too_long: truncate)")
 
+    block = settings.cache.block(backend.vocab_size, settings.k)  # the manifest's `encoding`: how shards store the output
     plan = {
         "task": "causal_lm_topk",
         "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
@@ -104,7 +105,7 @@ def run_teacher(
         },
         "k": settings.k,
         "logprobs": "raw log-softmax of the teacher at temperature 1",
-        "encoding": settings.cache.block(backend.vocab_size, settings.k),
+        "encoding": block,
         "generation": {**settings.generation.to_dict(), "batch_size": settings.batch_size},
         "source": {
             "sha256": sha256_rows(row for name in SPLITS for row in splits[name].iter_rows(named=True)),
@@ -123,7 +124,7 @@ def run_teacher(
         if todo:
             (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
             remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
-            _fill_shards(backend, splits, todo, out_dir, settings, limit)
+            _fill_shards(backend, splits, todo, out_dir, settings, limit, block)
     except BaseException:
         if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -135,9 +136,10 @@ def run_teacher(
     return finalize_cache(out_dir, shards)
 
 
-def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int) -> None:
+def _fill_shards(
+    backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]
+) -> None:
     started, tokens = time.perf_counter(), 0
-    block = settings.cache.block(backend.vocab_size, settings.k)
     with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress:
         for shard in shards:
             outputs = []
