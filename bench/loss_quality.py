@@ -29,9 +29,11 @@ import yaml
 
 from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table, read_manifest, split_shards
 from pipeline.checkpoint import load_causal_lm
+from pipeline.codec import decode, manifest_encoding, rows_to_dicts
 from pipeline.config import train_settings
 from pipeline.losses import DIVERGENCES, sparse_forward_kl
-from pipeline.sampling import SampledIds, draw_teacher_samples, padded_samples
+from pipeline.codec import pad_entries
+from pipeline.sampling import SampledIds, draw_teacher_samples
 from pipeline.student import build_student, position_logits
 from pipeline.streaming import TopKBatch, to_topk_batch
 from pipeline.teacher_model import resolve_teacher
@@ -57,18 +59,18 @@ class Variant:
     draws: int | None = None  # a sampled cache with this many draws per position instead of the top-k
 
 
-def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, np.ndarray]]:
-    """(id, input_ids, response_start, cached top-k ids) of the first `limit` rows of a split."""
+def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, list[list[int]]]]:
+    """(id, input_ids, response_start, cached ids per position) of the first `limit` rows of a split, any encoding."""
     manifest = read_manifest(cache)
     rows = []
-    for records in iter_record_batches(split_shards(cache, manifest, split), 64, ["id", "input_ids", "response_start", "topk_ids"]):
-        for row in records.to_pylist():
-            rows.append((row["id"], row["input_ids"], row["response_start"], np.array(row["topk_ids"])))
+    for records in iter_record_batches(split_shards(cache, manifest, split), 64):
+        for row in rows_to_dicts(decode(records, manifest_encoding(manifest))):
+            rows.append((row["id"], row["input_ids"], row["response_start"], row["topk_ids"]))
     return rows[:limit]
 
 
 @torch.inference_mode()
-def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int, np.ndarray]], batch_size: int = 8) -> tuple[Split, float]:
+def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int, list[list[int]]]], batch_size: int = 8) -> tuple[Split, float]:
     """Full teacher log-probs at every answer position, and the share of positions whose top-k ids match the cache's."""
     outputs, full, matches, positions = [], [], 0, 0
     for start in range(0, len(sequences), batch_size):
@@ -83,8 +85,7 @@ def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int,
             logprobs = torch.log_softmax(logits[row, start_at - 1 : len(ids) - 1].float(), dim=-1)
             top = logprobs.topk(K_MAX, dim=-1)
             targets = torch.tensor(ids[start_at:])
-            k = cached_ids.shape[1]
-            matches += sum(set(a) == set(b) for a, b in zip(top.indices[:, :k].tolist(), cached_ids.tolist()))
+            matches += sum(set(a[: len(b)]) == set(b) for a, b in zip(top.indices.tolist(), cached_ids))
             positions += len(targets)
             full.append(logprobs)
             outputs.append(
@@ -107,7 +108,7 @@ def draw(split: Split, draws: list[int], seed: int) -> None:
 
 
 def concatenated(samples: list[SampledIds]) -> SampledIds:
-    return SampledIds(*(np.concatenate([getattr(s, name) for s in samples]) for name in ("ids", "counts", "logprobs", "lengths")))
+    return SampledIds(*(np.concatenate([getattr(s, name) for s in samples]) for name in ("entries", "ids", "counts", "logprobs")))
 
 
 def batches(split: Split, batch_size: int, seed: int | None, draws: int | None = None) -> Iterator[tuple[TopKBatch, torch.Tensor]]:
@@ -118,7 +119,8 @@ def batches(split: Split, batch_size: int, seed: int | None, draws: int | None =
         records = split.table.take(rows).combine_chunks().to_batches()[0]
         batch = to_topk_batch(records)
         if draws is not None:
-            ids, counts, logprobs = padded_samples(concatenated([split.samples[draws][i] for i in rows]))
+            drawn = concatenated([split.samples[draws][i] for i in rows])
+            ids, logprobs, counts = (torch.from_numpy(a) for a in pad_entries(drawn.entries, drawn.ids, drawn.logprobs, drawn.counts))
             batch = replace(batch, topk_ids=ids, topk_logprobs=logprobs, counts=counts)
         yield batch, torch.cat([split.full[i] for i in rows])
 
@@ -211,7 +213,7 @@ def main() -> None:
     del teacher
     draw(train_split, args.draws, settings.seed)
     for n in args.draws:
-        unique = sum(len(s.ids) for s in train_split.samples[n]) / sum(len(s.lengths) for s in train_split.samples[n])
+        unique = sum(len(s.ids) for s in train_split.samples[n]) / sum(len(s.entries) for s in train_split.samples[n])
         print(f"sampled N={n}: {unique:.1f} unique ids per position on average")
     positions = (sum(len(f) for f in train_split.full), sum(len(f) for f in validation.full))
     print(

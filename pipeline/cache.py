@@ -23,11 +23,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import __version__
+from pipeline.codec import FLOAT32_BLOCK, V1_SCHEMA, CacheRows, encode, flat_values, manifest_encoding, shard_schema  # noqa: F401 (flat_values re-exported)
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, sha256_json
 
 FORMAT_NAME = "kd-topk-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what new caches are; version 1 (float32 columns, no encoding block) is still read
+READ_VERSIONS = (1, 2)
 PLAN_FILE = "plan.json"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -35,16 +37,7 @@ CARD_FILE = "README.md"
 MANIFEST_CHECKSUM = "manifest_sha256"
 TEMP_MARK = ".tmp-"
 
-SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("response_start", pa.int32(), nullable=False),
-        pa.field("topk_ids", pa.list_(pa.list_(pa.int32())), nullable=False),
-        pa.field("topk_logprobs", pa.list_(pa.list_(pa.float32())), nullable=False),
-        pa.field("token_logprobs", pa.list_(pa.float32()), nullable=False),
-    ]
-)
+SCHEMA = V1_SCHEMA  # the float32 encoding's columns (all of format version 1)
 
 
 @dataclass
@@ -59,6 +52,35 @@ class TeacherOutput:
     topk_ids: np.ndarray  # int32 [n, k], most likely first
     topk_logprobs: np.ndarray  # float32 [n, k], descending
     token_logprobs: np.ndarray  # float32 [n], log-prob of the actual next token
+
+    @property
+    def num_positions(self) -> int:
+        return len(self.input_ids) - self.response_start
+
+
+@dataclass
+class SampledOutput:
+    """Ids drawn from the teacher for one sequence (sampled storage), positions response_start..len-1.
+
+    Per position: `entries[j]` unique ids; flat over positions: the ids, how often each was drawn
+    (a position's counts add up to the manifest's `encoding.draws`) and the teacher's log-prob of each.
+    """
+
+    input_ids: np.ndarray  # int [L]
+    response_start: int
+    entries: np.ndarray  # int [n]
+    ids: np.ndarray  # int [sum(entries)]
+    counts: np.ndarray  # int [sum(entries)]
+    logprobs: np.ndarray  # float [sum(entries)], raw log-softmax at temperature 1
+    token_logprobs: np.ndarray  # float [n]
+
+    @classmethod
+    def from_positions(
+        cls, input_ids: np.ndarray, response_start: int, positions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], token_logprobs: np.ndarray
+    ) -> "SampledOutput":
+        """From one (ids, counts, logprobs) triple per position."""
+        parts = [np.concatenate([np.asarray(p[i]) for p in positions]) if positions else np.zeros(0) for i in range(3)]
+        return cls(np.asarray(input_ids), response_start, np.array([len(p[0]) for p in positions], dtype=np.int64), *parts, np.asarray(token_logprobs))
 
     @property
     def num_positions(self) -> int:
@@ -96,29 +118,41 @@ def worker_shards(shards: Sequence[ShardSpec], worker_index: int, num_workers: i
     return [shard for i, shard in enumerate(shards) if i % num_workers == worker_index]
 
 
-def _list_array(values: np.ndarray, lengths: Sequence[int]) -> pa.ListArray:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-
-
-def outputs_to_table(ids: Sequence[str], outputs: Sequence[TeacherOutput]) -> pa.Table:
+def outputs_to_rows(ids: Sequence[str], outputs: Sequence[TeacherOutput | SampledOutput]) -> CacheRows:
+    """Teacher outputs (all top-k or all sampled) as flat rows, ready for any encoding."""
     if len(ids) != len(outputs):
         raise ValueError("one id per teacher output")
-    positions = [o.num_positions for o in outputs]
-    k = outputs[0].topk_ids.shape[1] if outputs else 0
-    flat_ids = np.concatenate([o.topk_ids.reshape(-1) for o in outputs]).astype(np.int32)
-    flat_lps = np.concatenate([o.topk_logprobs.reshape(-1) for o in outputs]).astype(np.float32)
-    per_position = [k] * sum(positions)
-    columns = [
-        pa.array(list(ids), pa.string()),
-        _list_array(np.concatenate([o.input_ids for o in outputs]).astype(np.int32), [len(o.input_ids) for o in outputs]),
-        pa.array([o.response_start for o in outputs], pa.int32()),
-        pa.ListArray.from_arrays(_list_array(flat_ids, positions).offsets, _list_array(flat_ids, per_position)),
-        pa.ListArray.from_arrays(_list_array(flat_lps, positions).offsets, _list_array(flat_lps, per_position)),
-        _list_array(np.concatenate([o.token_logprobs for o in outputs]).astype(np.float32), positions),
-    ]
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
+    sampled = bool(outputs) and isinstance(outputs[0], SampledOutput)
+    if any(isinstance(o, SampledOutput) != sampled for o in outputs):
+        raise PipelineError("a shard mixes top-k and sampled teacher outputs")
+
+    def cat(values: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(values).astype(dtype) if values else np.zeros(0, dtype)
+
+    if sampled:
+        entries = cat([o.entries for o in outputs], np.int64)  # type: ignore[union-attr]
+        entry_ids, logprobs = cat([o.ids for o in outputs], np.int64), cat([o.logprobs for o in outputs], np.float32)  # type: ignore[union-attr]
+        counts = cat([o.counts for o in outputs], np.int64)  # type: ignore[union-attr]
+    else:
+        entries = np.concatenate([np.full(o.num_positions, o.topk_ids.shape[1], np.int64) for o in outputs]) if outputs else np.zeros(0, np.int64)  # type: ignore[union-attr]
+        entry_ids = cat([o.topk_ids.reshape(-1) for o in outputs], np.int64)  # type: ignore[union-attr]
+        logprobs, counts = cat([o.topk_logprobs.reshape(-1) for o in outputs], np.float32), None  # type: ignore[union-attr]
+    return CacheRows(
+        row_ids=list(ids),
+        input_ids=cat([np.asarray(o.input_ids) for o in outputs], np.int64),
+        seq_lengths=np.array([len(o.input_ids) for o in outputs], dtype=np.int64),
+        response_start=np.array([o.response_start for o in outputs], dtype=np.int64),
+        entries=entries,
+        entry_ids=entry_ids,
+        entry_logprobs=logprobs,
+        token_logprobs=cat([np.asarray(o.token_logprobs) for o in outputs], np.float32),
+        entry_counts=counts,
+    )
+
+
+def outputs_to_table(ids: Sequence[str], outputs: Sequence[TeacherOutput | SampledOutput], block: dict[str, Any] | None = None) -> pa.Table:
+    """A shard table in the encoding of `block` (a manifest's `encoding`; default float32, the v1 columns)."""
+    return encode(outputs_to_rows(ids, outputs), block or FLOAT32_BLOCK)
 
 
 def temp_path(path: Path) -> Path:
@@ -139,15 +173,6 @@ def write_error(path: Path, error: OSError) -> PipelineError:
     if error.errno == errno.ENOSPC:
         return PipelineError(f"disk full while writing {path}; free space and rerun to resume")
     return PipelineError(f"cannot write {path}: {error.strerror or error}")
-
-
-def flat_values(column: pa.ChunkedArray | pa.Array, depth: int) -> np.ndarray:
-    """The values of a nested list column as one flat numpy array, without a Python object per value."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    for _ in range(depth):
-        column = pc.list_flatten(column)
-    return column.to_numpy(zero_copy_only=False, writable=True)
 
 
 @contextmanager
@@ -177,11 +202,29 @@ def write_json(path: Path, value: Any) -> None:
     _atomic_write_bytes(Path(path), (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
 
 
-def write_shard(table: pa.Table, path: Path) -> None:
-    """Write a zstd Parquet shard under a temporary name, then rename: a shard file is never partial."""
+def zstd_level(block: dict[str, Any]) -> int | None:
+    """The zstd level shards of this encoding are written with (None: pyarrow's default)."""
+    return block.get("zstd_level")
+
+
+def write_shard(table: pa.Table, path: Path, zstd_level: int | None = None) -> None:
+    """Write a zstd Parquet shard under a temporary name, then rename: a shard file is never partial.
+
+    zstd_level None is pyarrow's default (the float32 encoding, byte-identical to version 1 shards).
+    Compact shards skip column statistics (min/max of byte streams are noise, and cost about 3 bytes
+    per token) and the embedded Arrow schema (Parquet's own types say uint16 and string already).
+    """
     with atomic_path(path) as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, min(len(table), 1024)))
+        pq.write_table(table, tmp, **parquet_options(len(table), zstd_level))
+
+
+def parquet_options(rows: int, zstd_level: int | None) -> dict[str, Any]:
+    """pq.write_table options of a shard (also what bench/cache_size.py measures)."""
+    options: dict[str, Any] = {"compression": "zstd", "row_group_size": max(1, min(rows, 1024))}
+    if zstd_level is not None:
+        options.update(compression_level=zstd_level, use_dictionary=["id"], write_statistics=False, store_schema=False)
+    return options
 
 
 class OtherSettingsError(PipelineError):
@@ -228,11 +271,12 @@ def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSp
 def shard_entry(cache_dir: Path, shard: ShardSpec) -> dict[str, Any]:
     path = cache_dir / shard.file
     parquet = pq.ParquetFile(path)
-    lengths = pc.list_value_length(parquet.read(columns=["token_logprobs"]).column(0))
+    table = parquet.read(columns=["input_ids", "response_start"])
+    positions = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False) - table.column("response_start").to_numpy(zero_copy_only=False)
     return {
         "file": shard.file,
         "rows": parquet.metadata.num_rows,
-        "tokens": int(pc.sum(lengths).as_py() or 0),
+        "tokens": int(positions.sum()),
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
@@ -264,7 +308,7 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
         split["shards"].append(entry)
     manifest = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if "encoding" in plan else 1,  # a plan from before version 2 finishes as version 1
         "created_by": {"package": "kd-pipeline", "version": __version__},
         **plan,
         "splits": splits,
@@ -297,11 +341,13 @@ def load_manifest(cache_dir: Path) -> dict[str, Any]:
         raise PipelineError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise PipelineError(f"{path} is not a {FORMAT_NAME} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READ_VERSIONS:
         raise PipelineError(
             f"{path}: cache format version {manifest.get('format_version')} is not supported "
-            f"(this is kd-pipeline {__version__}, reading version {FORMAT_VERSION})"
+            f"(this is kd-pipeline {__version__}, reading versions {', '.join(map(str, READ_VERSIONS))})"
         )
+    if manifest["format_version"] >= 2 and manifest_encoding(manifest).get("name") not in ("float32", "compact"):
+        raise PipelineError(f"{path}: unknown cache encoding '{manifest_encoding(manifest).get('name')}'")
     return manifest
 
 
@@ -329,12 +375,14 @@ class CachedShard:
     path: Path
     rows: int
     bytes: int
+    schema: pa.Schema = SCHEMA
 
 
 def split_shards(cache_dir: Path, manifest: dict[str, Any], split: str) -> list[CachedShard]:
     if split not in manifest["splits"]:
         raise PipelineError(f"cache {cache_dir} has no '{split}' split (it has: {', '.join(manifest['splits'])})")
-    return [CachedShard(Path(cache_dir) / e["file"], e["rows"], e["bytes"]) for e in manifest["splits"][split]["shards"]]
+    schema = shard_schema(manifest_encoding(manifest))
+    return [CachedShard(Path(cache_dir) / e["file"], e["rows"], e["bytes"], schema) for e in manifest["splits"][split]["shards"]]
 
 
 def open_shard(shard: CachedShard) -> pq.ParquetFile:
@@ -349,8 +397,8 @@ def open_shard(shard: CachedShard) -> pq.ParquetFile:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as error:
         raise PipelineError(f"shard {path} cannot be read: {str(error).splitlines()[0]}") from error
-    if not parquet.schema_arrow.remove_metadata().equals(SCHEMA.remove_metadata()):
-        raise PipelineError(f"shard {path} does not have the {FORMAT_NAME} v{FORMAT_VERSION} schema")
+    if not parquet.schema_arrow.remove_metadata().equals(shard.schema.remove_metadata()):
+        raise PipelineError(f"shard {path} does not have the schema of its manifest's encoding")
     if parquet.metadata.num_rows != shard.rows:
         raise PipelineError(f"shard {path} has {parquet.metadata.num_rows} rows but the manifest says {shard.rows}; run `kd verify`")
     return parquet

@@ -177,6 +177,29 @@ def inspect(path: Path = typer.Argument(..., help="cache directory"), as_json: b
 
 @app.command()
 @clean_errors
+def convert(
+    src: Path = typer.Argument(..., help="cache directory to read"),
+    dst: Path = typer.Argument(..., help="new cache directory (resumed if it holds the same conversion)"),
+    encoding: str = typer.Option("compact", help="compact (version 2 default) or float32 (exact, the version 1 columns)"),
+    sqrt_step: float = typer.Option(0.012, help="compact: probability step in sqrt(p); error <= step / 2"),
+    drop_zero_level: bool = typer.Option(True, help="compact: top-k entries that quantise to level 0 join the tail"),
+    tail_log_step: float = typer.Option(0.05, help="compact: step of the log tail mass"),
+    token_logprob_step: float = typer.Option(0.0078125, help="compact: step of the actual token's log-prob"),
+    zstd_level: int = typer.Option(19, help="compact: Parquet zstd level"),
+) -> None:
+    """Rewrite a cache in another encoding, shard by shard (rerun to resume)."""
+    from pipeline.codec import CacheEncoding
+    from pipeline.convert import convert_cache
+
+    settings = CacheEncoding(encoding, sqrt_step, drop_zero_level, tail_log_step, token_logprob_step, zstd_level)
+    manifest = convert_cache(src, dst, settings)
+    tokens = sum(s["tokens"] for s in manifest["splits"].values())
+    size = sum(s["bytes"] for s in manifest["splits"].values())
+    typer.echo(f"converted: {tokens} tokens in {dst}, encoding {encoding}, {size / max(1, tokens):.1f} bytes/token")
+
+
+@app.command()
+@clean_errors
 def report(metrics: Path = typer.Argument(Path("reports/metrics.json"))) -> None:
     """Print the metrics table written by the evaluate stage."""
     from pipeline.metrics import format_table

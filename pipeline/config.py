@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from pipeline.backends import EngineSettings, GenerationSettings
+from pipeline.codec import CacheEncoding
 from pipeline.errors import PipelineError
 from pipeline.teacher import TeacherSettings
 from pipeline.training import TrainSettings
@@ -25,7 +26,8 @@ def teacher_settings(section: dict[str, Any]) -> TeacherSettings:
     values = dict(section)
     generation = settings_from(GenerationSettings, values.pop("generation", {}), "teacher.generation")
     engine = settings_from(EngineSettings, values.pop("engine", None) or {}, "teacher.engine")
-    return settings_from(TeacherSettings, {**values, "generation": generation, "engine": engine}, "teacher", ignore=("model",))
+    cache = settings_from(CacheEncoding, values.pop("cache", None) or {}, "teacher.cache")
+    return settings_from(TeacherSettings, {**values, "generation": generation, "engine": engine, "cache": cache}, "teacher", ignore=("model",))
 
 
 def train_settings(section: dict[str, Any]) -> TrainSettings:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pipeline.errors import PipelineError
 
 TAILS = ("bucket", "renormalize")
+PADDING = -1e30  # stands in for -inf at padded entries: exp() of it is 0, and padding minus padding is 0, not NaN
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,19 @@ def sampled_forward_kl(sample_logprobs: torch.Tensor, counts: torch.Tensor, stud
     return torch.where(present, log_weights.exp() * (teacher - student), 0.0).sum(-1)
 
 
+def mask_padding(topk_logprobs: torch.Tensor, on_topk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student log-probs with padded entries (teacher log-prob -inf) set to PADDING on both sides.
+
+    Padding then carries no mass on either side and adds exactly 0 to every divergence and to every
+    gradient: -inf would give 0 * (-inf - -inf) = NaN. The student's value at a padded id is discarded.
+    """
+    padded = torch.isneginf(topk_logprobs)
+    if not padded.any():
+        return topk_logprobs, on_topk
+    fill = torch.tensor(PADDING, dtype=on_topk.dtype)
+    return torch.where(padded, fill, topk_logprobs.to(on_topk.dtype)), torch.where(padded, fill, on_topk)
+
+
 def sparse_terms(
     target_logprobs: torch.Tensor,
     topk_student: torch.Tensor,
@@ -195,6 +209,7 @@ def sparse_terms(
         if spec.divergence != "forward_kl":
             raise PipelineError(f"a sampled cache supports loss forward_kl only (its unbiased estimator), not '{spec.divergence}'")
         return sampled_forward_kl(topk_logprobs.to(on_topk.dtype), counts, on_topk, spec.temperature).sum(), -target_logprobs.sum()
+    topk_logprobs, on_topk = mask_padding(topk_logprobs, on_topk)
     teacher = teacher_support(topk_logprobs.to(on_topk.dtype), spec.tail, spec.temperature)
     divergence = DIVERGENCES[spec.divergence](teacher, student_support(on_topk, spec.tail), spec)
     return divergence.sum(), -target_logprobs.sum()
@@ -235,5 +250,6 @@ def distillation_loss(
 def sparse_forward_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-position KL(teacher || student) over the top-k ids plus one tail bucket: shape [N]."""
     student = F.log_softmax(student_logits / temperature, dim=-1).gather(-1, topk_ids)
+    topk_logprobs, student = mask_padding(topk_logprobs, student)
     teacher = teacher_support(topk_logprobs.to(student.dtype), "bucket", temperature)
     return forward_kl(teacher, student_support(student, "bucket"))

@@ -18,16 +18,12 @@ from pipeline.errors import PipelineError
 
 @dataclass
 class SampledIds:
-    """Ragged per-position draws: position j owns entries offsets[j]:offsets[j + 1] of the flat arrays."""
+    """Ragged per-position draws, flat over positions (the layout of `pipeline.cache.SampledOutput`)."""
 
-    ids: np.ndarray  # int32 [entries], ascending within each position
-    counts: np.ndarray  # int32 [entries], draws of each id; they sum to `draws` per position
-    logprobs: np.ndarray  # float32 [entries], the teacher's log-prob of each id at temperature 1
-    lengths: np.ndarray  # int32 [positions], unique ids per position
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.lengths)])
+    entries: np.ndarray  # int32 [positions], unique ids per position
+    ids: np.ndarray  # int32 [sum(entries)], ascending within each position
+    counts: np.ndarray  # int32 [sum(entries)], draws of each id; they sum to `draws` per position
+    logprobs: np.ndarray  # float32 [sum(entries)], the teacher's log-prob of each id at temperature 1
 
 
 def draw_teacher_samples(logprobs: torch.Tensor, draws: int, generator: torch.Generator) -> SampledIds:
@@ -41,20 +37,9 @@ def draw_teacher_samples(logprobs: torch.Tensor, draws: int, generator: torch.Ge
     starts = first.reshape(-1).nonzero()[:, 0]
     counts = torch.diff(starts, append=torch.tensor([drawn.numel()]))
     ids = drawn.reshape(-1)[starts]
-    rows = starts // draws
     return SampledIds(
+        entries=first.sum(-1).to(torch.int32).numpy(),
         ids=ids.to(torch.int32).numpy(),
         counts=counts.to(torch.int32).numpy(),
-        logprobs=logprobs[rows, ids].numpy(),
-        lengths=first.sum(-1).to(torch.int32).numpy(),
+        logprobs=logprobs[starts // draws, ids].numpy(),
     )
-
-
-def padded_samples(samples: SampledIds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ids, counts and log-probs as [positions, max unique] tensors; padding is id 0, count 0, log-prob -inf."""
-    positions, width = len(samples.lengths), int(samples.lengths.max(initial=0))
-    mask = np.arange(width)[None, :] < samples.lengths[:, None]
-    ids, counts = np.zeros((positions, width), np.int64), np.zeros((positions, width), np.int64)
-    logprobs = np.full((positions, width), -np.inf, np.float32)
-    ids[mask], counts[mask], logprobs[mask] = samples.ids, samples.counts, samples.logprobs
-    return torch.from_numpy(ids), torch.from_numpy(counts), torch.from_numpy(logprobs)

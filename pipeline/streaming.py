@@ -1,4 +1,9 @@
-"""Stream a top-k cache into padded training batches without loading it whole."""
+"""Stream a top-k cache into padded training batches without loading it whole.
+
+Positions may list different numbers of ids (compact caches drop near-zero entries; sampled caches
+hold as many unique ids as were drawn): the batch pads each position to the batch's widest with
+id PAD_ID and log-prob -inf, which the losses treat as absent.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
-from pipeline.cache import flat_values, iter_record_batches, read_manifest, split_shards
+from pipeline.cache import iter_record_batches, read_manifest, split_shards
+from pipeline.codec import FLOAT32_BLOCK, CacheRows, decode, manifest_encoding, padded_entries
+from pipeline.encoding import segment_index, segment_starts
 from pipeline.errors import PipelineError
 
 PAD_ID = 0  # padded positions are masked out and never scored
@@ -25,41 +31,40 @@ class TopKBatch:
     rows: torch.Tensor  # [N] batch row of each cached position
     columns: torch.Tensor  # [N] index of the logits that predict it (token index - 1)
     targets: torch.Tensor  # [N] actual next token
-    topk_ids: torch.Tensor  # [N, k]
-    topk_logprobs: torch.Tensor  # [N, k]
+    topk_ids: torch.Tensor  # [N, k] most likely first; padding PAD_ID
+    topk_logprobs: torch.Tensor  # [N, k] descending; padding -inf
     token_logprobs: torch.Tensor  # [N]
     response_start: torch.Tensor  # [B] index of each row's first answer token
-    counts: torch.Tensor | None = None  # [N, k] draws of each id in a sampled cache (topk_* then hold the drawn ids); None for top-k
+    counts: torch.Tensor | None = None  # [N, k] float draws per id (sampled caches), padding 0; None for top-k caches
 
     @property
     def num_tokens(self) -> int:
         return len(self.targets)
 
 
-def to_topk_batch(records: pa.RecordBatch) -> TopKBatch:
-    """Vectorised conversion: no Python object per position."""
-    seq_lengths = pc.list_value_length(records.column("input_ids")).to_numpy()
-    starts = records.column("response_start").to_numpy().astype(np.int64)
-    flat_ids = flat_values(records.column("input_ids"), 1)
+def to_topk_batch(records: pa.RecordBatch | CacheRows, block: dict | None = None) -> TopKBatch:
+    """Vectorised conversion of shard rows (in the encoding `block`, default float32) or decoded rows."""
+    rows = records if isinstance(records, CacheRows) else decode(records, block or FLOAT32_BLOCK)
+    seq_lengths, starts = rows.seq_lengths, rows.response_start
     batch, width = len(seq_lengths), int(seq_lengths.max())
     input_ids = np.full((batch, width), PAD_ID, dtype=np.int64)
     mask = np.arange(width)[None, :] < seq_lengths[:, None]
-    input_ids[mask] = flat_ids
-    positions = seq_lengths - starts
-    rows = np.repeat(np.arange(batch), positions)
-    offsets = np.concatenate([[0], np.cumsum(positions)[:-1]])
-    token_index = np.repeat(starts, positions) + np.arange(positions.sum()) - np.repeat(offsets, positions)
-    n = int(positions.sum())
+    input_ids[mask] = rows.input_ids
+    positions = rows.positions
+    row_of = segment_index(positions)
+    token_index = starts[row_of] + np.arange(positions.sum()) - segment_starts(positions)[row_of]
+    ids, logprobs, counts = padded_entries(rows)
     return TopKBatch(
         input_ids=torch.from_numpy(input_ids),
         attention_mask=torch.from_numpy(mask.astype(np.int64)),
-        rows=torch.from_numpy(rows),
+        rows=torch.from_numpy(row_of),
         columns=torch.from_numpy(token_index - 1),
-        targets=torch.from_numpy(input_ids[rows, token_index]),
-        topk_ids=torch.from_numpy(flat_values(records.column("topk_ids"), 2).astype(np.int64).reshape(n, -1)),
-        topk_logprobs=torch.from_numpy(flat_values(records.column("topk_logprobs"), 2).reshape(n, -1)),
-        token_logprobs=torch.from_numpy(flat_values(records.column("token_logprobs"), 1)),
+        targets=torch.from_numpy(input_ids[row_of, token_index]),
+        topk_ids=torch.from_numpy(ids),
+        topk_logprobs=torch.from_numpy(logprobs),
+        token_logprobs=torch.from_numpy(rows.token_logprobs),
         response_start=torch.from_numpy(starts),
+        counts=None if counts is None else torch.from_numpy(counts),
     )
 
 
@@ -92,6 +97,7 @@ def stream_batches(cache_dir: Path, split: str, batch_size: int, seed: int | Non
     Shuffling is within windows of `shuffle_rows` rows of a shard, so memory stays bounded.
     """
     manifest = read_manifest(cache_dir)
+    block = manifest_encoding(manifest)
     shards = split_shards(cache_dir, manifest, split)
     rng = np.random.default_rng(seed) if seed is not None else None
     if rng is not None:
@@ -101,4 +107,4 @@ def stream_batches(cache_dir: Path, split: str, batch_size: int, seed: int | Non
         if rng is not None:
             records = records.take(pa.array(rng.permutation(records.num_rows)))
         for start in range(0, records.num_rows, batch_size):
-            yield to_topk_batch(records.slice(start, batch_size))
+            yield to_topk_batch(records.slice(start, batch_size), block)

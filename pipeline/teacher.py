@@ -26,10 +26,12 @@ from pipeline.cache import (
     plan_shards,
     read_manifest,
     remove_temp_files,
+    zstd_level,
     worker_shards,
     write_shard,
     write_tokenizer,
 )
+from pipeline.codec import CacheEncoding
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows, tokenizer_sha256
@@ -48,6 +50,7 @@ class TeacherSettings:
     too_long: str = "refuse"  # a sequence over the teacher's length limit: "refuse" the run, or "truncate" it
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    cache: CacheEncoding = field(default_factory=CacheEncoding)  # how the shards store what the teacher said
 
 
 def shard_seed(seed: int, split: str, index: int) -> int:
@@ -89,6 +92,7 @@ def run_teacher(
     if truncated:
         print(f"teacher: {truncated} sequence(s) longer than {limit} tokens truncated (teacher.too_long: truncate)")
 
+    block = settings.cache.block(backend.vocab_size, settings.k)  # the manifest's `encoding`: how shards store the output
     plan = {
         "task": "causal_lm_topk",
         "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
@@ -100,7 +104,8 @@ def run_teacher(
             "files": TOKENIZER_DIR,
         },
         "k": settings.k,
-        "logprobs": "raw log-softmax of the teacher at temperature 1, float32",
+        "logprobs": "raw log-softmax of the teacher at temperature 1",
+        "encoding": block,
         "generation": {**settings.generation.to_dict(), "batch_size": settings.batch_size},
         "source": {
             "sha256": sha256_rows(row for name in SPLITS for row in splits[name].iter_rows(named=True)),
@@ -119,7 +124,7 @@ def run_teacher(
         if todo:
             (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
             remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
-            _fill_shards(backend, splits, todo, out_dir, settings, limit)
+            _fill_shards(backend, splits, todo, out_dir, settings, limit, block)
     except BaseException:
         if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -131,7 +136,9 @@ def run_teacher(
     return finalize_cache(out_dir, shards)
 
 
-def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int) -> None:
+def _fill_shards(
+    backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]
+) -> None:
     started, tokens = time.perf_counter(), 0
     with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress:
         for shard in shards:
@@ -143,7 +150,7 @@ def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shard
                 tokens += sum(len(o.input_ids) for o in outputs[-chunk.height :])
                 progress.update(chunk.height)
                 progress.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - started):.0f}")
-            write_shard(outputs_to_table(rows["id"].to_list(), outputs), out_dir / shard.file)
+            write_shard(outputs_to_table(rows["id"].to_list(), outputs, block), out_dir / shard.file, zstd_level(block))
 
 
 def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettings) -> Iterator[tuple[int, pl.DataFrame]]:

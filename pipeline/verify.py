@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.cache import SCHEMA, checksum_problem, flat_values, load_manifest, planned_shards
+from pipeline.cache import checksum_problem, flat_values, load_manifest, planned_shards
+from pipeline.codec import FLOAT32_BLOCK, decode, manifest_encoding, padded_entries, shard_schema
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 
@@ -92,11 +93,13 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as error:
         return problems + [f"{file}: cannot be read as Parquet ({str(error).splitlines()[0]})"]
-    if not table.schema.remove_metadata().equals(SCHEMA.remove_metadata()):
-        return problems + [f"{file}: schema differs from the kd-topk-cache v{manifest['format_version']} schema"]
+    block = manifest_encoding(manifest)
+    if not table.schema.remove_metadata().equals(shard_schema(block).remove_metadata()):
+        return problems + [f"{file}: schema differs from the kd-topk-cache v{manifest['format_version']} {block['name']} schema"]
     if table.num_rows != entry["rows"]:
         problems.append(f"{file}: {table.num_rows} rows, the manifest says {entry['rows']}")
-    tokens = int(pc.sum(pc.list_value_length(table.column("token_logprobs"))).as_py() or 0)
+    seq_len = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    tokens = int((seq_len - table.column("response_start").to_numpy(zero_copy_only=False)).sum())
     if tokens != entry["tokens"]:
         problems.append(f"{file}: {tokens} cached tokens, the manifest says {entry['tokens']}")
     duplicates = []
@@ -106,11 +109,47 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
         seen_ids.add(row_id)
     if duplicates:
         problems.append(f"{file}: {len(duplicates)} id(s) appear more than once in the cache, first '{duplicates[0]}'")
-    return problems + [f"{file}: {problem}" for problem in value_problems(table, manifest["k"], manifest["tokenizer"]["vocab_size"])]
+    vocab_size = manifest["tokenizer"]["vocab_size"]
+    if block["name"] == "compact":
+        found = compact_problems(table, block, manifest["k"], vocab_size)
+    else:
+        found = value_problems(table, manifest["k"], vocab_size, exact_k=manifest["format_version"] == 1)
+    return problems + [f"{file}: {problem}" for problem in found]
 
 
-def value_problems(table: pa.Table, k: int, vocab_size: int) -> list[str]:
-    """Log-prob sanity and id ranges of one shard, vectorised; each problem names its first row."""
+def compact_problems(table: pa.Table, block: dict[str, Any], k: int, vocab_size: int) -> list[str]:
+    """Decode a compact shard and check what decoding cannot guarantee: counts, id ranges, sampled draws."""
+    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
+    seq_len = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    starts = table.column("response_start").to_numpy(zero_copy_only=False)
+    bad_start = (starts < 1) | (starts > seq_len)
+    if bad_start.any():
+        return [_first(ids, bad_start, "response_start outside the sequence")]
+    try:
+        rows = decode(table, block)
+    except PipelineError as error:
+        return [f"cannot be decoded: {error}"]
+    row_of_position = np.repeat(np.arange(len(ids)), rows.positions)
+    row_of_entry = np.repeat(row_of_position, rows.entries)
+    most = k if block["storage"] == "topk" else min(block["draws"], vocab_size)
+    checks = [
+        (_rows(row_of_position, (rows.entries < 1) | (rows.entries > most), len(ids)), f"a position lists no id or more than {most}"),
+        (_rows(row_of_entry, rows.entry_ids >= vocab_size, len(ids)), f"a listed id is outside the vocabulary (0..{vocab_size - 1})"),
+        (_rows(np.repeat(np.arange(len(ids)), seq_len), rows.input_ids >= vocab_size, len(ids)), f"an input id is outside the vocabulary (0..{vocab_size - 1})"),
+    ]
+    if rows.entry_counts is not None:
+        draws = np.bincount(np.repeat(np.arange(len(rows.entries)), rows.entries), weights=rows.entry_counts, minlength=len(rows.entries))
+        checks.append((_rows(row_of_position, draws != block["draws"], len(ids)), f"a position's counts do not add up to {block['draws']} draws"))
+        checks.append((_rows(row_of_entry, rows.entry_counts < 1, len(ids)), "a sampled id has a count of 0"))
+    return [_first(ids, bad, message) for bad, message in checks if bad.any()]
+
+
+def value_problems(table: pa.Table, k: int, vocab_size: int, exact_k: bool = True) -> list[str]:
+    """Log-prob sanity and id ranges of one float32 shard, vectorised; each problem names its first row.
+
+    exact_k: every position holds k entries (version 1); else 1..k (a version 2 float32 cache
+    converted from a compact one keeps the compact cache's entries).
+    """
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
     seq_len = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
     starts = table.column("response_start").to_numpy(zero_copy_only=False)
@@ -130,16 +169,22 @@ def value_problems(table: pa.Table, k: int, vocab_size: int) -> list[str]:
         return problems
     row_of_position = np.repeat(np.arange(len(ids)), positions)
     inner = pc.list_value_length(pc.list_flatten(table.column("topk_ids"))).to_numpy(zero_copy_only=False)
-    if (inner != k).any():
-        return [_first(ids, _rows(row_of_position, inner != k, len(ids)), f"a position does not hold k={k} entries")]
-    topk_ids = flat_values(table.column("topk_ids"), 2).reshape(-1, k)
-    logprobs = flat_values(table.column("topk_logprobs"), 2).reshape(-1, k).astype(np.float64)
+    wrong = inner != k if exact_k else (inner < 1) | (inner > k)
+    if wrong.any():
+        return [_first(ids, _rows(row_of_position, wrong, len(ids)), f"a position does not hold k={k} entries" if exact_k else f"a position lists no id or more than k={k}")]
+    if (pc.list_value_length(pc.list_flatten(table.column("topk_logprobs"))).to_numpy(zero_copy_only=False) != inner).any():
+        return [_first(ids, np.ones(len(ids), bool), "topk_logprobs and topk_ids differ in length at a position")]
+    topk_ids, logprobs32, _ = padded_entries(decode(table, FLOAT32_BLOCK))  # padding: id 0, log-prob -inf
+    logprobs = logprobs32.astype(np.float64)
+    listed = np.arange(logprobs.shape[1])[None, :] < inner[:, None]
     token_logprobs = flat_values(table.column("token_logprobs"), 1).astype(np.float64)
     input_ids = flat_values(table.column("input_ids"), 1)
+    with np.errstate(invalid="ignore"):  # padding: -inf - -inf in the sort check
+        sorted_wrong = (np.diff(logprobs, axis=1) > 0).any(axis=1)
     checks = [
-        (~np.isfinite(logprobs).all(axis=1) | ~np.isfinite(token_logprobs), "a log-prob is not finite"),
+        ((~np.isfinite(logprobs) & listed).any(axis=1) | ~np.isfinite(token_logprobs), "a log-prob is not finite"),
         ((np.nan_to_num(logprobs) > 0).any(axis=1) | (np.nan_to_num(token_logprobs) > 0), "a log-prob is above 0"),
-        ((np.diff(logprobs, axis=1) > 0).any(axis=1), "top-k log-probs are not sorted, most likely first"),
+        (sorted_wrong, "top-k log-probs are not sorted, most likely first"),
         (np.exp(logprobs).sum(axis=1) > 1 + MASS_TOLERANCE, "top-k probabilities add up to more than 1"),
         (((topk_ids < 0) | (topk_ids >= vocab_size)).any(axis=1), f"a top-k id is outside the vocabulary (0..{vocab_size - 1})"),
     ]

@@ -86,22 +86,28 @@ def prepared(tmp_path_factory, small_prompts) -> Path:
 
 
 def cache_rows(cache_dir):
-    """Every row of a complete cache, in manifest order."""
+    """Every row of a complete cache, in manifest order, decoded to the version 1 shape."""
     import pyarrow.parquet as pq
 
     from pipeline.cache import read_manifest
 
+    from pipeline.codec import decode, manifest_encoding, rows_to_dicts
+
     manifest = read_manifest(cache_dir)
     tables = [pq.read_table(cache_dir / entry["file"]) for split in manifest["splits"].values() for entry in split["shards"]]
-    return [row for table in tables for row in table.to_pylist()]
+    return [row for table in tables for row in rows_to_dicts(decode(table, manifest_encoding(manifest)))]
+
+
+TINY_CACHE = {"drop_zero_level": False}  # the tiny teacher is so peaky that dropping would leave one id per position
 
 
 def tiny_settings(**overrides):
     from pipeline.backends import GenerationSettings
+    from pipeline.codec import CacheEncoding
     from pipeline.teacher import TeacherSettings
 
     generation = GenerationSettings(max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0)
-    return TeacherSettings(**{"k": 8, "batch_size": 4, "shard_rows": 5, "generation": generation, **overrides})
+    return TeacherSettings(**{"k": 8, "batch_size": 4, "shard_rows": 5, "generation": generation, "cache": CacheEncoding(**TINY_CACHE), **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +117,18 @@ def tiny_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
 
     out = tmp_path_factory.mktemp("cache") / "cache"
     assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings()) is not None
+    return out
+
+
+@pytest.fixture(scope="session")
+def float32_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
+    """The tiny teacher's cache in the exact float32 encoding (tiny_cache is the same run, compact)."""
+    from pipeline.codec import CacheEncoding
+    from pipeline.teacher import run_teacher
+    from pipeline.teacher_model import resolve_teacher
+
+    out = tmp_path_factory.mktemp("cache") / "float32"
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings(cache=CacheEncoding("float32"))) is not None
     return out
 
 

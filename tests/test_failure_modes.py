@@ -136,7 +136,7 @@ def test_disk_full_on_the_first_shard_leaves_no_directory(tmp_path, monkeypatch,
     monkeypatch.setattr(pq, "write_table", full_disk_after(0))
     out = tmp_path / "cache"
     params = tmp_path / "params.yaml"
-    params.write_text("teacher: {k: 8, batch_size: 4, shard_rows: 5, generation: {max_new_tokens: 12, temperature: 1.0, top_p: 1.0}}\n")
+    params.write_text("teacher: {k: 8, batch_size: 4, shard_rows: 5, generation: {max_new_tokens: 12, temperature: 1.0, top_p: 1.0}, cache: {drop_zero_level: false}}\n")
     line = error_line(["teacher", "--model", tiny_teacher, "--prepared", prepared, "--out", out, "--params", params])
     assert line == f"error: disk full while writing {out / 'train' / 'shard-00000.parquet'}; free space and rerun to resume"
     assert not out.exists()
@@ -172,8 +172,8 @@ def train_student(cache, tiny_teacher, out):
 
 
 def test_unknown_cache_format_version(tmp_path, broken_cache, tiny_teacher):
-    edit_manifest(broken_cache, lambda m: m.update(format_version=2))
-    expected = f"error: {broken_cache / MANIFEST_FILE}: cache format version 2 is not supported (this is kd-pipeline {__version__}, reading version 1)"
+    edit_manifest(broken_cache, lambda m: m.update(format_version=3))
+    expected = f"error: {broken_cache / MANIFEST_FILE}: cache format version 3 is not supported (this is kd-pipeline {__version__}, reading versions 1, 2)"
     assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == expected
     assert error_line(["verify", broken_cache]) == expected
     assert not (tmp_path / "student").exists()

@@ -227,3 +227,47 @@ def test_chunked_loss_holds_one_vocabulary_buffer_per_chunk(temperature):
     assert peak_tensor_bytes(step) <= bound
     hidden.grad = weight.grad = None
     assert peak_tensor_bytes(lambda: distillation_loss(F.linear(hidden, weight), targets, ids, values, spec)["loss"].backward()) > 3 * 4 * n * vocab
+
+
+@pytest.mark.parametrize("tail", TAILS)
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+@pytest.mark.parametrize("divergence,extra", SETTINGS)
+def test_padded_entries_change_neither_loss_nor_gradients(divergence, extra, temperature, tail):
+    """Positions listing fewer ids (compact and sampled caches) are padded with id 0 and log-prob -inf:
+    the loss and its gradients equal those of the unpadded positions, with no NaN (0 * log 0)."""
+    spec = LossSpec(divergence, tail, alpha=0.7, temperature=temperature, **extra)
+    teacher, hidden, weight, targets = problem(n=4, extra=2)
+    top = F.log_softmax(teacher, -1).topk(6, dim=-1)
+    lengths = [6, 3, 1, 5]  # entries listed per position
+    reference = []
+    for row, n in enumerate(lengths):
+        single = type(top)((top.values[row : row + 1, :n], top.indices[row : row + 1, :n]))
+        reference.append(single)
+    values = torch.full((4, 8), -torch.inf, dtype=top.values.dtype)
+    ids = torch.zeros((4, 8), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        values[row, :n], ids[row, :n] = top.values[row, :n], top.indices[row, :n]
+    padded = type(top)((values, ids))
+    expected_kd = sum(
+        distillation_loss(F.linear(hidden[row : row + 1], weight), targets[row : row + 1], single.indices, single.values, LossSpec(divergence, tail, 1.0, temperature, **extra))["kd"]
+        for row, single in enumerate(reference)
+    ) / len(lengths)
+    for terms, grads in both_paths(hidden, weight, targets, padded, spec):
+        assert all(torch.isfinite(g).all() for g in grads)
+        torch.testing.assert_close(terms["kd"], expected_kd, atol=1e-10, rtol=0)
+    trimmed = [both_paths(hidden, weight, targets, type(top)((values[:, :6], ids[:, :6])), spec)]
+    for (terms, grads), (wide_terms, wide_grads) in zip(trimmed[0], both_paths(hidden, weight, targets, padded, spec)):
+        torch.testing.assert_close(wide_terms["loss"], terms["loss"], atol=1e-12, rtol=0)
+        for grad, wide in zip(grads, wide_grads):
+            torch.testing.assert_close(wide, grad, atol=1e-12, rtol=0)
+    full = both_paths(hidden, weight, targets, type(top)((top.values[:, :6], top.indices[:, :6])), spec)
+    assert not torch.isclose(full[0][0]["kd"], expected_kd)  # the padding did remove entries
+
+
+def test_sparse_forward_kl_ignores_padding():
+    teacher, hidden, weight, _ = problem(n=3)
+    top = F.log_softmax(teacher, -1).topk(4, dim=-1)
+    logits = F.linear(hidden, weight).detach()
+    padded_values = torch.cat([top.values, torch.full((3, 2), -torch.inf, dtype=top.values.dtype)], -1)
+    padded_ids = torch.cat([top.indices, torch.zeros((3, 2), dtype=torch.long)], -1)
+    torch.testing.assert_close(sparse_forward_kl(logits, padded_ids, padded_values), sparse_forward_kl(logits, top.indices, top.values))

@@ -1,5 +1,6 @@
 """Sampled-logit caches: the draws, and the estimator's expectation against the full-vocabulary loss."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,9 +8,16 @@ import torch.nn.functional as F
 from pipeline.chunked_loss import chunked_distillation_loss
 from pipeline.errors import PipelineError
 from pipeline.losses import LossSpec, distillation_loss, sampled_forward_kl
-from pipeline.sampling import draw_teacher_samples, padded_samples
+from pipeline.codec import pad_entries
+from pipeline.sampling import draw_teacher_samples
 
 V = 40
+
+
+def padded_samples(samples):
+    """ids, counts and log-probs as [positions, widest] tensors, the way training batches hold them."""
+    ids, logprobs, counts = pad_entries(samples.entries, samples.ids, samples.logprobs, samples.counts)
+    return torch.from_numpy(ids), torch.from_numpy(counts), torch.from_numpy(logprobs)
 
 
 def teacher_and_student(seed=0, dtype=torch.float64):
@@ -22,7 +30,7 @@ def test_draws_are_unique_sorted_counted_and_reproducible():
     samples = draw_teacher_samples(teacher, 32, torch.Generator().manual_seed(7))
     again = draw_teacher_samples(teacher, 32, torch.Generator().manual_seed(7))
     assert (samples.ids == again.ids).all() and (samples.counts == again.counts).all()
-    offsets = samples.offsets
+    offsets = np.concatenate([[0], np.cumsum(samples.entries)])
     for position in range(6):
         ids = samples.ids[offsets[position] : offsets[position + 1]]
         assert (ids[1:] > ids[:-1]).all()

@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow.dataset as ds
 import pytest
 import yaml
-from conftest import REPO, run
+from conftest import REPO, cache_rows, run
 
 from pipeline.cache import read_manifest
 
@@ -18,15 +18,28 @@ def test_shards_open_in_polars_pandas_duckdb_and_datasets(tiny_cache):
     from datasets import load_dataset
 
     reference = ds.dataset(tiny_cache / "train", format="parquet").to_table().to_pylist()
-    columns = ["id", "input_ids", "response_start", "topk_ids", "topk_logprobs", "token_logprobs"]
+    columns = ["id", "input_ids", "response_start", "entries", "id_gap_lo", "id_gap_hi", "prob_levels", "tail_levels", "token_logprob_levels"]
     frame = pl.read_parquet(tiny_cache / "train" / "*.parquet")
     assert frame.columns == columns and frame.to_dicts() == reference
+    assert frame.schema["input_ids"] == pl.List(pl.UInt16)
     assert ds.dataset(tiny_cache / "train").to_table().to_pandas()["id"].tolist() == [r["id"] for r in reference]
-    positions = duckdb.sql(f"SELECT id, len(token_logprobs) AS n FROM '{tiny_cache}/train/*.parquet'").fetchall()
-    assert sorted(positions) == sorted((r["id"], len(r["token_logprobs"])) for r in reference)
+    positions = duckdb.sql(f"SELECT id, len(input_ids) - response_start AS n, octet_length(entries) AS m FROM '{tiny_cache}/train/*.parquet'").fetchall()
+    assert sorted(positions) == sorted((r["id"], len(r["input_ids"]) - r["response_start"], len(r["input_ids"]) - r["response_start"]) for r in reference)
     data = load_dataset("parquet", data_files={"train": str(tiny_cache / "train" / "*.parquet")}, cache_dir=str(tiny_cache.parent / "hf"))
     assert data["train"].column_names == columns
-    assert data["train"][0]["topk_ids"] == reference[0]["topk_ids"]
+    assert data["train"][0]["prob_levels"] == reference[0]["prob_levels"]
+
+
+def test_float32_conversion_gives_plain_list_columns(tmp_path, tiny_cache):
+    """For tools that do not decode the compact streams: `kd convert --encoding float32` (README)."""
+    from pipeline.convert import convert_cache
+    from pipeline.codec import CacheEncoding
+
+    out = tmp_path / "plain"
+    convert_cache(tiny_cache, out, CacheEncoding("float32"))
+    frame = pl.read_parquet(out / "train" / "*.parquet")
+    assert frame.columns == ["id", "input_ids", "response_start", "topk_ids", "topk_logprobs", "token_logprobs"]
+    assert frame.to_dicts() == [{key: row[key] for key in frame.columns} for row in cache_rows(tiny_cache) if row["id"] in set(frame["id"])]
 
 
 def test_dataset_card_and_tokenizer_ship_with_the_cache(tiny_cache):

@@ -2,12 +2,15 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from pipeline.cache import MANIFEST_FILE, TeacherOutput, manifest_checksum, outputs_to_table
 from pipeline.cli import app
+from pipeline.codec import CacheEncoding, manifest_encoding
+from pipeline.convert import convert_cache
 from pipeline.hashing import sha256_file
 from pipeline.verify import value_problems, verify_cache
 
@@ -122,21 +125,29 @@ def test_value_sanity_names_the_first_bad_row():
     assert value_problems(outputs_to_table(["good"], [rows["good"]]), k=2, vocab_size=10) == []
 
 
-def test_verify_reports_bad_values_by_shard(cache):
-    """A consistent forgery (sizes and checksums updated) whose only fault is a positive log-prob."""
-    shard = cache / "train" / "shard-00000.parquet"
-    rows = pq.read_table(shard).to_pylist()
-    rows[0]["topk_logprobs"][0][0] = 0.5
-    columns = ("input_ids", "response_start", "topk_ids", "topk_logprobs", "token_logprobs")
-    outputs = [TeacherOutput(**{c: r[c] if c == "response_start" else np.array(r[c]) for c in columns}) for r in rows]
-    pq.write_table(outputs_to_table([r["id"] for r in rows], outputs), shard)
-    assert "train/shard-00000.parquet: sha256 differs from the manifest (the file changed after it was written)" in verify_cache(cache)
+def reseal(cache, shard):
+    """Update the manifest for a rewritten shard, as a careful forger would: sizes and checksums match again."""
     manifest = json.loads((cache / MANIFEST_FILE).read_text())
     entry = manifest["splits"]["train"]["shards"][0]
     manifest["splits"]["train"]["bytes"] += shard.stat().st_size - entry["bytes"]
     entry.update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
     manifest["manifest_sha256"] = manifest_checksum(manifest)
     (cache / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_verify_reports_bad_values_by_shard(tmp_path, tiny_cache):
+    """A consistent forgery (sizes and checksums updated) whose only fault is a positive log-prob (float32 encoding)."""
+    cache = tmp_path / "float32"
+    convert_cache(tiny_cache, cache, CacheEncoding("float32"))
+    shard = cache / "train" / "shard-00000.parquet"
+    rows = pq.read_table(shard).to_pylist()
+    rows[0]["topk_logprobs"][0][0] = 0.5
+    columns = ("input_ids", "response_start", "topk_ids", "topk_logprobs", "token_logprobs")
+    outputs = [TeacherOutput(**{c: r[c] if c == "response_start" else np.array(r[c]) for c in columns}) for r in rows]
+    assert all(len(p) == 8 for r in rows for p in r["topk_ids"])
+    pq.write_table(outputs_to_table([r["id"] for r in rows], outputs), shard)
+    assert "train/shard-00000.parquet: sha256 differs from the manifest (the file changed after it was written)" in verify_cache(cache)
+    reseal(cache, shard)
     assert verify_cache(cache) == [
         f"train/shard-00000.parquet: a log-prob is above 0, first in row '{rows[0]['id']}' (1 row(s))",
         f"train/shard-00000.parquet: top-k probabilities add up to more than 1, first in row '{rows[0]['id']}' (1 row(s))",
@@ -149,3 +160,37 @@ def test_manifest_without_a_checksum_is_sent_to_finalize(cache):
     assert verify_errors(cache) == [message]
     assert runner.invoke(app, ["finalize", str(cache)]).exit_code == 0
     assert verify_cache(cache) == []
+
+
+def forge_compact(cache, change):
+    """Rewrite train shard 0 of a compact cache with one byte stream changed, resealed in the manifest."""
+    shard = cache / "train" / "shard-00000.parquet"
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard, compression="zstd")
+    reseal(cache, shard)
+    return rows[0]["id"]
+
+
+def test_verify_decodes_compact_shards(cache):
+    block = manifest_encoding(json.loads((cache / MANIFEST_FILE).read_text()))
+    assert block["name"] == "compact" and verify_cache(cache) == []
+
+    def drop_a_level(rows):
+        rows[0]["prob_levels"] = rows[0]["prob_levels"][:-1]
+
+    forge_compact(cache, drop_a_level)
+    lengths = len(pq.read_table(cache / "train" / "shard-00000.parquet").column("prob_levels")[0].as_py())
+    assert verify_cache(cache) == [f"train/shard-00000.parquet: cannot be decoded: column prob_levels has a row of {lengths} bytes where its counts call for {lengths + 1}"]
+
+
+def test_verify_finds_an_id_outside_the_vocabulary_in_a_compact_shard(cache):
+    def huge_first_gap(rows):
+        hi = bytearray(rows[1]["id_gap_hi"])
+        hi[0] = 0xFF  # the first id of the row's first position becomes >= 65280
+        rows[1]["id_gap_hi"] = bytes(hi)
+
+    forge_compact(cache, huge_first_gap)
+    row_id = pq.read_table(cache / "train" / "shard-00000.parquet").column("id")[1].as_py()
+    assert verify_cache(cache) == [f"train/shard-00000.parquet: a listed id is outside the vocabulary (0..319), first in row '{row_id}' (1 row(s))"]

@@ -27,6 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.streaming import stream_batches
 from pipeline.sequences import encode_prompt
+from pipeline.codec import CacheEncoding
 from pipeline.teacher import run_teacher
 from pipeline.teacher_model import resolve_teacher
 from pipeline.training import TrainSettings, train_student
@@ -54,6 +55,9 @@ def assert_records_agree(got, want, label=""):
     inf = np.full((len(gaps), 1), np.inf)
     distinct = (np.hstack([inf, gaps]) > TIE) & (np.hstack([gaps, inf]) > TIE)
     assert np.array_equal(got.topk_ids[distinct], want.topk_ids[distinct]), label
+
+
+EXACT = CacheEncoding("float32")  # backend parity is checked on exact values; the encoding is tested on its own
 
 
 def cache_records(cache_dir):
@@ -124,8 +128,8 @@ def test_scoring_parity_with_transformers_through_the_stage(tmp_path, soft_teach
     pl.DataFrame({"prompt": prompts, "response": prompts[::-1]}).write_parquet(source)
     write_splits(split_prompts(read_prompts(source), 0.3, 0), tmp_path / "prepared")
     teacher = resolve_teacher(str(soft_teacher), soft_teacher)
-    want = run_teacher(tmp_path / "prepared", teacher, tmp_path / "transformers", tiny_settings())
-    got = run_teacher(tmp_path / "prepared", teacher, tmp_path / "vllm", tiny_settings(backend="vllm"), backend=engine)
+    want = run_teacher(tmp_path / "prepared", teacher, tmp_path / "transformers", tiny_settings(cache=EXACT))
+    got = run_teacher(tmp_path / "prepared", teacher, tmp_path / "vllm", tiny_settings(backend="vllm", cache=EXACT), backend=engine)
     assert got["teacher"]["backend"] == "vllm" and want["teacher"]["backend"] == "transformers"
     assert {key: value for key, value in got.items() if key not in ("teacher", "splits", MANIFEST_CHECKSUM)} == {
         key: value for key, value in want.items() if key not in ("teacher", "splits", MANIFEST_CHECKSUM)
@@ -178,7 +182,7 @@ def test_stop_ids_are_those_transformers_generate_stops_at(tiny_teacher):
 @needs_vllm
 def test_stage_output_passes_cache_checks_and_trains_a_student(tmp_path, soft_teacher, engine, reference, prepared):
     out = tmp_path / "cache"
-    manifest = run_teacher(prepared, resolve_teacher(str(soft_teacher), soft_teacher), out, tiny_settings(backend="vllm"), backend=engine)
+    manifest = run_teacher(prepared, resolve_teacher(str(soft_teacher), soft_teacher), out, tiny_settings(backend="vllm", cache=EXACT), backend=engine)
     assert manifest == read_manifest(out) and manifest["teacher"]["backend"] == "vllm" and manifest["tokenizer"]["vocab_size"] == 320
     for split in manifest["splits"].values():
         for entry in split["shards"]:
