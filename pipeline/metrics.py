@@ -10,20 +10,29 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.checkpoint import load_causal_lm
-from pipeline.losses import sparse_forward_kl
+from pipeline.losses import sampled_forward_kl, sparse_forward_kl
 from pipeline.student import count_parameters, position_logits
 from pipeline.streaming import stream_batches
 
 
 @torch.inference_mode()
 def student_agreement(model: torch.nn.Module, cache_dir: Path, split: str = "validation", batch_size: int = 8) -> dict[str, float]:
-    """Per-token means over the split: top-1 agreement, KL to the teacher (top-k + tail), CE on the teacher's tokens."""
+    """Per-token means over the split: top-1 agreement, KL to the teacher, CE on the teacher's tokens.
+
+    KL is over the top-k + tail on a top-k cache, the unbiased estimate on a sampled one; the
+    teacher's top-1 is its most likely listed (or drawn) id.
+    """
     sums = {"top1_agreement": 0.0, "kl_to_teacher": 0.0, "ce": 0.0, "teacher_ce": 0.0}
     tokens = 0
     for batch in stream_batches(cache_dir, split, batch_size):
         logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns).float()
-        sums["top1_agreement"] += (logits.argmax(-1) == batch.topk_ids[:, 0]).sum().item()
-        sums["kl_to_teacher"] += sparse_forward_kl(logits, batch.topk_ids, batch.topk_logprobs).sum().item()
+        teacher_top1 = batch.topk_ids.gather(-1, batch.topk_logprobs.argmax(-1, keepdim=True))[:, 0]
+        sums["top1_agreement"] += (logits.argmax(-1) == teacher_top1).sum().item()
+        if batch.counts is None:
+            kl = sparse_forward_kl(logits, batch.topk_ids, batch.topk_logprobs)
+        else:
+            kl = sampled_forward_kl(batch.topk_logprobs, batch.counts, F.log_softmax(logits, dim=-1).gather(-1, batch.topk_ids))
+        sums["kl_to_teacher"] += kl.sum().item()
         sums["ce"] += F.cross_entropy(logits, batch.targets, reduction="sum").item()
         sums["teacher_ce"] -= batch.token_logprobs.sum().item()
         tokens += batch.num_tokens

@@ -17,6 +17,7 @@ from pipeline.cache import (
     TOKENIZER_DIR,
     MANIFEST_FILE,
     PLAN_FILE,
+    SampledOutput,
     ShardSpec,
     TeacherOutput,
     finalize_cache,
@@ -51,6 +52,7 @@ class TeacherSettings:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     cache: CacheEncoding = field(default_factory=CacheEncoding)  # how the shards store what the teacher said
+    draws: int | None = None  # None: cache the top-k; N: a sampled cache of N ids drawn per position (README, "Sampled caches")
 
 
 def shard_seed(seed: int, split: str, index: int) -> int:
@@ -83,8 +85,12 @@ def run_teacher(
         raise PipelineError("generation.max_new_tokens must be at least 1")
     if not 1 <= settings.k <= backend.vocab_size:
         raise PipelineError(f"k={settings.k} must be between 1 and the teacher's vocabulary size {backend.vocab_size}")
-    if settings.k > backend.max_k:
+    if settings.draws is None and settings.k > backend.max_k:
         raise PipelineError(f"k={settings.k} is above the {backend.name} backend's limit of {backend.max_k} log-probs per position")
+    if settings.draws is not None and not backend.can_sample:
+        raise PipelineError(f"teacher.draws needs the teacher's full distribution at every position, which the {backend.name} backend does not return; use the transformers backend")
+    if settings.draws is not None and not 1 <= settings.draws <= 65535:
+        raise PipelineError(f"teacher.draws must be between 1 and 65535 draws per position, got {settings.draws}")
     scoring = "response" in splits[SPLITS[0]].columns
     limit = length_limit(backend.max_length, settings.generation.max_new_tokens, scoring)
     encoded = ((chunk["id"], encode_rows(tokenizer, chunk, use_template)) for frame in splits.values() for chunk in frame.iter_slices(1024))
@@ -92,7 +98,7 @@ def run_teacher(
     if truncated:
         print(f"teacher: {truncated} sequence(s) longer than {limit} tokens truncated (teacher.too_long: truncate)")
 
-    block = settings.cache.block(backend.vocab_size, settings.k)  # the manifest's `encoding`: how shards store the output
+    block = settings.cache.block(backend.vocab_size, settings.k, settings.draws)  # the manifest's `encoding`: how shards store the output
     plan = {
         "task": "causal_lm_topk",
         "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
@@ -103,7 +109,7 @@ def run_teacher(
             "chat_template": tokenizer.chat_template if use_template else None,
             "files": TOKENIZER_DIR,
         },
-        "k": settings.k,
+        "k": settings.k if settings.draws is None else min(settings.draws, backend.vocab_size),
         "logprobs": "raw log-softmax of the teacher at temperature 1",
         "encoding": block,
         "generation": {**settings.generation.to_dict(), "batch_size": settings.batch_size},
@@ -159,8 +165,8 @@ def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettin
         yield shard_seed(settings.generation.seed, shard.split, shard.index) + chunk_index, rows.slice(start, settings.batch_size)
 
 
-def _teacher_outputs(backend: TeacherBackend, encoded: list[Encoded], scoring: bool, settings: TeacherSettings, seed: int) -> list[TeacherOutput]:
+def _teacher_outputs(backend: TeacherBackend, encoded: list[Encoded], scoring: bool, settings: TeacherSettings, seed: int) -> list[TeacherOutput | SampledOutput]:
     """Score the given responses, or generate responses when the data has none."""
     if scoring:
-        return backend.score([ids for ids, _ in encoded], [start for _, start in encoded], settings.k)
-    return backend.generate([ids for ids, _ in encoded], settings.generation, settings.k, seed)
+        return backend.score([ids for ids, _ in encoded], [start for _, start in encoded], settings.k, settings.draws, seed)
+    return backend.generate([ids for ids, _ in encoded], settings.generation, settings.k, seed, settings.draws)

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 
 from pipeline.cache import TOKENIZER_DIR, open_shard, read_manifest, split_shards
 from pipeline.checkpoint import save_checkpoint
+from pipeline.codec import manifest_encoding
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
 from pipeline.chunked_loss import chunked_distillation_loss
@@ -109,6 +110,8 @@ def train_student(cache_dir: Path, tokenizer_path: Path | None, model_config: di
     tokenizer_path = student_tokenizer_path(cache_dir, tokenizer_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     check_compatibility(manifest, tokenizer, tokenizer_path)
+    if manifest_encoding(manifest)["storage"] == "sampled" and settings.loss != "forward_kl":
+        raise PipelineError(f"{cache_dir} is a sampled cache: it supports student.loss forward_kl only (its unbiased estimator), not '{settings.loss}'")
     for shard in split_shards(cache_dir, manifest, "train"):  # a damaged shard stops the run now, not hours in
         open_shard(shard)
     model = build_student(model_config, manifest["tokenizer"]["vocab_size"], settings.seed)

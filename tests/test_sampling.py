@@ -5,11 +5,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from transformers import AutoModelForCausalLM
+
+from pipeline.cache import read_manifest
+from pipeline.checkpoint import load_causal_lm
 from pipeline.chunked_loss import chunked_distillation_loss
 from pipeline.errors import PipelineError
 from pipeline.losses import LossSpec, distillation_loss, sampled_forward_kl
 from pipeline.codec import pad_entries
+from pipeline.metrics import student_agreement
 from pipeline.sampling import draw_teacher_samples
+from pipeline.student import build_student
+from pipeline.teacher import run_teacher
+from pipeline.teacher_model import resolve_teacher
+from pipeline.training import TrainSettings, train_student
 
 V = 40
 
@@ -123,3 +132,70 @@ def test_sampled_cache_refuses_other_divergences():
     ids, counts, logprobs = padded_samples(draw_teacher_samples(torch.log_softmax(torch.randn(3, V), -1), 4, torch.Generator().manual_seed(0)))
     with pytest.raises(PipelineError, match="forward_kl only"):
         distillation_loss(torch.randn(3, V), torch.zeros(3, dtype=torch.long), ids, logprobs, LossSpec(divergence="reverse_kl"), counts=counts)
+
+
+DRAWS = 24
+
+
+@pytest.fixture(scope="module")
+def sampled_cache(tmp_path_factory, tiny_teacher, prepared):
+    from conftest import tiny_settings
+
+    out = tmp_path_factory.mktemp("sampled") / "cache"
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings(draws=DRAWS)) is not None
+    return out
+
+
+def test_sampled_teacher_stage_draws_from_the_teachers_distribution(sampled_cache, tiny_teacher):
+    from conftest import cache_rows
+
+    encoding = read_manifest(sampled_cache)["encoding"]
+    assert encoding["storage"] == "sampled" and encoding["draws"] == DRAWS
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval()
+    top1_drawn, top1_expected, top1_variance = 0.0, 0.0, 0.0
+    for row in cache_rows(sampled_cache):
+        ids, start = row["input_ids"], row["response_start"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)[start - 1 : len(ids) - 1]
+        for j, (drawn, values, counts) in enumerate(zip(row["topk_ids"], row["topk_logprobs"], row["counts"])):
+            assert len(set(drawn)) == len(drawn) and sum(counts) == DRAWS
+            error = torch.tensor(values).exp().sqrt() - logprobs[j, drawn].exp().sqrt()
+            assert error.abs().max() <= encoding["sqrt_step"]
+            p = logprobs[j].exp()
+            best = int(p.argmax())
+            top1_drawn += counts[drawn.index(best)] if best in drawn else 0
+            top1_expected += DRAWS * p[best].item()
+            top1_variance += DRAWS * p[best].item() * (1 - p[best].item())
+    assert abs(top1_drawn - top1_expected) < 5 * top1_variance**0.5  # draws of each position's mode, over the whole cache
+
+
+def test_sampled_cache_is_the_same_from_two_workers(tmp_path, sampled_cache, tiny_teacher, prepared):
+    from conftest import cache_rows, tiny_settings
+
+    out, teacher = tmp_path / "cache", resolve_teacher(str(tiny_teacher), tiny_teacher)
+    assert run_teacher(prepared, teacher, out, tiny_settings(draws=DRAWS), worker_index=1, num_workers=2) is None
+    assert run_teacher(prepared, teacher, out, tiny_settings(draws=DRAWS), worker_index=0, num_workers=2) == read_manifest(sampled_cache)
+    assert cache_rows(out) == cache_rows(sampled_cache)
+
+
+def test_students_train_on_a_sampled_cache_with_forward_kl_only(tmp_path, sampled_cache, tiny_teacher):
+    student = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
+    with pytest.raises(PipelineError, match="sampled cache: it supports student.loss forward_kl only"):
+        train_student(sampled_cache, None, student, TrainSettings(loss="jsd", epochs=1), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    before = student_agreement(build_student(student, 320, seed=0).eval(), sampled_cache)
+    log = train_student(sampled_cache, None, student, TrainSettings(alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2), tmp_path / "student")
+    after = student_agreement(load_causal_lm(tmp_path / "student"), sampled_cache)
+    assert after["kl_to_teacher"] < 0.7 * before["kl_to_teacher"] and log[-1]["kd"] < log[0]["kd"]
+
+
+def test_a_backend_without_the_full_distribution_refuses_to_sample(tmp_path, tiny_teacher, prepared):
+    from conftest import tiny_settings
+
+    from pipeline.backends.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(tiny_teacher)
+    backend.can_sample = False  # as the vLLM backend, which returns only the top log-probs
+    with pytest.raises(PipelineError, match="full distribution"):
+        run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), tmp_path / "cache", tiny_settings(draws=DRAWS), backend=backend)
+    assert not (tmp_path / "cache").exists()

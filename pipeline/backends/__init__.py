@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from pipeline.cache import TeacherOutput
+from pipeline.cache import SampledOutput, TeacherOutput
 from pipeline.errors import PipelineError
 
 
@@ -42,12 +42,15 @@ class TeacherBackend(Protocol):
     vocab_size: int  # size of the model's output distribution (ids in the cache are below it)
     max_length: int  # longest sequence the model accepts
     max_k: int  # most log-probs per position the engine returns
+    can_sample: bool  # sees the full distribution at every position, so it can draw ids for a sampled cache
 
-    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int) -> list[TeacherOutput]:
-        """Answer each tokenised prompt and return top-k records for every response position."""
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None) -> list[TeacherOutput | SampledOutput]:
+        """Answer each tokenised prompt and return top-k records (or, with `draws`, sampled ones) for every response position."""
 
-    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int) -> list[TeacherOutput]:
-        """Top-k records for positions response_start.. of existing sequences."""
+    def score(
+        self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0
+    ) -> list[TeacherOutput | SampledOutput]:
+        """Top-k records for positions response_start.. of existing sequences; with `draws`, that many ids drawn per position (seeded)."""
 
 
 BACKENDS = ("transformers", "vllm")

@@ -10,8 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.backends import GenerationSettings
-from pipeline.cache import TeacherOutput
+from pipeline.cache import SampledOutput, TeacherOutput
 from pipeline.errors import PipelineError
+from pipeline.sampling import draw_teacher_samples
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,6 +31,7 @@ class TransformersBackend:
     """
 
     name = "transformers"
+    can_sample = True
 
     def __init__(self, model_dir: Path, dtype: str = "float32", batch_size: int = 8, device: str = "cpu"):
         if dtype not in DTYPES:
@@ -44,7 +46,7 @@ class TransformersBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int) -> list[TeacherOutput]:
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None) -> list[TeacherOutput | SampledOutput]:
         torch.manual_seed(seed)
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
@@ -69,11 +71,14 @@ class TransformersBackend:
             for prompt, response in zip(batch, generated):
                 cut = next((i + 1 for i, t in enumerate(response) if t in eos_ids), len(response))
                 sequences.append(list(prompt) + response[:cut])
-        return self.score(sequences, [len(p) for p in prompts], k)
+        return self.score(sequences, [len(p) for p in prompts], k, draws, seed)
 
     @torch.inference_mode()
-    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int) -> list[TeacherOutput]:
-        outputs: list[TeacherOutput | None] = [None] * len(sequences)
+    def score(
+        self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0
+    ) -> list[TeacherOutput | SampledOutput]:
+        """Sequence i's draws come from its own generator, seeded by (seed, i): the same whatever the batching."""
+        outputs: list[TeacherOutput | SampledOutput | None] = [None] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
@@ -89,13 +94,18 @@ class TransformersBackend:
                 if not 0 < rs <= len(seq):
                     raise PipelineError(f"response start {rs} outside 1..{len(seq)}")
                 logprobs = torch.log_softmax(logits[row, rs - 1 : len(seq) - 1].float(), dim=-1)
-                top = logprobs.topk(k, dim=-1)
                 targets = torch.tensor(seq[rs:], device=logprobs.device)
+                token_logprobs = logprobs.gather(-1, targets[:, None])[:, 0].cpu().numpy()
+                if draws is not None:
+                    drawn = draw_teacher_samples(logprobs.cpu(), draws, torch.Generator().manual_seed(seed * 1_000_003 + i))
+                    outputs[i] = SampledOutput(np.asarray(seq, dtype=np.int32), rs, drawn.entries, drawn.ids, drawn.counts, drawn.logprobs, token_logprobs)
+                    continue
+                top = logprobs.topk(k, dim=-1)
                 outputs[i] = TeacherOutput(
                     input_ids=np.asarray(seq, dtype=np.int32),
                     response_start=rs,
                     topk_ids=top.indices.to(torch.int32).cpu().numpy(),
                     topk_logprobs=top.values.cpu().numpy(),
-                    token_logprobs=logprobs.gather(-1, targets[:, None])[:, 0].cpu().numpy(),
+                    token_logprobs=token_logprobs,
                 )
         return outputs  # type: ignore[return-value]

