@@ -6,9 +6,11 @@ position between the full-vocabulary distributions the two caches imply (listed 
 probabilities, the tail spread uniformly over the unlisted ids; pipeline.decoding_error), the
 largest error of the actual token's log-prob, and the time to encode + write and to read + decode
 into padded batch arrays, against the same for the version 1 (float32) shards. Times are the best
-of `--repeats` passes.
+of `--repeats` passes. With `--teacher` and `--draws`, the teacher also rescores the cache's
+sequences through the real sampled path (`score(..., draws=N)`) and the resulting sampled caches
+are sized the same way (their decoding error is not a KL to a top-k cache: see the quality bench).
 
-    python -m bench.cache_size --cache data/cache
+    python -m bench.cache_size --cache data/cache [--teacher models/smollm2-135m-instruct --draws 16 32 64]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cache import parquet_options, read_manifest, split_shards
+from pipeline.cache import outputs_to_rows, parquet_options, read_manifest, split_shards
 from pipeline.codec import CacheEncoding, CacheRows, decode, encode, manifest_encoding, padded_entries
 from pipeline.convert import convert_cache
 from pipeline.decoding_error import position_kl
@@ -84,6 +86,23 @@ def measure(originals: list[CacheRows], source: list[bytes], source_block: dict[
     return results
 
 
+def sampled_sizes(originals: list[CacheRows], teacher: Path, draws: list[int], vocab: int) -> list[dict[str, Any]]:
+    """Bytes and unique ids per position of sampled caches of the same sequences, drawn by the teacher stage's own code."""
+    from pipeline.backends.transformers_backend import TransformersBackend
+
+    backend, results = TransformersBackend(teacher), []
+    for n in draws:
+        block = CacheEncoding().block(vocab, n, draws=n)
+        size, listed = 0, 0
+        for rows in originals:
+            sequences = [s.tolist() for s in np.split(rows.input_ids, np.cumsum(rows.seq_lengths)[:-1])]
+            sampled = outputs_to_rows(rows.row_ids, backend.score(sequences, rows.response_start.tolist(), 1, draws=n, seed=0))
+            size += len(write_bytes(encode(sampled, block), block["zstd_level"]))
+            listed += int(sampled.entries.sum())
+        results.append({"name": f"sampled N={n} (compact)", "bytes": size, "listed": listed})
+    return results
+
+
 def column_bytes(originals: list[CacheRows], block: dict[str, Any]) -> dict[str, float]:
     """Compressed bytes per token of each column (Parquet metadata), plus the file's own overhead."""
     sizes: dict[str, float] = {}
@@ -117,6 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache", type=Path, default=Path("data/cache"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--teacher", type=Path, default=None, help="teacher folder: also size sampled caches of the same sequences")
+    parser.add_argument("--draws", type=int, nargs="*", default=[16, 32, 64], help="draws per position of the sampled caches (with --teacher)")
     args = parser.parse_args()
     manifest = read_manifest(args.cache)
     source_block, vocab, k = manifest_encoding(manifest), manifest["tokenizer"]["vocab_size"], manifest["k"]
@@ -126,14 +147,18 @@ def main() -> None:
     positions = sum(len(r.entries) for r in originals)
     print(f"cache {args.cache}: {len(shards)} shards, {positions:,} positions, k={k}, vocabulary {vocab:,}, best of {args.repeats}")
     results = measure(originals, source, source_block, vocab, k, args.repeats)
+    if args.teacher:
+        for row in sampled_sizes(originals, args.teacher, args.draws, vocab):
+            results.append({**row, "bytes_per_token": row["bytes"] / positions, "listed": row["listed"] / positions})
     header = f"{'encoding':<38} {'B/token':>8} {'ids/pos':>7} {'KL mean':>9} {'KL max':>9} {'tok err':>8} {'enc pos/s':>10} {'read pos/s':>10} {'read x src':>10}"
     print(header)
     print("-" * len(header))
     for row in results:
         encode_rate = f"{positions / row['encode']:,.0f}" if "encode" in row else "-"
+        read = f"{positions / row['read']:>10,.0f} {row['read_vs_source']:>10.2f}" if "read" in row else f"{'-':>10} {'-':>10}"
         kl = f"{row['kl_mean']:9.2e} {row['kl_max']:9.2e} {row['token_error']:8.4f}" if "kl_mean" in row else f"{'-':>9} {'-':>9} {'-':>8}"
         listed = f"{row['listed']:7.2f}" if "listed" in row else f"{'-':>7}"
-        print(f"{row['name']:<38} {row['bytes_per_token']:8.1f} {listed} {kl} {encode_rate:>10} {positions / row['read']:>10,.0f} {row['read_vs_source']:>10.2f}")
+        print(f"{row['name']:<38} {row['bytes_per_token']:8.1f} {listed} {kl} {encode_rate:>10} {read}")
     with tempfile.TemporaryDirectory() as tmp:
         convert_cache(args.cache, Path(tmp) / "compact", CacheEncoding())
         source_rate, compact_rate = stream_rate(args.cache, args.repeats), stream_rate(Path(tmp) / "compact", args.repeats)

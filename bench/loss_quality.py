@@ -29,10 +29,9 @@ import yaml
 
 from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table, read_manifest, split_shards
 from pipeline.checkpoint import load_causal_lm
-from pipeline.codec import decode, manifest_encoding, rows_to_dicts
+from pipeline.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
 from pipeline.config import train_settings
 from pipeline.losses import DIVERGENCES, sparse_forward_kl
-from pipeline.codec import pad_entries
 from pipeline.sampling import SampledIds, draw_teacher_samples
 from pipeline.student import build_student, position_logits
 from pipeline.streaming import TopKBatch, to_topk_batch
@@ -49,6 +48,7 @@ class Split:
     table: pa.Table  # in the cache format, top-K_MAX from the rescoring
     full: list[torch.Tensor]
     samples: dict[int, list[SampledIds]]  # per number of draws, per sequence
+    compact: dict[int, tuple[pa.Table, dict]]  # per k, the top-k in the default compact encoding and its block
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Variant:
     k: int | None  # None: the teacher's full distribution
     settings: TrainSettings
     draws: int | None = None  # a sampled cache with this many draws per position instead of the top-k
+    compact: bool = False  # the top-k as the default compact encoding stores it (decoded), not exact
 
 
 def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, list[list[int]]]]:
@@ -97,7 +98,21 @@ def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int,
                     token_logprobs=logprobs.gather(-1, targets[:, None])[:, 0].numpy(),
                 )
             )
-    return Split(outputs_to_table([s[0] for s in sequences], outputs), full, {}), matches / positions
+    return Split(outputs_to_table([s[0] for s in sequences], outputs), full, {}, {}), matches / positions
+
+
+def encode_compact(split: Split, ks: list[int], vocab_size: int) -> None:
+    """The top-k of each k as a new cache would store it: default compact encoding, decoded by the reader."""
+    rows = decode(split.table, FLOAT32_BLOCK)
+    for k in ks:
+        block = CacheEncoding().block(vocab_size, k)
+        top = replace(
+            rows,
+            entries=np.full(len(rows.entries), k),
+            entry_ids=rows.entry_ids.reshape(-1, K_MAX)[:, :k].reshape(-1),
+            entry_logprobs=rows.entry_logprobs.reshape(-1, K_MAX)[:, :k].reshape(-1),
+        )
+        split.compact[k] = (encode(top, block), block)
 
 
 def draw(split: Split, draws: list[int], seed: int) -> None:
@@ -111,13 +126,17 @@ def concatenated(samples: list[SampledIds]) -> SampledIds:
     return SampledIds(*(np.concatenate([getattr(s, name) for s in samples]) for name in ("entries", "ids", "counts", "logprobs")))
 
 
-def batches(split: Split, batch_size: int, seed: int | None, draws: int | None = None) -> Iterator[tuple[TopKBatch, torch.Tensor]]:
-    """Batches in the streaming format (top-K_MAX, or the sampled cache with `draws`) with the full teacher log-probs of the same positions."""
+def batches(split: Split, batch_size: int, seed: int | None, draws: int | None = None, compact_k: int | None = None) -> Iterator[tuple[TopKBatch, torch.Tensor]]:
+    """Batches in the streaming format (top-K_MAX, the sampled cache with `draws`, or the compact top-`compact_k`)
+    with the full teacher log-probs of the same positions."""
     order = np.arange(split.table.num_rows) if seed is None else np.random.default_rng(seed).permutation(split.table.num_rows)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         records = split.table.take(rows).combine_chunks().to_batches()[0]
         batch = to_topk_batch(records)
+        if compact_k is not None:
+            table, block = split.compact[compact_k]
+            batch = to_topk_batch(table.take(rows).combine_chunks().to_batches()[0], block)
         if draws is not None:
             drawn = concatenated([split.samples[draws][i] for i in rows])
             ids, logprobs, counts = (torch.from_numpy(a) for a in pad_entries(drawn.entries, drawn.ids, drawn.logprobs, drawn.counts))
@@ -145,13 +164,13 @@ def train(variant: Variant, train_split: Split, model_config: dict, vocab_size: 
     total = -(-train_split.table.num_rows // settings.batch_size) * settings.epochs
     step = 0
     for epoch in range(settings.epochs):
-        for batch, teacher in batches(train_split, settings.batch_size, settings.seed + epoch, variant.draws):
+        for batch, teacher in batches(train_split, settings.batch_size, settings.seed + epoch, variant.draws, variant.k if variant.compact else None):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, settings)
             if variant.k is None:
                 loss = full_logit_loss(model, batch, teacher, settings)
             else:
-                loss = batch_loss(model, batch if variant.draws else truncated(batch, variant.k), settings)["loss"]
+                loss = batch_loss(model, batch if variant.draws or variant.compact else truncated(batch, variant.k), settings)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -175,10 +194,11 @@ def score(model: torch.nn.Module, split: Split, batch_size: int, seen_k: int) ->
     return {"kl": kl / tokens, "seen_kl": seen / tokens, "top1": agree / tokens}
 
 
-def variants(settings: TrainSettings, ks: list[int], divergences: list[str], draws: list[int], tails: list[str]) -> list[Variant]:
+def variants(settings: TrainSettings, ks: list[int], divergences: list[str], draws: list[int], tails: list[str], compact: list[int]) -> list[Variant]:
     table = [Variant("full logits (online)", None, settings)]
     for tail in tails:
         table += [Variant(f"{settings.loss} {tail} k={k}", k, replace(settings, tail=tail)) for k in ks]
+    table += [Variant(f"{settings.loss} bucket k={k} compact", k, settings, compact=True) for k in compact]
     table += [Variant(f"sampled N={n}", K_MAX, settings, draws=n) for n in draws]
     table += [Variant(f"{name} bucket k={ks[len(ks) // 2]}", ks[len(ks) // 2], replace(settings, loss=name, tail="bucket")) for name in divergences]
     return table + [Variant("ce only", K_MAX, replace(settings, alpha=0.0))]
@@ -197,6 +217,7 @@ def main() -> None:
     parser.add_argument("--divergences", nargs="*", default=[], help=f"also train these at the middle k with the tail bucket: {', '.join(DIVERGENCES)}")
     parser.add_argument("--draws", type=int, nargs="*", default=[], help="sampled caches with these numbers of draws per position")
     parser.add_argument("--tails", nargs="*", default=["bucket", "renormalize"], help="top-k tail treatments to train")
+    parser.add_argument("--compact", type=int, nargs="*", default=[], help="also train on the top-k of these k as the default compact encoding stores it")
     args = parser.parse_args()
     if max(args.k) > K_MAX:
         parser.error(f"k above {K_MAX}")
@@ -212,6 +233,7 @@ def main() -> None:
     vocab_size = teacher.config.vocab_size
     del teacher
     draw(train_split, args.draws, settings.seed)
+    encode_compact(train_split, args.compact, vocab_size)
     for n in args.draws:
         unique = sum(len(s.ids) for s in train_split.samples[n]) / sum(len(s.entries) for s in train_split.samples[n])
         print(f"sampled N={n}: {unique:.1f} unique ids per position on average")
@@ -224,16 +246,16 @@ def main() -> None:
     print(f"student: {section['model']}, {settings.epochs} epochs, batch {settings.batch_size}, alpha {settings.alpha}, T {settings.temperature}, seed {settings.seed}")
     results = {}
     seen_k = args.k[len(args.k) // 2]
-    for variant in variants(settings, args.k, args.divergences, args.draws, args.tails):
+    for variant in variants(settings, args.k, args.divergences, args.draws, args.tails, args.compact):
         begun = time.perf_counter()
         model = train(variant, train_split, section["model"], vocab_size)
         results[variant.name] = score(model, validation, settings.batch_size, seen_k)
         print(f"  {variant.name}: {results[variant.name]}, trained in {time.perf_counter() - begun:.0f} s", flush=True)
     kl_ce, kl_full = results["ce only"]["kl"], results["full logits (online)"]["kl"]
-    header = f"{'student trained on':<28}{'KL to teacher':>14}{'top-1 agree':>13}{'recovery':>10}{f'KL top-{seen_k}+tail':>17}"
+    header = f"{'student trained on':<32}{'KL to teacher':>14}{'top-1 agree':>13}{'recovery':>10}{f'KL top-{seen_k}+tail':>17}"
     print(header + "\n" + "-" * len(header))
     for name, r in results.items():
-        print(f"{name:<28}{r['kl']:>14.3f}{r['top1']:>13.3f}{100 * (kl_ce - r['kl']) / (kl_ce - kl_full):>9.1f}%{r['seen_kl']:>17.3f}")
+        print(f"{name:<32}{r['kl']:>14.3f}{r['top1']:>13.3f}{100 * (kl_ce - r['kl']) / (kl_ce - kl_full):>9.1f}%{r['seen_kl']:>17.3f}")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
