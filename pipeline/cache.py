@@ -46,6 +46,28 @@ SCHEMA = pa.schema(
     ]
 )
 
+CAUSAL_LM_TASK = "causal_lm_topk"
+CLASSIFY_TASK = "classify_soft_labels"
+CLASSIFY_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),  # the text alone, teacher tokenizer, no template
+        pa.field("label", pa.int32(), nullable=True),  # gold label index, null where the data has none
+        pa.field("label_logprobs", pa.list_(pa.float32()), nullable=False),  # normalised over the labels
+        pa.field("verbalizer_logprobs", pa.list_(pa.float32()), nullable=False),  # raw sequence log-probs
+        pa.field("verbalizer_mass", pa.float32(), nullable=False),  # sum of exp(verbalizer_logprobs)
+    ]
+)
+TASK_SCHEMAS = {CAUSAL_LM_TASK: SCHEMA, CLASSIFY_TASK: CLASSIFY_SCHEMA}
+TOKEN_COLUMNS = {CAUSAL_LM_TASK: "token_logprobs", CLASSIFY_TASK: "input_ids"}  # what a manifest's "tokens" counts
+
+
+def task_schema(task: str | None) -> pa.Schema:
+    """The shard schema of a manifest's task (caches without a task field are top-k caches)."""
+    if (task or CAUSAL_LM_TASK) not in TASK_SCHEMAS:
+        raise PipelineError(f"unknown cache task '{task}' (this kd-pipeline reads: {', '.join(TASK_SCHEMAS)})")
+    return TASK_SCHEMAS[task or CAUSAL_LM_TASK]
+
 
 @dataclass
 class TeacherOutput:
@@ -225,10 +247,10 @@ def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSp
     return [shard for shard in shards if not (cache_dir / shard.file).exists()]
 
 
-def shard_entry(cache_dir: Path, shard: ShardSpec) -> dict[str, Any]:
+def shard_entry(cache_dir: Path, shard: ShardSpec, task: str = CAUSAL_LM_TASK) -> dict[str, Any]:
     path = cache_dir / shard.file
     parquet = pq.ParquetFile(path)
-    lengths = pc.list_value_length(parquet.read(columns=["token_logprobs"]).column(0))
+    lengths = pc.list_value_length(parquet.read(columns=[TOKEN_COLUMNS[task]]).column(0))
     return {
         "file": shard.file,
         "rows": parquet.metadata.num_rows,
@@ -257,7 +279,7 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
     plan = json.loads((cache_dir / PLAN_FILE).read_text())
     splits: dict[str, Any] = {}
     for shard in shards:
-        entry = shard_entry(cache_dir, shard)
+        entry = shard_entry(cache_dir, shard, plan.get("task", CAUSAL_LM_TASK))
         split = splits.setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
         for key in ("rows", "tokens", "bytes"):
             split[key] += entry[key]
@@ -329,12 +351,14 @@ class CachedShard:
     path: Path
     rows: int
     bytes: int
+    task: str = CAUSAL_LM_TASK
 
 
 def split_shards(cache_dir: Path, manifest: dict[str, Any], split: str) -> list[CachedShard]:
     if split not in manifest["splits"]:
         raise PipelineError(f"cache {cache_dir} has no '{split}' split (it has: {', '.join(manifest['splits'])})")
-    return [CachedShard(Path(cache_dir) / e["file"], e["rows"], e["bytes"]) for e in manifest["splits"][split]["shards"]]
+    task = manifest.get("task", CAUSAL_LM_TASK)
+    return [CachedShard(Path(cache_dir) / e["file"], e["rows"], e["bytes"], task) for e in manifest["splits"][split]["shards"]]
 
 
 def open_shard(shard: CachedShard) -> pq.ParquetFile:
@@ -349,7 +373,7 @@ def open_shard(shard: CachedShard) -> pq.ParquetFile:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as error:
         raise PipelineError(f"shard {path} cannot be read: {str(error).splitlines()[0]}") from error
-    if not parquet.schema_arrow.remove_metadata().equals(SCHEMA.remove_metadata()):
+    if not parquet.schema_arrow.remove_metadata().equals(task_schema(shard.task).remove_metadata()):
         raise PipelineError(f"shard {path} does not have the {FORMAT_NAME} v{FORMAT_VERSION} schema")
     if parquet.metadata.num_rows != shard.rows:
         raise PipelineError(f"shard {path} has {parquet.metadata.num_rows} rows but the manifest says {shard.rows}; run `kd verify`")

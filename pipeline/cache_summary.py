@@ -7,13 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache import flat_values, iter_record_batches, read_manifest, split_shards
+from pipeline.cache import CLASSIFY_TASK, flat_values, iter_record_batches, read_manifest, split_shards
 
 MASS_BINS = 10_000  # histogram resolution: percentiles to 1e-4 with memory independent of the cache size
 
 
 def summarize_cache(cache_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(cache_dir)
+    if manifest.get("task") == CLASSIFY_TASK:
+        from pipeline.classify_cache import summarize_classify
+
+        return summarize_classify(cache_dir, manifest)
     k = manifest["k"]
     counts = np.zeros(MASS_BINS, dtype=np.int64)
     for split in manifest["splits"]:
@@ -39,6 +43,10 @@ def summarize_cache(cache_dir: Path) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    if summary.get("task") == CLASSIFY_TASK:
+        from pipeline.classify_cache import format_classify_summary
+
+        return format_classify_summary(summary)
     mass = summary["retained_mass"]
     rows = ", ".join(f"{name} {count}" for name, count in summary["rows"].items())
     lines = [

@@ -7,6 +7,10 @@ from typing import Any
 
 
 def dataset_card(manifest: dict[str, Any]) -> str:
+    if manifest.get("task") == "classify_soft_labels":
+        from pipeline.classify_cache import classify_card
+
+        return classify_card(manifest)
     teacher, tokenizer, generation = manifest["teacher"], manifest["tokenizer"], manifest["generation"]
     splits = manifest["splits"]
     tokens = sum(s["tokens"] for s in splits.values())

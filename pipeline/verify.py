@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.cache import SCHEMA, checksum_problem, flat_values, load_manifest, planned_shards
+from pipeline.cache import CLASSIFY_TASK, TOKEN_COLUMNS, checksum_problem, task_schema, flat_values, load_manifest, planned_shards
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 
@@ -43,7 +43,13 @@ def verify_cache(cache_dir: Path) -> list[str]:
 def _structure_problem(manifest: dict[str, Any]) -> str | None:
     """The fields the checks below read, with their types: a hand edit may have broken any of them."""
     counts = ("rows", "tokens", "bytes")
-    if not isinstance(manifest.get("k"), int) or not isinstance(manifest.get("shard_rows"), int):
+    if manifest.get("task") == CLASSIFY_TASK:
+        classify = manifest.get("classify")
+        if not isinstance(classify, dict) or not isinstance(classify.get("label_names"), list) or not isinstance(classify.get("labels"), dict):
+            return "classify.label_names must list the labels"
+    elif not isinstance(manifest.get("k"), int):
+        return "k and shard_rows must be integers"
+    if not isinstance(manifest.get("shard_rows"), int):
         return "k and shard_rows must be integers"
     if not isinstance(manifest.get("tokenizer"), dict) or not isinstance(manifest["tokenizer"].get("vocab_size"), int):
         return "tokenizer.vocab_size must be an integer"
@@ -92,11 +98,16 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as error:
         return problems + [f"{file}: cannot be read as Parquet ({str(error).splitlines()[0]})"]
-    if not table.schema.remove_metadata().equals(SCHEMA.remove_metadata()):
+    task = manifest.get("task")
+    try:
+        schema = task_schema(task)
+    except PipelineError as error:
+        return problems + [f"{file}: {error}"]
+    if not table.schema.remove_metadata().equals(schema.remove_metadata()):
         return problems + [f"{file}: schema differs from the kd-topk-cache v{manifest['format_version']} schema"]
     if table.num_rows != entry["rows"]:
         problems.append(f"{file}: {table.num_rows} rows, the manifest says {entry['rows']}")
-    tokens = int(pc.sum(pc.list_value_length(table.column("token_logprobs"))).as_py() or 0)
+    tokens = int(pc.sum(pc.list_value_length(table.column(TOKEN_COLUMNS[task or "causal_lm_topk"]))).as_py() or 0)
     if tokens != entry["tokens"]:
         problems.append(f"{file}: {tokens} cached tokens, the manifest says {entry['tokens']}")
     duplicates = []
@@ -106,6 +117,10 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
         seen_ids.add(row_id)
     if duplicates:
         problems.append(f"{file}: {len(duplicates)} id(s) appear more than once in the cache, first '{duplicates[0]}'")
+    if task == CLASSIFY_TASK:
+        from pipeline.classify_cache import classify_value_problems
+
+        return problems + [f"{file}: {problem}" for problem in classify_value_problems(table, manifest)]
     return problems + [f"{file}: {problem}" for problem in value_problems(table, manifest["k"], manifest["tokenizer"]["vocab_size"])]
 
 
