@@ -17,7 +17,7 @@ from pipeline.cache import read_manifest
 from pipeline.checkpoint import load_causal_lm
 from pipeline.classify_cache import SoftLabels, read_soft_labels
 from pipeline.classify_scoring import verbalizer_logprobs
-from pipeline.classify_student import count_parameters, load_classifier, pad_batch
+from pipeline.classify_student import count_parameters, load_classifier, one_thread, pad_batch
 from pipeline.classify_training import predict_logits
 from pipeline.errors import PipelineError
 from pipeline.student import count_parameters as count_lm_parameters
@@ -96,7 +96,8 @@ def evaluate_classifiers(cache_dir: Path, teacher_path: Path, students: dict[str
             raise PipelineError(f"student {name} at {path} was trained on another tokenizer than the cache's")
         probs = torch.softmax(predict_logits(model, data.input_ids), -1).double().numpy()
         inputs = [pad_batch([ids], model.config.max_tokens) for ids in data.input_ids[:count]]
-        ms = per_example_ms(lambda i: model(*inputs[i]), count)
+        with one_thread():  # the students get one core, the teacher all of them
+            ms = per_example_ms(lambda i: model(*inputs[i]), count)
         models[name] = {"params": count_parameters(model), **prediction_metrics(probs, data, bins), "ms_per_example": ms}
     for values in models.values():
         values["params_ratio_vs_teacher"] = models["teacher"]["params"] / values["params"]

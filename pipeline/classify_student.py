@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -78,6 +79,18 @@ class TextClassifier(nn.Module):
         out, _ = self.lstm(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=input_ids.shape[1], padding_value=float("-inf"))
         return self.head(self.dropout(out.max(1).values))  # max-pool over time
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a tiny model on one CPU thread: its ops are too small to split, and on a busy machine
+    the threads' synchronisation at every LSTM time step costs more than the work (seconds per step)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def student_vocab(config: ClassifierConfig, texts: Sequence[Sequence[int]], vocab_size: int) -> torch.Tensor:

@@ -96,7 +96,7 @@ def run_classify_teacher(
     """
     prompt = settings.prompt
     prompt.validate()
-    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, 1)
+    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, len(prompt.labels))
     tokenizer = backend.tokenizer
     verbalizers = verbalizer_ids(tokenizer, prompt)
     longest = max(len(render_prompt(tokenizer, prompt, text)) for frame in data.values() for text in frame["text"]) + max(map(len, verbalizers))

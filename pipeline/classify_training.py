@@ -14,7 +14,7 @@ from tqdm import tqdm
 from pipeline.cache import TOKENIZER_DIR, read_manifest
 from pipeline.classify_cache import SoftLabels, read_soft_labels
 from pipeline.classify_loss import hard_targets, hinton_loss
-from pipeline.classify_student import ClassifierConfig, TextClassifier, count_parameters, pad_batch, save_classifier, student_vocab
+from pipeline.classify_student import ClassifierConfig, TextClassifier, count_parameters, one_thread, pad_batch, save_classifier, student_vocab
 from pipeline.errors import PipelineError
 
 TARGETS = ("soft", "hard")
@@ -53,7 +53,8 @@ def build_classifier(config: ClassifierConfig, train: SoftLabels, manifest: dict
 @torch.inference_mode()
 def predict_logits(model: TextClassifier, texts: list[list[int]], batch_size: int = 64) -> torch.Tensor:
     model.eval()
-    out = [model(*pad_batch(texts[s : s + batch_size], model.config.max_tokens)) for s in range(0, len(texts), batch_size)]
+    with one_thread():
+        out = [model(*pad_batch(texts[s : s + batch_size], model.config.max_tokens)) for s in range(0, len(texts), batch_size)]
     return torch.cat(out).float()
 
 
@@ -80,7 +81,7 @@ def train_classifier(model: TextClassifier, train: SoftLabels, settings: Classif
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, step / total))))
     log: list[dict[str, float]] = []
     model.train()
-    with tqdm(total=total, unit="step", desc=f"classify student {model.config.arch}-{settings.targets}") as progress:
+    with one_thread(), tqdm(total=total, unit="step", desc=f"classify student {model.config.arch}-{settings.targets}") as progress:
         for epoch in range(settings.epochs):
             order = torch.randperm(len(train), generator=generator).tolist()
             for start in range(0, len(order), settings.batch_size):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run
+from conftest import REPO
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.classify_data import read_labelled
@@ -187,32 +187,45 @@ def test_training_lowers_the_kl_to_the_teacher_on_held_out_data(classify_cache):
         assert after < 0.7 * before, (arch, before, after)
 
 
+def invoke(args: list[str]) -> str:
+    """Run `kd ARGS` in this process; fail with its output unless it exits 0."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
-    kd = [str(Path(__import__("sys").executable).parent / "kd")]
     for variant in ("soft", "hard"):
-        run(kd + ["classify", "student", "--cache", str(classify_cache), "--out", str(tmp_path / variant), "--arch", "bag", "--targets", variant, "--epochs", "2"], tmp_path)
-    out = run(
-        kd + ["classify", "evaluate", "--cache", str(classify_cache), "--teacher", str(tiny_teacher), "--student", f"soft={tmp_path / 'soft'}",
-              "--student", f"hard={tmp_path / 'hard'}", "--out", str(tmp_path / "m.json"), "--chart", str(tmp_path / "r.png"), "--latency-examples", "4"],
-        tmp_path,
+        invoke(["classify", "student", "--cache", str(classify_cache), "--out", str(tmp_path / variant), "--arch", "bag", "--targets", variant, "--epochs", "2"])
+    out = invoke(
+        ["classify", "evaluate", "--cache", str(classify_cache), "--teacher", str(tiny_teacher), "--student", f"soft={tmp_path / 'soft'}",
+         "--student", f"hard={tmp_path / 'hard'}", "--out", str(tmp_path / "m.json"), "--chart", str(tmp_path / "r.png"), "--latency-examples", "4"]
     )
     assert "accuracy" in out and (tmp_path / "r.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics["models"]) == {"teacher", "soft", "hard"}
     assert all(0 <= m["ece"] <= 1 and m["ms_per_example"] > 0 for m in metrics["models"].values())
-    assert "verbalizer" in run(kd + ["inspect", str(classify_cache)], tmp_path)
-    assert "ok:" in run(kd + ["verify", str(classify_cache)], tmp_path)
+    assert "verbalizer" in invoke(["inspect", str(classify_cache)])
+    assert "ok:" in invoke(["verify", str(classify_cache)])
 
 
 def test_cli_refuses_unknown_labels_with_one_line(tmp_path, tiny_teacher):
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\nGreat.,positive\nBad.,terrible\n")
+    result = run_kd_failing(["classify", "teacher", "--train", str(data), "--model", str(tiny_teacher), "--out", str(tmp_path / "c")], tmp_path)
+    assert result.strip().count("\n") == 0 and result.startswith("error: ") and "'terrible'" in result
+    assert not (tmp_path / "c").exists()
+
+
+def run_kd_failing(args: list[str], cwd: Path) -> str:
+    """Run the `kd` script as a user would; it must exit 1; returns its stderr."""
     import subprocess
     import sys
 
-    data = tmp_path / "train.csv"
-    data.write_text("text,label\nGreat.,positive\nBad.,terrible\n")
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "kd"), "classify", "teacher", "--train", str(data), "--model", str(tiny_teacher), "--out", str(tmp_path / "c")],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "'terrible'" in result.stderr
-    assert not (tmp_path / "c").exists()
+    result = subprocess.run([str(Path(sys.executable).parent / "kd"), *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    return result.stderr
