@@ -1,7 +1,7 @@
 """Evaluate classifiers against the teacher on a held-out split with gold labels.
 
 Accuracy, agreement with the teacher, expected calibration error and per-example CPU latency
-(batch 1, the teacher's scoring forward vs the student's forward, measured side by side).
+(batch 1 on one CPU thread, the teacher's scoring forward vs the student's forward, measured side by side).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def prediction_metrics(probs: np.ndarray, data: SoftLabels, bins: int) -> dict[s
         "accuracy": float((probs[gold].argmax(1) == data.label[gold]).mean()),
         "agreement_with_teacher": float((probs.argmax(1) == teacher).mean()),
         "ece": expected_calibration_error(probs[gold], data.label[gold], bins),
+        "nll": float(-np.log(np.clip(probs[gold][np.arange(int(gold.sum())), data.label[gold]], 1e-12, 1)).mean()),  # log loss on gold labels
         "kl_to_teacher": float((np.exp(data.label_logprobs) * (data.label_logprobs - np.log(np.clip(probs, 1e-12, 1)))).sum(1).mean()),
         "reliability": calibration_bins(probs[gold], data.label[gold], bins),
     }
@@ -84,7 +85,8 @@ def evaluate_classifiers(cache_dir: Path, teacher_path: Path, students: dict[str
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     texts = [tokenizer.decode(ids) for ids in data.input_ids[:count]]
     prompts = [render_prompt(tokenizer, prompt, text) for text in texts]
-    teacher_ms = per_example_ms(lambda i: verbalizer_logprobs(teacher, pad_id, [prompts[i]], classify["verbalizer_ids"], 1), count)
+    with one_thread():  # every model on one core: comparable, and immune to other jobs' thread contention
+        teacher_ms = per_example_ms(lambda i: verbalizer_logprobs(teacher, pad_id, [prompts[i]], classify["verbalizer_ids"], 1), count)
     models: dict[str, dict[str, Any]] = {
         "teacher": {"params": count_lm_parameters(teacher), **prediction_metrics(np.exp(data.label_logprobs.astype(np.float64)), data, bins), "ms_per_example": teacher_ms}
     }
@@ -96,7 +98,7 @@ def evaluate_classifiers(cache_dir: Path, teacher_path: Path, students: dict[str
             raise PipelineError(f"student {name} at {path} was trained on another tokenizer than the cache's")
         probs = torch.softmax(predict_logits(model, data.input_ids), -1).double().numpy()
         inputs = [pad_batch([ids], model.config.max_tokens) for ids in data.input_ids[:count]]
-        with one_thread():  # the students get one core, the teacher all of them
+        with one_thread():
             ms = per_example_ms(lambda i: model(*inputs[i]), count)
         models[name] = {"params": count_parameters(model), **prediction_metrics(probs, data, bins), "ms_per_example": ms}
     for values in models.values():
@@ -122,6 +124,7 @@ def format_classify_table(metrics: dict[str, Any]) -> str:
         ("% of teacher", "accuracy_retained", "{:.1%}"),
         ("agree", "agreement_with_teacher", "{:.3f}"),
         ("ECE", "ece", "{:.3f}"),
+        ("NLL", "nll", "{:.3f}"),
         ("params", "params", "{:,}"),
         ("x fewer", "params_ratio_vs_teacher", "{:,.0f}x"),
         ("ms/example", "ms_per_example", "{:.2f}"),
