@@ -8,10 +8,12 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli import clean_errors, params_section
-from pipeline.errors import PipelineError
-
+# Defined before importing pipeline.cli: under `python -m pipeline.cli` that import runs cli.py a second
+# time, and its registration of this sub-app must find `app` on this partly initialised module.
 app = typer.Typer(help="Text classification by distillation: LLM soft labels into a small classifier.", no_args_is_help=True)
+
+from pipeline.cli import clean_errors, params_section  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
 
 
 def classify_section(params: Optional[Path], name: str) -> dict:

@@ -229,3 +229,12 @@ def run_kd_failing(args: list[str], cwd: Path) -> str:
     result = subprocess.run([str(Path(sys.executable).parent / "kd"), *args], cwd=cwd, capture_output=True, text=True)
     assert result.returncode == 1, result.stdout + result.stderr
     return result.stderr
+
+
+def test_module_entry_point_runs_with_the_classify_commands(tmp_path):
+    """`python -m pipeline.cli` imports cli.py twice (as __main__ and as pipeline.cli): the classify sub-app must survive that."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "classify", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and "evaluate" in result.stdout, result.stderr[-2000:]
