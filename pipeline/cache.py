@@ -39,6 +39,37 @@ TEMP_MARK = ".tmp-"
 
 SCHEMA = V1_SCHEMA  # the float32 encoding's columns (all of format version 1)
 
+CAUSAL_LM_TASK = "causal_lm_topk"
+CLASSIFY_TASK = "classify_soft_labels"
+CLASSIFY_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),  # the text alone, teacher tokenizer, no template
+        pa.field("label", pa.int32(), nullable=True),  # gold label index, null where the data has none
+        pa.field("label_logprobs", pa.list_(pa.float32()), nullable=False),  # normalised over the labels
+        pa.field("verbalizer_logprobs", pa.list_(pa.float32()), nullable=False),  # raw sequence log-probs
+        pa.field("verbalizer_mass", pa.float32(), nullable=False),  # sum of exp(verbalizer_logprobs)
+    ]
+)
+
+
+def manifest_schema(manifest: dict[str, Any]) -> pa.Schema:
+    """The shard schema a manifest (or plan) calls for: by its task, then by its encoding."""
+    task = manifest.get("task") or CAUSAL_LM_TASK
+    if task == CLASSIFY_TASK:
+        return CLASSIFY_SCHEMA
+    if task != CAUSAL_LM_TASK:
+        raise PipelineError(f"unknown cache task '{task}' (this kd-pipeline reads: {CAUSAL_LM_TASK}, {CLASSIFY_TASK})")
+    return shard_schema(manifest_encoding(manifest))
+
+
+def cached_tokens(table: pa.Table, task: str | None) -> int:
+    """What a manifest's `tokens` counts: answer positions of a top-k cache, text tokens of a classify cache."""
+    lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    if task == CLASSIFY_TASK:
+        return int(lengths.sum())
+    return int((lengths - table.column("response_start").to_numpy(zero_copy_only=False)).sum())
+
 
 @dataclass
 class TeacherOutput:
@@ -268,15 +299,15 @@ def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSp
     return [shard for shard in shards if not (cache_dir / shard.file).exists()]
 
 
-def shard_entry(cache_dir: Path, shard: ShardSpec) -> dict[str, Any]:
+def shard_entry(cache_dir: Path, shard: ShardSpec, task: str = CAUSAL_LM_TASK) -> dict[str, Any]:
     path = cache_dir / shard.file
     parquet = pq.ParquetFile(path)
-    table = parquet.read(columns=["input_ids", "response_start"])
-    positions = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False) - table.column("response_start").to_numpy(zero_copy_only=False)
+    columns = ["input_ids"] if task == CLASSIFY_TASK else ["input_ids", "response_start"]
+    tokens = cached_tokens(parquet.read(columns=columns), task)
     return {
         "file": shard.file,
         "rows": parquet.metadata.num_rows,
-        "tokens": int(positions.sum()),
+        "tokens": tokens,
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
@@ -301,7 +332,7 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
     plan = json.loads((cache_dir / PLAN_FILE).read_text())
     splits: dict[str, Any] = {}
     for shard in shards:
-        entry = shard_entry(cache_dir, shard)
+        entry = shard_entry(cache_dir, shard, plan.get("task", CAUSAL_LM_TASK))
         split = splits.setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
         for key in ("rows", "tokens", "bytes"):
             split[key] += entry[key]
@@ -381,7 +412,7 @@ class CachedShard:
 def split_shards(cache_dir: Path, manifest: dict[str, Any], split: str) -> list[CachedShard]:
     if split not in manifest["splits"]:
         raise PipelineError(f"cache {cache_dir} has no '{split}' split (it has: {', '.join(manifest['splits'])})")
-    schema = shard_schema(manifest_encoding(manifest))
+    schema = manifest_schema(manifest)
     return [CachedShard(Path(cache_dir) / e["file"], e["rows"], e["bytes"], schema) for e in manifest["splits"][split]["shards"]]
 
 

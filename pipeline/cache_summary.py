@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache import iter_record_batches, read_manifest, split_shards
+from pipeline.cache import CLASSIFY_TASK, iter_record_batches, read_manifest, split_shards
 from pipeline.codec import decode, manifest_encoding
 from pipeline.encoding import segment_index
 
@@ -16,6 +16,10 @@ MASS_BINS = 10_000  # histogram resolution: percentiles to 1e-4 with memory inde
 
 def summarize_cache(cache_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(cache_dir)
+    if manifest.get("task") == CLASSIFY_TASK:
+        from pipeline.classify_cache import summarize_classify
+
+        return summarize_classify(cache_dir, manifest)
     k, block = manifest["k"], manifest_encoding(manifest)
     counts = np.zeros(MASS_BINS, dtype=np.int64)
     entries = np.zeros(0, dtype=np.int64)
@@ -72,6 +76,10 @@ def encoding_line(block: dict[str, Any]) -> str:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    if summary.get("task") == CLASSIFY_TASK:
+        from pipeline.classify_cache import format_classify_summary
+
+        return format_classify_summary(summary)
     mass, ids = summary["retained_mass"], summary["ids_per_position"]
     rows = ", ".join(f"{name} {count}" for name, count in summary["rows"].items())
     sampled = summary["encoding"].get("storage") == "sampled"

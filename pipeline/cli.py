@@ -200,14 +200,30 @@ def convert(
 
 @app.command()
 @clean_errors
-def report(metrics: Path = typer.Argument(Path("reports/metrics.json"))) -> None:
-    """Print the metrics table written by the evaluate stage."""
+def report(
+    metrics: Path = typer.Argument(Path("reports/metrics.json")),
+    classify_metrics: Path = typer.Option(Path("reports/classify_metrics.json"), help="classification metrics, printed too when the file exists"),
+) -> None:
+    """Print the metrics table written by the evaluate stage (and the classification table when it exists)."""
     from pipeline.metrics import format_table
 
     if not metrics.exists():
         raise PipelineError(f"metrics file not found: {metrics} (run `dvc repro` first)")
     typer.echo(format_table(json.loads(metrics.read_text())))
+    if classify_metrics.exists():
+        from pipeline.classify_eval import format_classify_table
 
+        typer.echo("")
+        typer.echo(format_classify_table(json.loads(classify_metrics.read_text())))
+
+
+def _add_classify() -> None:
+    from pipeline.classify_cli import app as classify_app
+
+    app.add_typer(classify_app, name="classify")
+
+
+_add_classify()
 
 if __name__ == "__main__":
     app()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 from pipeline.backends import EngineSettings, GenerationSettings
@@ -32,3 +32,28 @@ def teacher_settings(section: dict[str, Any]) -> TeacherSettings:
 
 def train_settings(section: dict[str, Any]) -> TrainSettings:
     return settings_from(TrainSettings, section, "student", ignore=("model",))
+
+
+def classify_teacher_settings(section: dict[str, Any]) -> "ClassifyTeacherSettings":
+    """The `classify.teacher` section: prompt fields (labels, template, ...) beside engine fields."""
+    from pipeline.classify_teacher import ClassifyTeacherSettings
+    from pipeline.verbalizers import ClassifyPrompt
+
+    prompt_keys = {f.name for f in fields(ClassifyPrompt)}
+    values = dict(section)
+    prompt = settings_from(ClassifyPrompt, {k: v for k, v in values.items() if k in prompt_keys}, "classify.teacher")
+    if not isinstance(prompt.labels, dict):
+        raise PipelineError("classify.teacher.labels must map each label to its verbalizer")
+    prompt = replace(prompt, labels={str(name): verbalizer for name, verbalizer in prompt.labels.items()})
+    rest = {k: v for k, v in values.items() if k not in prompt_keys}
+    return settings_from(ClassifyTeacherSettings, {**rest, "prompt": prompt}, "classify.teacher", ignore=("prompt",) if "prompt" in rest else ())
+
+
+def classify_train_settings(section: dict[str, Any]) -> "ClassifyTrainSettings":
+    """The `classify.student` section; `model` holds the classifier's architecture and sizes."""
+    from pipeline.classify_student import ClassifierConfig
+    from pipeline.classify_training import ClassifyTrainSettings
+
+    values = dict(section)
+    model = settings_from(ClassifierConfig, values.pop("model", None) or {}, "classify.student.model")
+    return settings_from(ClassifyTrainSettings, {**values, "model": model}, "classify.student")

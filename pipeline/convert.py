@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.cache import (
+    CLASSIFY_TASK,
     MANIFEST_CHECKSUM,
     MANIFEST_FILE,
     PLAN_FILE,
@@ -54,6 +55,8 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding) -> dict[str, An
     """Write `dst`, the cache at `src` in `encoding`; returns the new manifest."""
     src, dst = Path(src), Path(dst)
     manifest = read_manifest(src)
+    if manifest.get("task") == CLASSIFY_TASK:
+        raise PipelineError(f"{src} is a classification cache (soft labels): it has one encoding, there is nothing to convert")
     if dst.resolve() == src.resolve():
         raise PipelineError(f"convert writes a new cache: {dst} is the source itself")
     plan = conversion_plan(manifest, encoding)

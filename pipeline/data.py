@@ -17,19 +17,7 @@ SPLITS = ("train", "validation")
 def read_prompts(path: Path, text_column: str = "prompt", response_column: str = "response") -> pl.DataFrame:
     """Columns out: id, prompt, and response when the data has one (then the teacher scores it)."""
     path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"prompt file not found: {path}")
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise PipelineError(f"unsupported prompt file type '{path.suffix}' for {path} (use .jsonl, .csv or .parquet)")
-    if path.suffix.lower() in TEXT_FORMATS:
-        _check_text_file(path)
-    try:
-        frame = reader(path)
-    except Exception as error:  # polars raises several types for malformed files
-        raise PipelineError(f"cannot read {path}: {str(error).splitlines()[0]}") from error
-    if frame.height == 0:
-        raise PipelineError(f"{path} has no rows")
+    frame = read_frame(path, "prompt")
     if text_column not in frame.columns:
         raise PipelineError(f"{path} has no '{text_column}' column (columns: {', '.join(frame.columns)})")
     columns = {"prompt": pl.col(text_column).cast(pl.String)}
@@ -50,6 +38,25 @@ def read_prompts(path: Path, text_column: str = "prompt", response_column: str =
     if len(duplicated):
         raise PipelineError(f"{path}: duplicate id(s) {', '.join(duplicated[:5].to_list())} (duplicate prompts get the same id)")
     return out.select(["id", "prompt"] + (["response"] if "response" in out.columns else []))
+
+
+def read_frame(path: Path, kind: str) -> pl.DataFrame:
+    """A JSONL/CSV/Parquet file as a non-empty frame, or a one-line error naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{kind} file not found: {path}")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise PipelineError(f"unsupported {kind} file type '{path.suffix}' for {path} (use .jsonl, .csv or .parquet)")
+    if path.suffix.lower() in TEXT_FORMATS:
+        _check_text_file(path)
+    try:
+        frame = reader(path)
+    except Exception as error:  # polars raises several types for malformed files
+        raise PipelineError(f"cannot read {path}: {str(error).splitlines()[0]}") from error
+    if frame.height == 0:
+        raise PipelineError(f"{path} has no rows")
+    return frame
 
 
 def _check_text_file(path: Path) -> None:

@@ -9,6 +9,10 @@ from pipeline.codec import manifest_encoding
 
 
 def dataset_card(manifest: dict[str, Any]) -> str:
+    if manifest.get("task") == "classify_soft_labels":
+        from pipeline.classify_cache import classify_card
+
+        return classify_card(manifest)
     teacher, tokenizer, generation = manifest["teacher"], manifest["tokenizer"], manifest["generation"]
     splits = manifest["splits"]
     tokens = sum(s["tokens"] for s in splits.values())

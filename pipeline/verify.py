@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.cache import checksum_problem, flat_values, load_manifest, planned_shards
+from pipeline.cache import CLASSIFY_TASK, cached_tokens, checksum_problem, flat_values, load_manifest, manifest_schema, planned_shards
 from pipeline.codec import FLOAT32_BLOCK, decode, manifest_encoding, padded_entries, shard_schema
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
@@ -44,7 +44,13 @@ def verify_cache(cache_dir: Path) -> list[str]:
 def _structure_problem(manifest: dict[str, Any]) -> str | None:
     """The fields the checks below read, with their types: a hand edit may have broken any of them."""
     counts = ("rows", "tokens", "bytes")
-    if not isinstance(manifest.get("k"), int) or not isinstance(manifest.get("shard_rows"), int):
+    if manifest.get("task") == CLASSIFY_TASK:
+        classify = manifest.get("classify")
+        if not isinstance(classify, dict) or not isinstance(classify.get("label_names"), list) or not isinstance(classify.get("labels"), dict):
+            return "classify.label_names must list the labels"
+    elif not isinstance(manifest.get("k"), int):
+        return "k and shard_rows must be integers"
+    if not isinstance(manifest.get("shard_rows"), int):
         return "k and shard_rows must be integers"
     if not isinstance(manifest.get("tokenizer"), dict) or not isinstance(manifest["tokenizer"].get("vocab_size"), int):
         return "tokenizer.vocab_size must be an integer"
@@ -93,13 +99,16 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as error:
         return problems + [f"{file}: cannot be read as Parquet ({str(error).splitlines()[0]})"]
-    block = manifest_encoding(manifest)
-    if not table.schema.remove_metadata().equals(shard_schema(block).remove_metadata()):
-        return problems + [f"{file}: schema differs from the kd-topk-cache v{manifest['format_version']} {block['name']} schema"]
+    task, block = manifest.get("task"), manifest_encoding(manifest)
+    try:
+        schema = manifest_schema(manifest)
+    except PipelineError as error:
+        return problems + [f"{file}: {error}"]
+    if not table.schema.remove_metadata().equals(schema.remove_metadata()):
+        return problems + [f"{file}: schema differs from the kd-topk-cache v{manifest['format_version']} {task or 'causal_lm_topk'} schema" + ("" if task == CLASSIFY_TASK else f" ({block['name']} encoding)")]
     if table.num_rows != entry["rows"]:
         problems.append(f"{file}: {table.num_rows} rows, the manifest says {entry['rows']}")
-    seq_len = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
-    tokens = int((seq_len - table.column("response_start").to_numpy(zero_copy_only=False)).sum())
+    tokens = cached_tokens(table, task)
     if tokens != entry["tokens"]:
         problems.append(f"{file}: {tokens} cached tokens, the manifest says {entry['tokens']}")
     duplicates = []
@@ -110,7 +119,11 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
     if duplicates:
         problems.append(f"{file}: {len(duplicates)} id(s) appear more than once in the cache, first '{duplicates[0]}'")
     vocab_size = manifest["tokenizer"]["vocab_size"]
-    if block["name"] == "compact":
+    if task == CLASSIFY_TASK:
+        from pipeline.classify_cache import classify_value_problems
+
+        found = classify_value_problems(table, manifest)
+    elif block["name"] == "compact":
         found = compact_problems(table, block, manifest["k"], vocab_size)
     else:
         found = value_problems(table, manifest["k"], vocab_size, exact_k=manifest["format_version"] == 1)

@@ -156,9 +156,23 @@ def project(tmp_path, tiny_teacher, small_prompts) -> Path:
     params["student"].update(epochs=2, batch_size=4)
     params["student"]["model"] = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128}
     params["evaluate"]["speed_sequences"] = 4
+    small_classify_path(root, params["classify"])
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
     return root
+
+
+def small_classify_path(root: Path, classify: dict) -> None:
+    """The classification stages on a slice of the shipped reviews with tiny students (edits `classify` in place)."""
+    reviews = root / "data" / "reviews"
+    reviews.mkdir(parents=True)
+    for split, count in (("train", 40), ("test", 20)):
+        lines = (REPO / "data" / "reviews" / f"{split}.jsonl").read_text().splitlines(keepends=True)
+        (reviews / f"{split}.jsonl").write_text("".join(lines[:count]))
+    classify["teacher"].update(batch_size=8, shard_rows=16)
+    classify["student"].update(epochs=2, batch_size=8)
+    classify["student"]["models"] = {name: {"embedding_dim": 8, "hidden_size": 8} for name in ("bilstm", "bag")}
+    classify["evaluate"]["latency_examples"] = 2

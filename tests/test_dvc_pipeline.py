@@ -8,6 +8,8 @@ import yaml
 from conftest import run
 
 ALL_STAGES = {"teacher_model", "prepare", "teacher", "student@distilled", "student@ce_only", "evaluate"}
+CLASSIFY_STUDENTS = {f"classify_student@{arch}-{targets}" for arch in ("bilstm", "bag") for targets in ("soft", "hard")}
+ALL_STAGES |= {"classify_teacher", "classify_evaluate"} | CLASSIFY_STUDENTS
 
 pytestmark = pytest.mark.slow
 
@@ -31,3 +33,13 @@ def test_repro_runs_everything_then_nothing_then_only_the_student_side(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     assert repro(project) == {"student@distilled", "student@ce_only", "evaluate"}
     assert shard.stat().st_mtime_ns == written
+
+    classify_metrics = yaml.safe_load((project / "reports" / "classify_metrics.json").read_text())
+    assert set(classify_metrics["models"]) == {"teacher", "bilstm-soft", "bilstm-hard", "bag-soft", "bag-hard"}
+    assert (project / "reports" / "classify_reliability.png").stat().st_size > 0
+    classify_shard = project / "data" / "classify-cache" / "train" / "shard-00000.parquet"
+    written = classify_shard.stat().st_mtime_ns
+    params["classify"]["student"]["lr"] = 0.001
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert repro(project) == CLASSIFY_STUDENTS | {"classify_evaluate"}
+    assert classify_shard.stat().st_mtime_ns == written

@@ -200,3 +200,17 @@ def test_stage_output_passes_cache_checks_and_trains_a_student(tmp_path, soft_te
     log = train_student(out, soft_teacher, STUDENT, TrainSettings(alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, seed=0), tmp_path / "student")
     assert log[-1]["kd"] < log[0]["kd"]
     assert load_causal_lm(tmp_path / "student").config.vocab_size == 320
+
+
+@needs_vllm
+def test_classify_verbalizer_scores_match_transformers(engine, reference):
+    from pipeline.classify_scoring import verbalizer_logprobs
+    from pipeline.verbalizers import ClassifyPrompt, render_prompt, verbalizer_ids
+
+    tokenizer = reference.tokenizer
+    for labels in ({"negative": " no", "positive": " yes"}, {"negative": " the cat sat", "positive": " the dog", "neutral": " what"}):
+        prompt = ClassifyPrompt(labels=labels, template="Review: {text}", system="Classify.", assistant_prefix="Answer:")
+        verbalizers = verbalizer_ids(tokenizer, prompt)
+        prompts = [render_prompt(tokenizer, prompt, text) for text in ("A delight.", "Awful, I hated it.", "Fine.")]
+        want = verbalizer_logprobs(reference.model, reference.pad_id, prompts, verbalizers, batch_size=2)
+        np.testing.assert_allclose(engine.verbalizer_logprobs(prompts, verbalizers), want, atol=TOL)

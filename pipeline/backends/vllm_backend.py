@@ -194,6 +194,39 @@ class VLLMBackend:
             outputs.append(to_output(list(prompt) + list(completion.token_ids), len(prompt), completion.logprobs, 0, k))
         return outputs
 
+    def verbalizer_logprobs(self, prompts: Sequence[Sequence[int]], verbalizers: Sequence[Sequence[int]]) -> np.ndarray:
+        """Raw log P(verbalizer | prompt) [n, labels] for the classify task, as the transformers scorer computes it.
+
+        One request per prompt and verbalizer group (verbalizers sharing all but their last token):
+        `logprob_token_ids` scores exactly the group's last tokens after prompt + shared prefix, and
+        `prompt_logprobs=0` gives the prefix tokens' own log-probs (multi-token verbalizers only).
+        """
+        from vllm import SamplingParams
+
+        from pipeline.classify_scoring import verbalizer_groups
+
+        groups = verbalizer_groups(verbalizers)
+        jobs = [(i, g) for i in range(len(prompts)) for g in range(len(groups))]
+        params = [
+            SamplingParams(
+                max_tokens=1,
+                logprob_token_ids=sorted({last for _, last in groups[g][1]}),
+                prompt_logprobs=0 if groups[g][0] else None,
+                detokenize=False,
+                skip_reading_prefix_cache=True,
+            )
+            for _, g in jobs
+        ]
+        results = self._run([list(prompts[i]) + list(groups[g][0]) for i, g in jobs], params)
+        out = np.zeros((len(prompts), len(verbalizers)), dtype=np.float64)
+        for (i, g), result in zip(jobs, results):
+            prefix, members = groups[g]
+            base = sum(result.prompt_logprobs[len(prompts[i]) + t][token].logprob for t, token in enumerate(prefix))
+            last = result.outputs[0].logprobs[0]
+            for label, token in members:
+                out[i, label] = base + last[token].logprob
+        return out
+
     def close(self) -> None:
         """Stop the engine's worker processes now rather than at garbage collection."""
         self.llm.llm_engine.engine_core.shutdown()

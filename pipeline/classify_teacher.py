@@ -1,0 +1,169 @@
+"""The classify teacher stage: label every text zero-shot with the teacher, write a soft-label cache.
+
+Same cache machinery as the top-k path (plan.json first, shards renamed into place, manifest
+last, tokenizer shipped, resume by skipping finished shards, disjoint shards per worker); only
+the task ("classify_soft_labels") and the shard schema differ.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline.backends import TeacherBackend, load_backend
+from pipeline.cache import (
+    CLASSIFY_SCHEMA,
+    CLASSIFY_TASK,
+    MANIFEST_FILE,
+    PLAN_FILE,
+    TOKENIZER_DIR,
+    ShardSpec,
+    finalize_cache,
+    open_cache_for_writing,
+    pending_shards,
+    plan_shards,
+    read_manifest,
+    remove_temp_files,
+    worker_shards,
+    write_shard,
+    write_tokenizer,
+)
+from pipeline.classify_cache import mass_summary
+from pipeline.classify_scoring import normalise, verbalizer_logprobs
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_rows, tokenizer_sha256
+from pipeline.verbalizers import ClassifyPrompt, render_prompt, verbalizer_ids
+
+LOW_MASS = 0.1  # mean verbalizer mass below this: the teacher mostly says something else, the prompt does not work
+
+
+@dataclass
+class ClassifyTeacherSettings:
+    prompt: ClassifyPrompt = field(default_factory=ClassifyPrompt)
+    backend: str = "transformers"
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int = 16
+    shard_rows: int = 128
+
+
+def score_texts(backend: TeacherBackend, prompts: list[list[int]], verbalizers: list[list[int]], batch_size: int) -> np.ndarray:
+    """Raw verbalizer log-probs [n, labels] from whichever backend runs the teacher."""
+    if hasattr(backend, "verbalizer_logprobs"):
+        return backend.verbalizer_logprobs(prompts, verbalizers)
+    if backend.name != "transformers":
+        raise PipelineError(f"the {backend.name} backend cannot score classification verbalizers; use classify.teacher.backend: transformers")
+    return verbalizer_logprobs(backend.model, backend.pad_id, prompts, verbalizers, batch_size)
+
+
+def soft_label_table(rows: pl.DataFrame, text_ids: list[list[int]], raw: np.ndarray) -> pa.Table:
+    normalised, mass = normalise(raw)
+    float_lists = pa.list_(pa.float32())
+    return pa.Table.from_arrays(
+        [
+            pa.array(rows["id"].to_list(), pa.string()),
+            pa.array(text_ids, pa.list_(pa.int32())),
+            pa.array(rows["label"].to_list(), pa.int32()),
+            pa.array(normalised.astype(np.float32).tolist(), float_lists),
+            pa.array(raw.astype(np.float32).tolist(), float_lists),
+            pa.array(mass.astype(np.float32), pa.float32()),
+        ],
+        schema=CLASSIFY_SCHEMA,
+    )
+
+
+def run_classify_teacher(
+    data: dict[str, pl.DataFrame],
+    teacher: dict[str, Any],
+    out_dir: Path,
+    settings: ClassifyTeacherSettings,
+    worker_index: int = 0,
+    num_workers: int = 1,
+    backend: TeacherBackend | None = None,
+) -> dict[str, Any] | None:
+    """Fill this worker's shards; returns the manifest once every shard exists.
+
+    `data` maps split names to read_labelled frames; `teacher` is {name, path, weights_sha256}.
+    Every check runs before the directory is created.
+    """
+    prompt = settings.prompt
+    prompt.validate()
+    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, len(prompt.labels))
+    tokenizer = backend.tokenizer
+    verbalizers = verbalizer_ids(tokenizer, prompt)
+    longest = max(len(render_prompt(tokenizer, prompt, text)) for frame in data.values() for text in frame["text"]) + max(map(len, verbalizers))
+    if longest > backend.max_length:
+        raise PipelineError(f"a prompt with its verbalizer is {longest} tokens, over the teacher's limit of {backend.max_length}")
+    plan = {
+        "task": CLASSIFY_TASK,
+        "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
+        "tokenizer": {
+            "sha256": tokenizer_sha256(tokenizer),
+            "vocab_size": backend.vocab_size,
+            "tokenizer_size": len(tokenizer),
+            "chat_template": tokenizer.chat_template if prompt.chat_template else None,
+            "files": TOKENIZER_DIR,
+        },
+        "classify": {**prompt.to_dict(), "label_names": prompt.label_names, "verbalizer_ids": verbalizers},
+        "logprobs": "raw log-softmax of the teacher at temperature 1; sequence log-prob = sum over verbalizer tokens",
+        "source": {
+            "sha256": sha256_rows(row for frame in data.values() for row in frame.iter_rows(named=True)),
+            "rows": {name: frame.height for name, frame in data.items()},
+        },
+        "batch_size": settings.batch_size,
+        "shard_rows": settings.shard_rows,
+    }
+    shards = plan_shards({name: frame.height for name, frame in data.items()}, settings.shard_rows)
+    own = worker_shards(shards, worker_index, num_workers)
+    created = not out_dir.exists()
+    try:
+        open_cache_for_writing(out_dir, plan)
+        write_tokenizer(out_dir, tokenizer)
+        todo = pending_shards(out_dir, own)
+        if todo:
+            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+            remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
+            _fill_shards(backend, data, todo, out_dir, settings, verbalizers)
+    except BaseException:
+        if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    if pending_shards(out_dir, shards):
+        return None
+    manifest = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).exists() else finalize_cache(out_dir, shards)
+    report_mass(mass_summary(out_dir, manifest))
+    return manifest
+
+
+def _fill_shards(backend: TeacherBackend, data: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: ClassifyTeacherSettings, verbalizers: list[list[int]]) -> None:
+    tokenizer, started, texts = backend.tokenizer, time.perf_counter(), 0
+    with tqdm(total=sum(s.stop - s.start for s in shards), unit="text", desc="classify teacher") as progress:
+        for shard in shards:
+            rows = data[shard.split].slice(shard.start, shard.stop - shard.start)
+            raw = []
+            for start in range(0, rows.height, settings.batch_size):
+                chunk = rows["text"][start : start + settings.batch_size].to_list()
+                raw.append(score_texts(backend, [render_prompt(tokenizer, settings.prompt, t) for t in chunk], verbalizers, settings.batch_size))
+                texts += len(chunk)
+                progress.update(len(chunk))
+                progress.set_postfix(text_per_s=f"{texts / (time.perf_counter() - started):.1f}")
+            text_ids = [list(tokenizer.encode(t, add_special_tokens=False)) for t in rows["text"]]
+            write_shard(soft_label_table(rows, text_ids, np.concatenate(raw)), out_dir / shard.file)
+
+
+def report_mass(mass: dict[str, float]) -> None:
+    """Say so when the teacher puts little probability on the verbalizers: the prompt does not work."""
+    print(f"classify teacher: verbalizer mass mean {mass['mean']:.3f}, p10 {mass['p10']:.3f}, min {mass['min']:.3f}")
+    if mass["mean"] < LOW_MASS:
+        print(
+            f"warning: the teacher puts only {mass['mean']:.1%} of its probability on the verbalizers on average; "
+            "the prompt or the verbalizers do not fit this teacher (see README, 'Text classification')"
+        )

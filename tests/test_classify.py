@@ -1,0 +1,240 @@
+"""Text classification by distillation: verbalizer scoring, the soft-label cache, the loss, training, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.classify_data import read_labelled
+from pipeline.classify_loss import hinton_loss
+from pipeline.classify_scoring import normalise, verbalizer_logprobs
+from pipeline.errors import PipelineError
+from pipeline.verbalizers import ClassifyPrompt, render_prompt, verbalizer_ids
+
+LABELS = ["negative", "positive"]
+REVIEWS = REPO / "data" / "reviews"
+
+
+def reviews(path: Path, split: str, count: int) -> Path:
+    path.write_text("".join(REVIEWS.joinpath(f"{split}.jsonl").read_text().splitlines(keepends=True)[:count]))
+    return path
+
+
+def direct_logprob(model, prompt: list[int], verbalizer: list[int]) -> float:
+    """Reference: one unpadded forward of prompt + verbalizer, summing the verbalizer tokens' log-probs."""
+    ids = torch.tensor([prompt + verbalizer])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    return sum(logprobs[len(prompt) - 1 + t, token].item() for t, token in enumerate(verbalizer))
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher):
+    return AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(tiny_teacher)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"negative": " no", "positive": " yes"},  # single tokens: one forward of the prompt
+        {"negative": " the cat sat", "positive": " the dog", "neutral": " what"},  # multi-token, shared prefix, mixed lengths
+    ],
+)
+def test_verbalizer_scores_equal_a_direct_forward(teacher, labels):
+    model, tokenizer = teacher
+    prompt = ClassifyPrompt(labels=labels, template="Review: {text}", system="Classify.", assistant_prefix="Answer:")
+    verbalizers = verbalizer_ids(tokenizer, prompt)
+    texts = ["A delight from start to finish.", "Awful.", "Honestly, the plot makes no sense. I hated it.", "Fine."]
+    prompts = [render_prompt(tokenizer, prompt, text) for text in texts]
+    scored = verbalizer_logprobs(model, tokenizer.pad_token_id, prompts, verbalizers, batch_size=3)
+    reference = np.array([[direct_logprob(model, p, v) for v in verbalizers] for p in prompts])
+    np.testing.assert_allclose(scored, reference, atol=1e-4)
+    normalised, mass = normalise(scored)
+    np.testing.assert_allclose(np.exp(normalised).sum(1), 1, atol=1e-9)
+    np.testing.assert_allclose(mass, np.exp(reference).sum(1), rtol=1e-4)
+
+
+def test_first_token_scoring_scores_first_tokens_and_refuses_shared_ones(teacher):
+    model, tokenizer = teacher
+    prompt = ClassifyPrompt(labels={"a": " the cat", "b": " what is"}, scoring="first_token")
+    verbalizers = verbalizer_ids(tokenizer, prompt)
+    assert all(len(v) == 1 for v in verbalizers)
+    ids = render_prompt(tokenizer, prompt, "Awful.")
+    scored = verbalizer_logprobs(model, tokenizer.pad_token_id, [ids], verbalizers)
+    np.testing.assert_allclose(scored[0], [direct_logprob(model, ids, v) for v in verbalizers], atol=1e-4)
+    shared = ClassifyPrompt(labels={"a": " the cat", "b": " the dog"}, scoring="first_token")
+    with pytest.raises(PipelineError, match="share their first verbalizer token"):
+        verbalizer_ids(tokenizer, shared)
+    assert len(verbalizer_ids(tokenizer, replace(shared, scoring="sequence"))) == 2  # whole sequences tell them apart
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ({"negative": "", "positive": " yes"}, "empty verbalizer"),
+        ({"negative": "   ", "positive": " yes"}, "empty verbalizer"),
+        ({"positive": " yes"}, "at least 2 labels"),
+        ({"negative": " yes", "positive": " yes"}, "same verbalizer tokens"),
+    ],
+)
+def test_bad_verbalizers_are_refused(teacher, labels, message):
+    with pytest.raises(PipelineError, match=message):
+        verbalizer_ids(teacher[1], ClassifyPrompt(labels=labels))
+
+
+def test_unknown_label_in_the_data_is_refused(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("text,label\nGreat film.,positive\nDull.,negativ\nFine.,\n")
+    with pytest.raises(PipelineError, match=r"label outside the label set \(negative, positive\): 'negativ'"):
+        read_labelled(path, LABELS)
+    path.write_text("text,label\nGreat film.,positive\nFine.,\n")
+    assert read_labelled(path, LABELS)["label"].to_list() == [1, None]  # a missing label is allowed
+
+
+def test_hinton_loss_equals_a_reference():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 3), torch.log_softmax(torch.randn(6, 3), -1)
+    gold = torch.tensor([0, 2, -1, 1, -1, 0])
+    alpha, temperature = 0.7, 2.5
+
+    def softmax(row):
+        e = [math.exp(v - max(row)) for v in row]
+        return [v / sum(e) for v in e]
+
+    kd = ce = 0.0
+    for s, t in zip(student.tolist(), teacher.tolist()):
+        p, q = softmax([v / temperature for v in t]), softmax([v / temperature for v in s])
+        kd += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)) / len(student)
+    gold_rows = [(s, g) for s, g in zip(student.tolist(), gold.tolist()) if g >= 0]
+    for s, g in gold_rows:
+        ce -= math.log(softmax(s)[g]) / len(gold_rows)
+    terms = hinton_loss(student, teacher, gold, alpha, temperature)
+    assert terms["kd"].item() == pytest.approx(kd * temperature**2, rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(alpha * kd * temperature**2 + (1 - alpha) * ce, rel=1e-5)
+    assert hinton_loss(student, teacher, torch.full((6,), -1), 0.5, 1.0)["ce"].item() == 0  # no gold labels: no CE
+
+
+@pytest.fixture(scope="module")
+def classify_cache(tmp_path_factory, tiny_teacher) -> Path:
+    from pipeline.classify_teacher import ClassifyTeacherSettings, run_classify_teacher
+    from pipeline.teacher_model import resolve_teacher
+
+    root = tmp_path_factory.mktemp("classify")
+    data = {
+        "train": read_labelled(reviews(root / "train.jsonl", "train", 120), LABELS),
+        "test": read_labelled(reviews(root / "test.jsonl", "test", 40), LABELS),
+    }
+    settings = ClassifyTeacherSettings(prompt=ClassifyPrompt(labels={"negative": " no", "positive": " yes"}), batch_size=16, shard_rows=50)
+    out = root / "cache"
+    assert run_classify_teacher(data, resolve_teacher(str(tiny_teacher), tiny_teacher), out, settings) is not None
+    return out
+
+
+def test_classify_cache_is_complete_verified_and_resumable(classify_cache, tiny_teacher, capsys):
+    from pipeline.cache import read_manifest
+    from pipeline.cache_summary import format_summary, summarize_cache
+    from pipeline.classify_cache import read_soft_labels
+    from pipeline.classify_teacher import ClassifyTeacherSettings, run_classify_teacher
+    from pipeline.teacher_model import resolve_teacher
+    from pipeline.verify import verify_cache
+
+    manifest = read_manifest(classify_cache)
+    assert manifest["task"] == "classify_soft_labels" and manifest["classify"]["label_names"] == LABELS
+    assert {name: s["rows"] for name, s in manifest["splits"].items()} == {"train": 120, "test": 40}
+    assert verify_cache(classify_cache) == []
+    assert "teacher accuracy" in format_summary(summarize_cache(classify_cache))
+    test = read_soft_labels(classify_cache, "test")
+    texts = [json.loads(line)["text"] for line in REVIEWS.joinpath("test.jsonl").read_text().splitlines()[:40]]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
+    assert test.input_ids == [tokenizer.encode(t, add_special_tokens=False) for t in texts]  # the text alone, for the student
+    np.testing.assert_allclose(np.exp(test.label_logprobs).sum(1), 1, atol=1e-5)
+
+    shard = classify_cache / "train" / "shard-00000.parquet"
+    written = shard.stat().st_mtime_ns
+    settings = ClassifyTeacherSettings(prompt=ClassifyPrompt(labels={"negative": " no", "positive": " yes"}), batch_size=16, shard_rows=50)
+    data = {"train": read_labelled(REVIEWS / "train.jsonl", LABELS).head(120), "test": read_labelled(REVIEWS / "test.jsonl", LABELS).head(40)}
+    shard.unlink()
+    run_classify_teacher(data, resolve_teacher(str(tiny_teacher), tiny_teacher), classify_cache, settings)
+    assert verify_cache(classify_cache) == []  # the missing shard was made again, the others kept
+    assert (classify_cache / "train" / "shard-00001.parquet").stat().st_mtime_ns < shard.stat().st_mtime_ns
+    assert shard.stat().st_mtime_ns != written
+    assert "verbalizer mass mean" in capsys.readouterr().out
+
+
+def test_training_lowers_the_kl_to_the_teacher_on_held_out_data(classify_cache):
+    from pipeline.cache import read_manifest
+    from pipeline.classify_cache import read_soft_labels
+    from pipeline.classify_student import ClassifierConfig
+    from pipeline.classify_training import ClassifyTrainSettings, build_classifier, kl_to_teacher, train_classifier
+
+    manifest = read_manifest(classify_cache)
+    train, test = read_soft_labels(classify_cache, "train"), read_soft_labels(classify_cache, "test")
+    for arch in ("bilstm", "bag"):
+        settings = ClassifyTrainSettings(model=ClassifierConfig(arch=arch, embedding_dim=16, hidden_size=16), epochs=15, batch_size=16, lr=0.01)
+        model = build_classifier(settings.model, train, manifest, seed=0)
+        before = kl_to_teacher(model, test)
+        train_classifier(model, train, settings)
+        after = kl_to_teacher(model, test)
+        assert after < 0.7 * before, (arch, before, after)
+
+
+def invoke(args: list[str]) -> str:
+    """Run `kd ARGS` in this process; fail with its output unless it exits 0."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
+    for variant in ("soft", "hard"):
+        invoke(["classify", "student", "--cache", str(classify_cache), "--out", str(tmp_path / variant), "--arch", "bag", "--targets", variant, "--epochs", "2"])
+    out = invoke(
+        ["classify", "evaluate", "--cache", str(classify_cache), "--teacher", str(tiny_teacher), "--student", f"soft={tmp_path / 'soft'}",
+         "--student", f"hard={tmp_path / 'hard'}", "--out", str(tmp_path / "m.json"), "--chart", str(tmp_path / "r.png"), "--latency-examples", "4"]
+    )
+    assert "accuracy" in out and (tmp_path / "r.png").stat().st_size > 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics["models"]) == {"teacher", "soft", "hard"}
+    assert all(0 <= m["ece"] <= 1 and m["ms_per_example"] > 0 for m in metrics["models"].values())
+    assert "verbalizer" in invoke(["inspect", str(classify_cache)])
+    assert "ok:" in invoke(["verify", str(classify_cache)])
+
+
+def test_cli_refuses_unknown_labels_with_one_line(tmp_path, tiny_teacher):
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\nGreat.,positive\nBad.,terrible\n")
+    result = run_kd_failing(["classify", "teacher", "--train", str(data), "--model", str(tiny_teacher), "--out", str(tmp_path / "c")], tmp_path)
+    assert result.strip().count("\n") == 0 and result.startswith("error: ") and "'terrible'" in result
+    assert not (tmp_path / "c").exists()
+
+
+def run_kd_failing(args: list[str], cwd: Path) -> str:
+    """Run the `kd` script as a user would; it must exit 1; returns its stderr."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([str(Path(sys.executable).parent / "kd"), *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    return result.stderr
+
+
+def test_module_entry_point_runs_with_the_classify_commands(tmp_path):
+    """`python -m pipeline.cli` imports cli.py twice (as __main__ and as pipeline.cli): the classify sub-app must survive that."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "classify", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and "evaluate" in result.stdout, result.stderr[-2000:]
