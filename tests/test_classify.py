@@ -170,6 +170,21 @@ def test_classify_cache_is_complete_verified_and_resumable(classify_cache, tiny_
     assert "verbalizer mass mean" in capsys.readouterr().out
 
 
+def test_convert_and_top_k_students_refuse_a_classify_cache(classify_cache, tmp_path):
+    from pipeline.codec import CacheEncoding
+    from pipeline.convert import convert_cache
+
+    with pytest.raises(PipelineError, match="classification cache"):
+        convert_cache(classify_cache, tmp_path / "converted", CacheEncoding())
+    assert not (tmp_path / "converted").exists()
+    from pipeline.training import TrainSettings, train_student
+
+    student = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128}
+    with pytest.raises(PipelineError, match="holds task 'classify_soft_labels', but a causal LM student needs"):
+        train_student(classify_cache, None, student, TrainSettings(epochs=1), tmp_path / "student")
+    assert not (tmp_path / "student").exists()
+
+
 def test_training_lowers_the_kl_to_the_teacher_on_held_out_data(classify_cache):
     from pipeline.cache import read_manifest
     from pipeline.classify_cache import read_soft_labels
