@@ -16,6 +16,7 @@ import torch
 from pipeline.cache import read_manifest
 from pipeline.checkpoint import load_causal_lm
 from pipeline.classify_cache import SoftLabels, read_soft_labels
+from pipeline.classify_loss import scaled_label_logprobs
 from pipeline.classify_scoring import verbalizer_logprobs
 from pipeline.classify_student import count_parameters, load_classifier, one_thread, pad_batch
 from pipeline.classify_training import predict_logits
@@ -87,13 +88,13 @@ def evaluate_classifiers(cache_dir: Path, teacher_path: Path, students: dict[str
     prompts = [render_prompt(tokenizer, prompt, text) for text in texts]
     with one_thread():  # every model on one core: comparable, and immune to other jobs' thread contention
         teacher_ms = per_example_ms(lambda i: verbalizer_logprobs(teacher, pad_id, [prompts[i]], classify["verbalizer_ids"], 1), count)
-    models: dict[str, dict[str, Any]] = {
-        "teacher": {"params": count_lm_parameters(teacher), **prediction_metrics(np.exp(data.label_logprobs.astype(np.float64)), data, bins), "ms_per_example": teacher_ms}
-    }
-    del models["teacher"]["agreement_with_teacher"], models["teacher"]["kl_to_teacher"]
+    teacher_params = count_lm_parameters(teacher)
     del teacher
+    models: dict[str, dict[str, Any]] = {}
+    label_temperatures = set()
     for name, path in students.items():
         model, meta = load_classifier(path)
+        label_temperatures.add(meta.get("train", {}).get("label_temperature", 1.0))
         if meta.get("tokenizer_sha256") != manifest["tokenizer"]["sha256"]:
             raise PipelineError(f"student {name} at {path} was trained on another tokenizer than the cache's")
         probs = torch.softmax(predict_logits(model, data.input_ids), -1).double().numpy()
@@ -101,6 +102,12 @@ def evaluate_classifiers(cache_dir: Path, teacher_path: Path, students: dict[str
         with one_thread():
             ms = per_example_ms(lambda i: model(*inputs[i]), count)
         models[name] = {"params": count_parameters(model), **prediction_metrics(probs, data, bins), "ms_per_example": ms}
+    teachers = {"teacher": 1.0} | {f"teacher T={t:.2f}": t for t in sorted(label_temperatures - {1.0})}  # as the students saw it
+    for name, temperature in teachers.items():
+        probs = np.exp(scaled_label_logprobs(data.label_logprobs, temperature).astype(np.float64))
+        models[name] = {"params": teacher_params, **prediction_metrics(probs, data, bins), "ms_per_example": teacher_ms}
+        del models[name]["agreement_with_teacher"], models[name]["kl_to_teacher"]
+    models = {name: models[name] for name in [*teachers, *students]}
     for values in models.values():
         values["params_ratio_vs_teacher"] = models["teacher"]["params"] / values["params"]
         values["speedup_vs_teacher"] = teacher_ms / values["ms_per_example"]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.errors import PipelineError
+
+LABEL_TEMPERATURES = np.exp(np.linspace(np.log(0.02), np.log(50.0), 801))  # the grid `fit` searches, 1% apart
 
 
 def hinton_loss(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, gold: torch.Tensor, alpha: float, temperature: float) -> dict[str, torch.Tensor]:
@@ -26,3 +31,25 @@ def hard_targets(teacher_logprobs: torch.Tensor) -> torch.Tensor:
     """The teacher's argmax as a (log) one-hot distribution: training on it is CE on the teacher's hard labels."""
     one_hot = F.one_hot(teacher_logprobs.argmax(-1), teacher_logprobs.shape[-1]).float()
     return torch.log(one_hot.clamp(min=1e-30))
+
+
+def fit_label_temperature(label_logprobs: np.ndarray, gold: np.ndarray) -> float:
+    """The temperature tau that makes softmax(log p / tau) best predict the gold labels (lowest NLL).
+
+    Temperature scaling (Guo et al. 2017) with one scalar: it keeps the teacher's ranking and so its
+    accuracy, and corrects its over- or under-confidence, which soft-label students copy. Rows without a
+    gold label (-1) are ignored.
+    """
+    has_gold = gold >= 0
+    if not has_gold.any():
+        raise PipelineError("label_temperature: fit needs gold labels in the train split; set a number instead (1.0 keeps the teacher's labels as they are)")
+    logprobs = torch.from_numpy(label_logprobs[has_gold]).double()
+    labels = torch.from_numpy(gold[has_gold]).long()
+    grid = torch.from_numpy(LABEL_TEMPERATURES)
+    nll = torch.stack([F.cross_entropy(logprobs / tau, labels) for tau in grid])
+    return float(grid[int(nll.argmin())])
+
+
+def scaled_label_logprobs(label_logprobs: np.ndarray, temperature: float) -> np.ndarray:
+    """The teacher's label distribution at temperature tau, renormalised: log softmax(log p / tau)."""
+    return F.log_softmax(torch.from_numpy(label_logprobs).double() / temperature, dim=-1).numpy().astype(np.float32)

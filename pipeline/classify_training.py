@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pipeline.cache import TOKENIZER_DIR, read_manifest
 from pipeline.classify_cache import SoftLabels, read_soft_labels
-from pipeline.classify_loss import hard_targets, hinton_loss
+from pipeline.classify_loss import fit_label_temperature, hard_targets, hinton_loss, scaled_label_logprobs
 from pipeline.classify_student import ClassifierConfig, TextClassifier, count_parameters, one_thread, pad_batch, save_classifier, student_vocab
 from pipeline.errors import PipelineError
 
@@ -26,6 +26,7 @@ class ClassifyTrainSettings:
     targets: str = "soft"  # "soft": the teacher's label distribution; "hard": its argmax label
     alpha: float = 1.0  # weight of the distillation term; 1 - alpha on CE with gold labels (rows that have one)
     temperature: float = 1.0
+    label_temperature: float | str = "fit"  # the teacher's labels at this temperature; "fit": the one that best predicts the train split's gold labels
     epochs: int = 20
     batch_size: int = 32
     lr: float = 0.003
@@ -40,6 +41,8 @@ class ClassifyTrainSettings:
             raise PipelineError(f"alpha must be between 0 and 1, got {self.alpha}")
         if self.temperature <= 0:
             raise PipelineError(f"temperature must be above 0, got {self.temperature}")
+        if self.label_temperature != "fit" and not (isinstance(self.label_temperature, (int, float)) and self.label_temperature > 0):
+            raise PipelineError(f"label_temperature must be 'fit' or a number above 0, got {self.label_temperature!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise PipelineError("epochs and batch_size must be at least 1")
 
@@ -104,17 +107,19 @@ def train_classifier_from_cache(cache_dir: Path, settings: ClassifyTrainSettings
     settings.validate()
     manifest = read_manifest(cache_dir)
     train = read_soft_labels(cache_dir, "train", manifest)
+    label_temperature = fit_label_temperature(train.label_logprobs, train.label) if settings.label_temperature == "fit" else float(settings.label_temperature)
+    train = replace(train, label_logprobs=scaled_label_logprobs(train.label_logprobs, label_temperature))
     model = build_classifier(settings.model, train, manifest, settings.seed)
     log = train_classifier(model, train, settings)
     meta = {
         "labels": manifest["classify"]["label_names"],
         "targets": settings.targets,
         "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-        "train": {"alpha": settings.alpha, "temperature": settings.temperature, "epochs": settings.epochs, "seed": settings.seed},
+        "train": {"alpha": settings.alpha, "temperature": settings.temperature, "label_temperature": label_temperature, "epochs": settings.epochs, "seed": settings.seed},
     }
     tokenizer_dir = Path(cache_dir) / TOKENIZER_DIR
     save_classifier(model.eval(), meta, tokenizer_dir if tokenizer_dir.exists() else None, out_dir)
-    print(f"classify student: {model.config.arch}, {settings.targets} targets, {count_parameters(model):,} parameters, "
+    print(f"classify student: {model.config.arch}, {settings.targets} targets (teacher labels at temperature {label_temperature:.3f}), {count_parameters(model):,} parameters, "
           f"train accuracy vs teacher {agreement(model, train):.3f}, saved to {out_dir}")
     return log
 

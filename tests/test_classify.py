@@ -123,6 +123,23 @@ def test_hinton_loss_equals_a_reference():
     assert hinton_loss(student, teacher, torch.full((6,), -1), 0.5, 1.0)["ce"].item() == 0  # no gold labels: no CE
 
 
+def test_label_temperature_fit_recovers_the_teachers_overconfidence():
+    """Gold labels drawn from softmax(z); a teacher reporting softmax(2.5 z) is over-confident by 2.5x."""
+    from pipeline.classify_loss import fit_label_temperature, scaled_label_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20_000, 3, generator=g, dtype=torch.float64) * 1.5
+    gold = torch.multinomial(logits.softmax(-1), 1, generator=g)[:, 0].numpy()
+    reported = torch.log_softmax(2.5 * logits, -1).float().numpy()
+    tau = fit_label_temperature(reported, gold)
+    assert tau == pytest.approx(2.5, rel=0.05)
+    scaled = scaled_label_logprobs(reported, tau)
+    assert (scaled.argmax(1) == reported.argmax(1)).all()  # the ranking, so the teacher's accuracy, is kept
+    np.testing.assert_allclose(np.exp(scaled), logits.softmax(-1).numpy(), atol=0.03)
+    with pytest.raises(PipelineError, match="needs gold labels"):
+        fit_label_temperature(reported, np.full(len(gold), -1))
+
+
 @pytest.fixture(scope="module")
 def classify_cache(tmp_path_factory, tiny_teacher) -> Path:
     from pipeline.classify_teacher import ClassifyTeacherSettings, run_classify_teacher
@@ -214,6 +231,8 @@ def invoke(args: list[str]) -> str:
 
 
 def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
+    from pipeline.classify_student import load_classifier
+
     for variant in ("soft", "hard"):
         invoke(["classify", "student", "--cache", str(classify_cache), "--out", str(tmp_path / variant), "--arch", "bag", "--targets", variant, "--epochs", "2"])
     out = invoke(
@@ -222,7 +241,8 @@ def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
     )
     assert "accuracy" in out and (tmp_path / "r.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics["models"]) == {"teacher", "soft", "hard"}
+    fitted = load_classifier(tmp_path / "soft")[1]["train"]["label_temperature"]
+    assert list(metrics["models"]) == ["teacher", f"teacher T={fitted:.2f}", "soft", "hard"]  # the teacher as the students saw it, fitted by default
     assert all(0 <= m["ece"] <= 1 and m["ms_per_example"] > 0 for m in metrics["models"].values())
     assert "verbalizer" in invoke(["inspect", str(classify_cache)])
     assert "ok:" in invoke(["verify", str(classify_cache)])
