@@ -61,6 +61,7 @@ def teacher(
     out: Path = typer.Option(Path("data/cache"), help="cache directory (resumed if it exists with the same settings)"),
     params: Optional[Path] = typer.Option(None, help="params.yaml whose 'teacher' section gives the settings"),
     k: Optional[int] = typer.Option(None, help="top-k log-probs per position"),
+    draws: Optional[int] = typer.Option(None, help="write a sampled cache: this many ids drawn per position (transformers backend)"),
     backend: Optional[str] = None,
     batch_size: Optional[int] = None,
     max_new_tokens: Optional[int] = None,
@@ -70,13 +71,13 @@ def teacher(
     num_workers: int = typer.Option(1, help="processes filling disjoint shards of the same cache"),
     worker_index: int = 0,
 ) -> None:
-    """Run the teacher over prepared prompts and write the top-k cache."""
+    """Run the teacher over prepared prompts and write the top-k (or sampled) cache."""
     from pipeline.config import teacher_settings
     from pipeline.teacher import run_teacher
     from pipeline.teacher_model import resolve_teacher
 
     settings = teacher_settings(params_section(params, "teacher"))
-    overrides = {"k": k, "backend": backend, "batch_size": batch_size, "device": device, "too_long": too_long}
+    overrides = {"k": k, "draws": draws, "backend": backend, "batch_size": batch_size, "device": device, "too_long": too_long}
     settings = replace(settings, **{name: value for name, value in overrides.items() if value is not None})
     if max_new_tokens is not None:
         settings = replace(settings, generation=replace(settings.generation, max_new_tokens=max_new_tokens))

@@ -199,3 +199,16 @@ def test_a_backend_without_the_full_distribution_refuses_to_sample(tmp_path, tin
     with pytest.raises(PipelineError, match="full distribution"):
         run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), tmp_path / "cache", tiny_settings(draws=DRAWS), backend=backend)
     assert not (tmp_path / "cache").exists()
+
+
+def test_kd_teacher_draws_option_writes_a_sampled_cache(tmp_path, tiny_teacher, prepared):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "sampled"
+    args = ["teacher", "--model", str(tiny_teacher), "--prepared", str(prepared), "--out", str(out), "--draws", "5", "--max-new-tokens", "4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    encoding = read_manifest(out)["encoding"]
+    assert encoding["storage"] == "sampled" and encoding["draws"] == 5
