@@ -146,6 +146,8 @@ def main() -> None:
     originals = [decode(pq.read_table(io.BytesIO(raw)), source_block) for raw in source]
     positions = sum(len(r.entries) for r in originals)
     print(f"cache {args.cache}: {len(shards)} shards, {positions:,} positions, k={k}, vocabulary {vocab:,}, best of {args.repeats}")
+    if source_block["name"] != "float32":
+        print(f"warning: {args.cache} is {source_block['name']}-encoded: decoding errors below are measured against it, not against the exact teacher output")
     results = measure(originals, source, source_block, vocab, k, args.repeats)
     if args.teacher:
         for row in sampled_sizes(originals, args.teacher, args.draws, vocab):

@@ -36,6 +36,7 @@ TOKENIZER_DIR = "tokenizer"
 CARD_FILE = "README.md"
 MANIFEST_CHECKSUM = "manifest_sha256"
 TEMP_MARK = ".tmp-"
+LOGPROBS_MEANING = "raw log-softmax of the teacher at temperature 1"  # the manifest's `logprobs` for top-k and sampled caches
 
 SCHEMA = V1_SCHEMA  # the float32 encoding's columns (all of format version 1)
 
@@ -51,6 +52,11 @@ CLASSIFY_SCHEMA = pa.schema(
         pa.field("verbalizer_mass", pa.float32(), nullable=False),  # sum of exp(verbalizer_logprobs)
     ]
 )
+
+
+def _version_1_plan(plan: dict[str, Any]) -> bool:
+    """A top-k plan without an encoding block was started before version 2: it finishes as version 1."""
+    return (plan.get("task") or CAUSAL_LM_TASK) == CAUSAL_LM_TASK and "encoding" not in plan
 
 
 def manifest_schema(manifest: dict[str, Any]) -> pa.Schema:
@@ -339,7 +345,7 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
         split["shards"].append(entry)
     manifest = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION if "encoding" in plan else 1,  # a plan from before version 2 finishes as version 1
+        "format_version": 1 if _version_1_plan(plan) else FORMAT_VERSION,
         "created_by": {"package": "kd-pipeline", "version": __version__},
         **plan,
         "splits": splits,

@@ -28,8 +28,8 @@ def teacher(
     out: Path = typer.Option(Path("data/classify-cache"), help="cache directory (resumed if it exists with the same settings)"),
     params: Optional[Path] = typer.Option(None, help="params.yaml whose 'classify.teacher' section gives labels, prompt and settings"),
     model: str = typer.Option("embedded", help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder"),
-    text_column: str = "text",
-    label_column: str = "label",
+    text_column: Optional[str] = typer.Option(None, help="text column [default: classify.data.text_column of --params, else 'text']"),
+    label_column: Optional[str] = typer.Option(None, help="gold label column [default: classify.data.label_column of --params, else 'label']"),
     batch_size: Optional[int] = None,
     scoring: Optional[str] = typer.Option(None, help="'sequence' (whole verbalizers) or 'first_token'"),
     embedded_dir: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="where the embedded teacher is converted"),
@@ -49,6 +49,8 @@ def teacher(
         settings = replace(settings, prompt=replace(settings.prompt, scoring=scoring))
     names = list(settings.prompt.labels)
     files = {"train": train, **({"test": test} if test is not None else {})}
+    columns = classify_section(params, "data")
+    text_column, label_column = text_column or columns.get("text_column", "text"), label_column or columns.get("label_column", "label")
     data = {split: read_labelled(path, names, text_column, label_column) for split, path in files.items()}
     manifest = run_classify_teacher(data, resolve_teacher(model, embedded_dir), out, settings, worker_index, num_workers)
     if manifest is None:

@@ -18,10 +18,10 @@ from pipeline.checkpoint import load_causal_lm
 from pipeline.classify_cache import SoftLabels, read_soft_labels
 from pipeline.classify_loss import scaled_label_logprobs
 from pipeline.classify_scoring import verbalizer_logprobs
-from pipeline.classify_student import count_parameters, load_classifier, one_thread, pad_batch
+from pipeline.classify_student import load_classifier, one_thread, pad_batch
 from pipeline.classify_training import predict_logits
 from pipeline.errors import PipelineError
-from pipeline.student import count_parameters as count_lm_parameters
+from pipeline.student import count_parameters
 from pipeline.verbalizers import ClassifyPrompt, render_prompt
 
 
@@ -88,7 +88,7 @@ def evaluate_classifiers(cache_dir: Path, teacher_path: Path, students: dict[str
     prompts = [render_prompt(tokenizer, prompt, text) for text in texts]
     with one_thread():  # every model on one core: comparable, and immune to other jobs' thread contention
         teacher_ms = per_example_ms(lambda i: verbalizer_logprobs(teacher, pad_id, [prompts[i]], classify["verbalizer_ids"], 1), count)
-    teacher_params = count_lm_parameters(teacher)
+    teacher_params = count_parameters(teacher)
     del teacher
     models: dict[str, dict[str, Any]] = {}
     label_temperatures = set()

@@ -110,10 +110,6 @@ def pad_batch(texts: Sequence[Sequence[int]], max_tokens: int) -> tuple[torch.Te
     return ids, mask
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def save_classifier(model: TextClassifier, meta: dict[str, Any], tokenizer_dir: Path | None, out_dir: Path) -> None:
     """Weights, config and label names (and the teacher tokenizer, so the student runs on raw text alone).
 

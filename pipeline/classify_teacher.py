@@ -80,6 +80,19 @@ def soft_label_table(rows: pl.DataFrame, text_ids: list[list[int]], raw: np.ndar
     )
 
 
+def check_ids_across_splits(data: dict[str, pl.DataFrame]) -> None:
+    """Refuse an id in two splits: the cache keys rows by id, and a text in both train and test is leakage."""
+    seen: dict[str, str] = {}
+    for split, frame in data.items():
+        for row_id in frame["id"].to_list():
+            if row_id in seen:
+                raise PipelineError(
+                    f"id '{row_id}' is in both the {seen[row_id]} and the {split} data (the same text, or the same id column value); "
+                    "ids must be unique across splits"
+                )
+            seen[row_id] = split
+
+
 def run_classify_teacher(
     data: dict[str, pl.DataFrame],
     teacher: dict[str, Any],
@@ -96,6 +109,7 @@ def run_classify_teacher(
     """
     prompt = settings.prompt
     prompt.validate()
+    check_ids_across_splits(data)
     backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, len(prompt.labels))
     tokenizer = backend.tokenizer
     verbalizers = verbalizer_ids(tokenizer, prompt)

@@ -14,7 +14,8 @@ from tqdm import tqdm
 from pipeline.cache import TOKENIZER_DIR, read_manifest
 from pipeline.classify_cache import SoftLabels, read_soft_labels
 from pipeline.classify_loss import fit_label_temperature, hard_targets, hinton_loss, scaled_label_logprobs
-from pipeline.classify_student import ClassifierConfig, TextClassifier, count_parameters, one_thread, pad_batch, save_classifier, student_vocab
+from pipeline.classify_student import ClassifierConfig, TextClassifier, one_thread, pad_batch, save_classifier, student_vocab
+from pipeline.student import count_parameters
 from pipeline.errors import PipelineError
 
 TARGETS = ("soft", "hard")

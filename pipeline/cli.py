@@ -182,17 +182,18 @@ def convert(
     src: Path = typer.Argument(..., help="cache directory to read"),
     dst: Path = typer.Argument(..., help="new cache directory (resumed if it holds the same conversion)"),
     encoding: str = typer.Option("compact", help="compact (version 2 default) or float32 (exact, the version 1 columns)"),
-    sqrt_step: float = typer.Option(0.012, help="compact: probability step in sqrt(p); error <= step / 2"),
-    drop_zero_level: bool = typer.Option(True, help="compact: top-k entries that quantise to level 0 join the tail"),
-    tail_log_step: float = typer.Option(0.05, help="compact: step of the log tail mass"),
-    token_logprob_step: float = typer.Option(0.0078125, help="compact: step of the actual token's log-prob"),
-    zstd_level: int = typer.Option(19, help="compact: Parquet zstd level"),
+    sqrt_step: Optional[float] = typer.Option(None, help="compact: probability step in sqrt(p); error <= step / 2"),
+    drop_zero_level: Optional[bool] = typer.Option(None, help="compact: top-k entries that quantise to level 0 join the tail"),
+    tail_log_step: Optional[float] = typer.Option(None, help="compact: step of the log tail mass"),
+    token_logprob_step: Optional[float] = typer.Option(None, help="compact: step of the actual token's log-prob"),
+    zstd_level: Optional[int] = typer.Option(None, help="compact: Parquet zstd level"),
 ) -> None:
-    """Rewrite a cache in another encoding, shard by shard (rerun to resume)."""
+    """Rewrite a cache in another encoding, shard by shard (rerun to resume); options left unset take the default compact settings (those in params.yaml)."""
     from pipeline.codec import CacheEncoding
     from pipeline.convert import convert_cache
 
-    settings = CacheEncoding(encoding, sqrt_step, drop_zero_level, tail_log_step, token_logprob_step, zstd_level)
+    given = {"sqrt_step": sqrt_step, "drop_zero_level": drop_zero_level, "tail_log_step": tail_log_step, "token_logprob_step": token_logprob_step, "zstd_level": zstd_level}
+    settings = CacheEncoding(encoding, **{name: value for name, value in given.items() if value is not None})
     manifest = convert_cache(src, dst, settings)
     tokens = sum(s["tokens"] for s in manifest["splits"].values())
     size = sum(s["bytes"] for s in manifest["splits"].values())

@@ -37,7 +37,6 @@ from pipeline.encoding import (
 from pipeline.errors import PipelineError
 
 ENCODINGS = ("compact", "float32")
-STORAGES = ("topk", "sampled")
 LOG_LEVEL_BYTES = 2  # tail and token log-prob levels: 16 bits
 MIN_TAIL = 1e-30  # a smaller tail (float32 sums of a full top-k reach 1) is stored as this: never exactly 0
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from pipeline.cache import (
     CLASSIFY_TASK,
+    LOGPROBS_MEANING,
     MANIFEST_CHECKSUM,
     MANIFEST_FILE,
     PLAN_FILE,
@@ -44,7 +45,7 @@ def conversion_plan(manifest: dict[str, Any], encoding: CacheEncoding) -> dict[s
     block = encoding.block(manifest["tokenizer"]["vocab_size"], manifest["k"], source.get("draws"))
     plan = {key: value for key, value in manifest.items() if key not in MANIFEST_ONLY}
     plan.update(
-        logprobs="raw log-softmax of the teacher at temperature 1",
+        logprobs=LOGPROBS_MEANING,
         encoding=block,
         converted_from={"format_version": manifest["format_version"], "encoding": source, "manifest_sha256": manifest.get(MANIFEST_CHECKSUM)},
     )

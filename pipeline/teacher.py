@@ -12,9 +12,10 @@ from typing import Any, Iterator
 import polars as pl
 from tqdm import tqdm
 
-from pipeline.backends import EngineSettings, GenerationSettings, TeacherBackend, load_backend
+from pipeline.backends import SAMPLING_UNSUPPORTED, EngineSettings, GenerationSettings, TeacherBackend, load_backend
 from pipeline.cache import (
     TOKENIZER_DIR,
+    LOGPROBS_MEANING,
     MANIFEST_FILE,
     PLAN_FILE,
     SampledOutput,
@@ -76,6 +77,8 @@ def run_teacher(
     removes the directory it created, so no half-made cache is left behind.
     """
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
+    if settings.draws is not None and backend is None and settings.backend == "vllm":
+        raise PipelineError(SAMPLING_UNSUPPORTED.format(backend="vllm"))  # before starting an engine that could not serve the run
     backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, settings.k, settings.engine)
     tokenizer = backend.tokenizer
     use_template = settings.chat_template
@@ -88,7 +91,7 @@ def run_teacher(
     if settings.draws is None and settings.k > backend.max_k:
         raise PipelineError(f"k={settings.k} is above the {backend.name} backend's limit of {backend.max_k} log-probs per position")
     if settings.draws is not None and not backend.can_sample:
-        raise PipelineError(f"teacher.draws needs the teacher's full distribution at every position, which the {backend.name} backend does not return; use the transformers backend")
+        raise PipelineError(SAMPLING_UNSUPPORTED.format(backend=backend.name))
     if settings.draws is not None and not 1 <= settings.draws <= 65535:
         raise PipelineError(f"teacher.draws must be between 1 and 65535 draws per position, got {settings.draws}")
     scoring = "response" in splits[SPLITS[0]].columns
@@ -110,7 +113,7 @@ def run_teacher(
             "files": TOKENIZER_DIR,
         },
         "k": settings.k if settings.draws is None else min(settings.draws, backend.vocab_size),
-        "logprobs": "raw log-softmax of the teacher at temperature 1",
+        "logprobs": LOGPROBS_MEANING,
         "encoding": block,
         "generation": {**settings.generation.to_dict(), "batch_size": settings.batch_size},
         "source": {

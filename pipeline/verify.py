@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.cache import CLASSIFY_TASK, cached_tokens, checksum_problem, flat_values, load_manifest, manifest_schema, planned_shards
-from pipeline.codec import FLOAT32_BLOCK, decode, manifest_encoding, padded_entries, shard_schema
+from pipeline.codec import FLOAT32_BLOCK, decode, manifest_encoding, padded_entries
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 

