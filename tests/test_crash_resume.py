@@ -13,6 +13,7 @@ from conftest import cache_rows
 
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
 from pipeline.config import teacher_settings
+from pipeline.data import SPLITS
 from pipeline.teacher import run_teacher
 from pipeline.teacher_model import resolve_teacher
 from pipeline.verify import verify_cache
@@ -47,7 +48,9 @@ def start_teacher(tiny_teacher, prepared, out, params, *extra) -> subprocess.Pop
 
 
 def finished_shards(out: Path) -> int:
-    return len(list(out.glob("*/shard-*.parquet")))
+    """Shards renamed into place so far; only the split folders are listed, since the writer's
+    temporary folders (the tokenizer's) can vanish between a listing and a look inside."""
+    return sum(len(list((out / split).glob("shard-*.parquet"))) for split in SPLITS)
 
 
 def kill_after(process: subprocess.Popen, out: Path, shards: int, delay: float) -> bool:
