@@ -12,8 +12,7 @@ import typer
 # time, and its registration of this sub-app must find `app` on this partly initialised module.
 app = typer.Typer(help="Text classification by distillation: LLM soft labels into a small classifier.", no_args_is_help=True)
 
-from pipeline.cli import clean_errors, params_section  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.cli import clean_errors, params_section, student_folders  # noqa: E402
 
 
 def classify_section(params: Optional[Path], name: str) -> dict:
@@ -104,12 +103,7 @@ def evaluate(
     from pipeline.classify_charts import plot_reliability
     from pipeline.classify_eval import evaluate_classifiers, format_classify_table
 
-    students = {}
-    for item in student_dirs:
-        name, sep, folder = item.partition("=")
-        if not sep or not Path(folder).is_dir():
-            raise PipelineError(f"--student expects NAME=FOLDER with an existing folder, got '{item}'")
-        students[name] = Path(folder)
+    students = student_folders(student_dirs)
     metrics = evaluate_classifiers(cache, teacher_model, students, split, latency_examples, calibration_bins)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

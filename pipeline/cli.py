@@ -28,6 +28,17 @@ def clean_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def student_folders(items: list[str]) -> dict[str, Path]:
+    """`--student NAME=FOLDER` options as {name: folder}; each folder must exist."""
+    students = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not Path(folder).is_dir():
+            raise PipelineError(f"--student expects NAME=FOLDER with an existing folder, got '{item}'")
+        students[name] = Path(folder)
+    return students
+
+
 def params_section(params: Optional[Path], section: str) -> dict[str, Any]:
     if params is None:
         return {}
@@ -153,12 +164,7 @@ def evaluate(
     from pipeline.cache import write_json
     from pipeline.metrics import evaluate_models, format_table
 
-    students = {}
-    for item in student_dirs:
-        name, sep, folder = item.partition("=")
-        if not sep or not Path(folder).is_dir():
-            raise PipelineError(f"--student expects NAME=FOLDER with an existing folder, got '{item}'")
-        students[name] = Path(folder)
+    students = student_folders(student_dirs)
     metrics = evaluate_models(cache, teacher_model, students, speed_sequences)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
