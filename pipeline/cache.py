@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -291,14 +292,55 @@ def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:
         write_json(plan_path, plan)
 
 
-def write_tokenizer(cache_dir: Path, tokenizer: Any) -> None:
-    """Ship the tokenizer with the cache, so a consumer can train a student without the teacher."""
+def ship_tokenizer(cache_dir: Path, save: Callable[[Path], Any]) -> None:
+    """Ship the tokenizer with the cache, so a consumer can train a student without the teacher.
+
+    `save` writes it into a temporary folder (tokenizer.save_pretrained, or a copy), renamed into place.
+    """
     target = cache_dir / TOKENIZER_DIR
     if target.exists():
         return
     tmp = cache_dir / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
-    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
     os.replace(tmp, target)
+
+
+def fill_cache(
+    out_dir: Path,
+    plan: dict[str, Any],
+    shards: Sequence[ShardSpec],
+    fill: Callable[[list[ShardSpec]], None],
+    save_tokenizer: Callable[[Path], Any] | None,
+    worker_index: int = 0,
+    num_workers: int = 1,
+) -> dict[str, Any] | None:
+    """The resumable, parallel writer every cache shares; returns the manifest once every shard exists.
+
+    The plan is written (or checked) first, then `fill` writes this worker's missing shards, and the
+    manifest comes last. A rerun resumes: finished shards are kept and what dead writers left is
+    removed. A single-worker run that fails before its first shard removes the directory it created.
+    """
+    own = worker_shards(shards, worker_index, num_workers)
+    created = not out_dir.exists()
+    try:
+        open_cache_for_writing(out_dir, plan)
+        if save_tokenizer is not None:
+            ship_tokenizer(out_dir, save_tokenizer)
+        todo = pending_shards(out_dir, own)
+        if todo:
+            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
+            remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
+            fill(todo)
+    except BaseException:
+        if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    if pending_shards(out_dir, shards):
+        return None
+    if (out_dir / MANIFEST_FILE).exists():
+        return read_manifest(out_dir)
+    return finalize_cache(out_dir, shards)
 
 
 def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSpec]:

@@ -7,9 +7,9 @@ the task ("classify_soft_labels") and the shard schema differ.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,11 @@ from pipeline.backends import TeacherBackend, load_backend
 from pipeline.cache import (
     CLASSIFY_SCHEMA,
     CLASSIFY_TASK,
-    MANIFEST_FILE,
-    PLAN_FILE,
     TOKENIZER_DIR,
     ShardSpec,
-    finalize_cache,
-    open_cache_for_writing,
-    pending_shards,
+    fill_cache,
     plan_shards,
-    read_manifest,
-    remove_temp_files,
-    worker_shards,
     write_shard,
-    write_tokenizer,
 )
 from pipeline.classify_cache import mass_summary
 from pipeline.classify_scoring import normalise, verbalizer_logprobs
@@ -136,26 +128,11 @@ def run_classify_teacher(
         "shard_rows": settings.shard_rows,
     }
     shards = plan_shards({name: frame.height for name, frame in data.items()}, settings.shard_rows)
-    own = worker_shards(shards, worker_index, num_workers)
-    created = not out_dir.exists()
-    try:
-        open_cache_for_writing(out_dir, plan)
-        write_tokenizer(out_dir, tokenizer)
-        todo = pending_shards(out_dir, own)
-        if todo:
-            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-            remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
-            _fill_shards(backend, data, todo, out_dir, settings, verbalizers)
-    except BaseException:
-        if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    if pending_shards(out_dir, shards):
-        return None
-    manifest = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).exists() else finalize_cache(out_dir, shards)
-    report_mass(mass_summary(out_dir, manifest))
+    fill = partial(_fill_shards, backend, data, out_dir=out_dir, settings=settings, verbalizers=verbalizers)
+    manifest = fill_cache(out_dir, plan, shards, fill, tokenizer.save_pretrained, worker_index, num_workers)
+    if manifest is not None:
+        report_mass(mass_summary(out_dir, manifest))
     return manifest
-
 
 def _fill_shards(backend: TeacherBackend, data: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: ClassifyTeacherSettings, verbalizers: list[list[int]]) -> None:
     tokenizer, started, texts = backend.tokenizer, time.perf_counter(), 0

@@ -8,8 +8,8 @@ renamed, the manifest last. A rerun skips finished shards; a directory holding a
 
 from __future__ import annotations
 
-import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,13 @@ from pipeline.cache import (
     CLASSIFY_TASK,
     LOGPROBS_MEANING,
     MANIFEST_CHECKSUM,
-    MANIFEST_FILE,
-    PLAN_FILE,
     TOKENIZER_DIR,
     CachedShard,
-    finalize_cache,
-    open_cache_for_writing,
+    ShardSpec,
+    fill_cache,
     open_shard,
-    pending_shards,
     planned_shards,
     read_manifest,
-    remove_temp_files,
     write_shard,
     zstd_level,
 )
@@ -64,37 +60,17 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding) -> dict[str, An
     block, source_block = plan["encoding"], manifest_encoding(manifest)
     entries = {entry["file"]: entry for split in manifest["splits"].values() for entry in split["shards"]}
     shards = planned_shards(manifest)
-    created = not dst.exists()
-    try:
-        open_cache_for_writing(dst, plan)
-        _copy_tokenizer(src, dst)
-        todo = pending_shards(dst, shards)
-        if todo:
-            (dst / MANIFEST_FILE).unlink(missing_ok=True)
-            remove_temp_files(dst, [shard.file for shard in shards] + [PLAN_FILE, MANIFEST_FILE])
-        for shard in todo:
-            entry = entries[shard.file]
-            parquet = open_shard(CachedShard(src / shard.file, entry["rows"], entry["bytes"], shard_schema(source_block)))
-            try:
-                table = parquet.read()
-            except (OSError, pa.ArrowInvalid) as error:
-                raise PipelineError(f"shard {src / shard.file} cannot be read: {str(error).splitlines()[0]}") from error
-            write_shard(encode(decode(table, source_block), block), dst / shard.file, zstd_level(block))
-    except BaseException:
-        if created and len(pending_shards(dst, shards)) == len(shards):
-            shutil.rmtree(dst, ignore_errors=True)
-        raise
-    if (dst / MANIFEST_FILE).exists():
-        return read_manifest(dst)
-    return finalize_cache(dst, shards)
+    source_tokenizer = src / TOKENIZER_DIR
+    copy_tokenizer = partial(shutil.copytree, source_tokenizer) if source_tokenizer.is_dir() else None
+    return fill_cache(dst, plan, shards, partial(_convert_shards, src, dst, entries, source_block, block), copy_tokenizer)
 
 
-def _copy_tokenizer(src: Path, dst: Path) -> None:
-    """Ship the source's tokenizer (if it has one) with the converted cache."""
-    source, target = src / TOKENIZER_DIR, dst / TOKENIZER_DIR
-    if not source.is_dir() or target.exists():
-        return
-    tmp = dst / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    os.replace(tmp, target)
+def _convert_shards(src: Path, dst: Path, entries: dict[str, dict[str, Any]], source_block: dict[str, Any], block: dict[str, Any], shards: list[ShardSpec]) -> None:
+    for shard in shards:
+        entry = entries[shard.file]
+        parquet = open_shard(CachedShard(src / shard.file, entry["rows"], entry["bytes"], shard_schema(source_block)))
+        try:
+            table = parquet.read()
+        except (OSError, pa.ArrowInvalid) as error:
+            raise PipelineError(f"shard {src / shard.file} cannot be read: {str(error).splitlines()[0]}") from error
+        write_shard(encode(decode(table, source_block), block), dst / shard.file, zstd_level(block))

@@ -3,35 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import polars as pl
 from tqdm import tqdm
 
-from pipeline.backends import SAMPLING_UNSUPPORTED, EngineSettings, GenerationSettings, TeacherBackend, load_backend
+from pipeline.backends import SAMPLING_UNSUPPORTED, EngineSettings, GenerationSettings, TeacherBackend, backend_class, load_backend
 from pipeline.cache import (
     TOKENIZER_DIR,
     LOGPROBS_MEANING,
-    MANIFEST_FILE,
-    PLAN_FILE,
     SampledOutput,
     ShardSpec,
     TeacherOutput,
-    finalize_cache,
-    open_cache_for_writing,
+    fill_cache,
     outputs_to_table,
-    pending_shards,
     plan_shards,
-    read_manifest,
-    remove_temp_files,
     zstd_level,
-    worker_shards,
     write_shard,
-    write_tokenizer,
 )
 from pipeline.codec import CacheEncoding
 from pipeline.data import SPLITS, read_split
@@ -77,8 +69,11 @@ def run_teacher(
     removes the directory it created, so no half-made cache is left behind.
     """
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
-    if settings.draws is not None and backend is None and settings.backend == "vllm":
-        raise PipelineError(SAMPLING_UNSUPPORTED.format(backend="vllm"))  # before starting an engine that could not serve the run
+    engine = backend or backend_class(settings.backend)  # before any model loads, what it can do is known from its class
+    if settings.draws is not None and not engine.can_sample:
+        raise PipelineError(SAMPLING_UNSUPPORTED.format(backend=engine.name))
+    if settings.draws is not None and not 1 <= settings.draws <= 65535:
+        raise PipelineError(f"teacher.draws must be between 1 and 65535 draws per position, got {settings.draws}")
     backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, settings.k, settings.engine)
     tokenizer = backend.tokenizer
     use_template = settings.chat_template
@@ -90,10 +85,6 @@ def run_teacher(
         raise PipelineError(f"k={settings.k} must be between 1 and the teacher's vocabulary size {backend.vocab_size}")
     if settings.draws is None and settings.k > backend.max_k:
         raise PipelineError(f"k={settings.k} is above the {backend.name} backend's limit of {backend.max_k} log-probs per position")
-    if settings.draws is not None and not backend.can_sample:
-        raise PipelineError(SAMPLING_UNSUPPORTED.format(backend=backend.name))
-    if settings.draws is not None and not 1 <= settings.draws <= 65535:
-        raise PipelineError(f"teacher.draws must be between 1 and 65535 draws per position, got {settings.draws}")
     scoring = "response" in splits[SPLITS[0]].columns
     limit = length_limit(backend.max_length, settings.generation.max_new_tokens, scoring)
     encoded = ((chunk["id"], encode_rows(tokenizer, chunk, use_template)) for frame in splits.values() for chunk in frame.iter_slices(1024))
@@ -124,26 +115,8 @@ def run_teacher(
         "shard_rows": settings.shard_rows,
     }
     shards = plan_shards({name: frame.height for name, frame in splits.items()}, settings.shard_rows)
-    own = worker_shards(shards, worker_index, num_workers)
-    created = not out_dir.exists()
-    try:
-        open_cache_for_writing(out_dir, plan)
-        write_tokenizer(out_dir, tokenizer)
-        todo = pending_shards(out_dir, own)
-        if todo:
-            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
-            remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
-            _fill_shards(backend, splits, todo, out_dir, settings, limit, block)
-    except BaseException:
-        if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    if pending_shards(out_dir, shards):
-        return None
-    if (out_dir / MANIFEST_FILE).exists():
-        return read_manifest(out_dir)
-    return finalize_cache(out_dir, shards)
-
+    fill = partial(_fill_shards, backend, splits, out_dir=out_dir, settings=settings, limit=limit, block=block)
+    return fill_cache(out_dir, plan, shards, fill, tokenizer.save_pretrained, worker_index, num_workers)
 
 def _fill_shards(
     backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]
