@@ -110,8 +110,11 @@ def train_student(cache_dir: Path, tokenizer_path: Path | None, model_config: di
     tokenizer_path = student_tokenizer_path(cache_dir, tokenizer_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     check_compatibility(manifest, tokenizer, tokenizer_path)
-    if manifest_encoding(manifest)["storage"] == "sampled" and settings.loss != "forward_kl":
+    sampled = manifest_encoding(manifest)["storage"] == "sampled"
+    if sampled and settings.loss != "forward_kl":
         raise PipelineError(f"{cache_dir} is a sampled cache: it supports student.loss forward_kl only (its unbiased estimator), not '{settings.loss}'")
+    if sampled and settings.tail != "bucket":
+        raise PipelineError(f"{cache_dir} is a sampled cache: it has no top-k tail to treat, so student.tail '{settings.tail}' does not apply (leave it at bucket)")
     for shard in split_shards(cache_dir, manifest, "train"):  # a damaged shard stops the run now, not hours in
         open_shard(shard)
     model = build_student(model_config, manifest["tokenizer"]["vocab_size"], settings.seed)

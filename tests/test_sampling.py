@@ -182,6 +182,8 @@ def test_students_train_on_a_sampled_cache_with_forward_kl_only(tmp_path, sample
     student = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
     with pytest.raises(PipelineError, match="sampled cache: it supports student.loss forward_kl only"):
         train_student(sampled_cache, None, student, TrainSettings(loss="jsd", epochs=1), tmp_path / "refused")
+    with pytest.raises(PipelineError, match="has no top-k tail to treat, so student.tail 'renormalize' does not apply"):
+        train_student(sampled_cache, None, student, TrainSettings(tail="renormalize", epochs=1), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     before = student_agreement(build_student(student, 320, seed=0).eval(), sampled_cache)
     log = train_student(sampled_cache, None, student, TrainSettings(alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2), tmp_path / "student")
