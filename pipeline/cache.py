@@ -198,11 +198,20 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
 
 
-def remove_temp_files(cache_dir: Path, files: Sequence[str]) -> None:
-    """Delete what killed writers of these files left behind; only the files' owner may call this."""
-    for file in files:
-        target = cache_dir / file
-        for leftover in target.parent.glob(f".{target.name}{TEMP_MARK}*"):
+def remove_temp_files(cache_dir: Path, files: Sequence[str] | None = None) -> None:
+    """Delete what killed writers of these files left behind; only the files' owner may call this.
+
+    files None: every temporary file or folder in the cache, for a caller that owns all of it
+    (a single-worker run, or `kd finalize` after the workers are done).
+    """
+    if files is None:
+        leftovers = [p for p in cache_dir.rglob(f".*{TEMP_MARK}*") if p.name.startswith(".")]
+    else:
+        leftovers = [p for file in files for p in (cache_dir / file).parent.glob(f".{Path(file).name}{TEMP_MARK}*")]
+    for leftover in leftovers:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
             leftover.unlink(missing_ok=True)
 
 
@@ -325,12 +334,14 @@ def fill_cache(
     created = not out_dir.exists()
     try:
         open_cache_for_writing(out_dir, plan)
+        if num_workers == 1:
+            remove_temp_files(out_dir)
         if save_tokenizer is not None:
             ship_tokenizer(out_dir, save_tokenizer)
         todo = pending_shards(out_dir, own)
         if todo:
             (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
-            remove_temp_files(out_dir, [s.file for s in own] + ([PLAN_FILE, MANIFEST_FILE] if num_workers == 1 else []))
+            remove_temp_files(out_dir, [s.file for s in own])
             fill(todo)
     except BaseException:
         if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
@@ -405,6 +416,7 @@ def finalize_from_plan(cache_dir: Path) -> dict[str, Any]:
     plan_path = Path(cache_dir) / PLAN_FILE
     if not plan_path.exists():
         raise PipelineError(f"nothing to finalize in {cache_dir}: {PLAN_FILE} not found (run the teacher stage first)")
+    remove_temp_files(Path(cache_dir))
     return finalize_cache(Path(cache_dir), planned_shards(json.loads(plan_path.read_text())))
 
 

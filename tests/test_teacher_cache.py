@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -9,13 +10,14 @@ from conftest import TINY_CACHE, cache_rows, tiny_settings
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
+from pipeline.cache import MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, read_manifest
 from pipeline.cache_summary import summarize_cache
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, tokenizer_sha256
 from pipeline.teacher import run_teacher
 from pipeline.teacher_model import resolve_teacher
+from pipeline.verify import verify_cache
 
 
 def assert_matches_forward(rows, model_dir, k, block):
@@ -97,6 +99,39 @@ def test_resume_skips_finished_shards_and_gives_identical_cache(tmp_path, tiny_c
     assert (out / "train" / "shard-00000.parquet").stat().st_mtime_ns == finished
     assert not (out / "train" / ".shard-00001.parquet.tmp-999999").exists()
     assert cache_rows(out) == cache_rows(tiny_cache)
+    assert read_manifest(out) == read_manifest(tiny_cache)
+
+
+def killed_after_last_shard(tiny_cache: Path, out: Path) -> list[Path]:
+    """A copy of the cache as a writer killed after its last shard leaves it: no manifest, and
+    half-written card, manifest and tokenizer under temporary names."""
+    shutil.copytree(tiny_cache, out)
+    (out / MANIFEST_FILE).unlink()
+    shutil.rmtree(out / TOKENIZER_DIR)
+    leftovers = [out / ".README.md.tmp-999999", out / f".{MANIFEST_FILE}.tmp-999999", out / f".{TOKENIZER_DIR}.tmp-999999"]
+    leftovers[0].write_text("# half a card")
+    leftovers[1].write_text("{")
+    leftovers[2].mkdir()
+    (leftovers[2] / "tokenizer.json").write_text("{")
+    return leftovers
+
+
+def test_resume_after_the_last_shard_removes_half_written_card_and_tokenizer(tmp_path, tiny_cache, tiny_teacher, prepared):
+    out = tmp_path / "cache"
+    leftovers = killed_after_last_shard(tiny_cache, out)
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings()) == read_manifest(tiny_cache)
+    assert [p for p in leftovers if p.exists()] == []
+    assert (out / TOKENIZER_DIR / "tokenizer.json").exists()
+    assert verify_cache(out) == []
+
+
+def test_kd_finalize_removes_what_dead_writers_left(tmp_path, tiny_cache):
+    out = tmp_path / "cache"
+    leftovers = killed_after_last_shard(tiny_cache, out)
+    shutil.copytree(tiny_cache / TOKENIZER_DIR, out / TOKENIZER_DIR)
+    result = CliRunner().invoke(app, ["finalize", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [p for p in leftovers if p.exists()] == []
     assert read_manifest(out) == read_manifest(tiny_cache)
 
 
