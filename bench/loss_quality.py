@@ -11,6 +11,10 @@ top-1 agreement, and recovery = (KL_ce - KL_variant) / (KL_ce - KL_full), the sh
 distillation's improvement over CE that the variant keeps.
 
     python -m bench.loss_quality --cache data/cache --teacher models/smollm2-135m-instruct
+
+`--seeds` trains every variant once per student seed and reports mean and spread; `--extra-train`
+adds the train split of other caches of the same prompts (the teacher's answers under other
+generation seeds) to see how the comparison moves with more training positions.
 """
 
 from __future__ import annotations
@@ -58,6 +62,22 @@ class Variant:
     settings: TrainSettings
     draws: int | None = None  # a sampled cache with this many draws per position instead of the top-k
     compact: bool = False  # the top-k as the default compact encoding stores it (decoded), not exact
+
+
+def extra_train_sequences(cache: Path, extra: list[Path], validation_ids: set[str]) -> list[tuple[str, list[int], int, list[list[int]]]]:
+    """Train sequences of caches made by the same teacher from the same split, with ids kept apart;
+    a validation prompt among them is refused, since it would leak into training."""
+    weights = read_manifest(cache)["teacher"]["weights_sha256"]
+    rows = []
+    for n, path in enumerate(extra, 1):
+        if read_manifest(path)["teacher"]["weights_sha256"] != weights:
+            raise SystemExit(f"error: {path} was made by another teacher than {cache}")
+        sequences = read_sequences(path, "train", 10**9)
+        leaked = validation_ids & {row[0] for row in sequences}
+        if leaked:
+            raise SystemExit(f"error: {path} trains on validation prompts of {cache} (first {sorted(leaked)[0]})")
+        rows += [(f"{row[0]}@{n}", *row[1:]) for row in sequences]
+    return rows
 
 
 def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, list[list[int]]]]:
@@ -218,6 +238,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, nargs="*", default=[], help="sampled caches with these numbers of draws per position")
     parser.add_argument("--tails", nargs="*", default=["bucket", "renormalize"], help="top-k tail treatments to train")
     parser.add_argument("--compact", type=int, nargs="*", default=[], help="also train on the top-k of these k as the default compact encoding stores it")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="student seeds; each variant is trained once per seed (default: params.yaml's)")
+    parser.add_argument("--extra-train", type=Path, nargs="*", default=[], help="caches of the same prompts whose train split joins the training set")
     args = parser.parse_args()
     if max(args.k) > K_MAX:
         parser.error(f"k above {K_MAX}")
@@ -226,10 +248,14 @@ def main() -> None:
     section["model"] = {**section.get("model", {}), **args.model}
     settings = train_settings(section)
     settings = replace(settings, loss="forward_kl", epochs=args.epochs or settings.epochs)
+    seeds = args.seeds or [settings.seed]
     started = time.perf_counter()
     teacher = load_causal_lm(Path(resolve_teacher("embedded", args.teacher)["path"]))
-    train_split, train_match = rescore(teacher, read_sequences(args.cache, "train", args.train_sequences))
-    validation, validation_match = rescore(teacher, read_sequences(args.cache, "validation", args.validation_sequences))
+    validation_sequences = read_sequences(args.cache, "validation", args.validation_sequences)
+    train_sequences = read_sequences(args.cache, "train", args.train_sequences)
+    train_sequences += extra_train_sequences(args.cache, args.extra_train, {row[0] for row in validation_sequences})
+    train_split, train_match = rescore(teacher, train_sequences)
+    validation, validation_match = rescore(teacher, validation_sequences)
     vocab_size = teacher.config.vocab_size
     del teacher
     draw(train_split, args.draws, settings.seed)
@@ -243,20 +269,40 @@ def main() -> None:
         f"({positions[0]} / {positions[1]} answer positions) in {time.perf_counter() - started:.0f} s; "
         f"top-{read_manifest(args.cache)['k']} id sets equal to the cache's at {100 * train_match:.1f}% / {100 * validation_match:.1f}% of positions"
     )
-    print(f"student: {section['model']}, {settings.epochs} epochs, batch {settings.batch_size}, alpha {settings.alpha}, T {settings.temperature}, seed {settings.seed}")
-    results = {}
+    print(f"student: {section['model']}, {settings.epochs} epochs, batch {settings.batch_size}, alpha {settings.alpha}, T {settings.temperature}, seeds {seeds}")
     seen_k = args.k[len(args.k) // 2]
-    for variant in variants(settings, args.k, args.divergences, args.draws, args.tails, args.compact):
-        begun = time.perf_counter()
-        model = train(variant, train_split, section["model"], vocab_size)
-        results[variant.name] = score(model, validation, settings.batch_size, seen_k)
-        print(f"  {variant.name}: {results[variant.name]}, trained in {time.perf_counter() - begun:.0f} s", flush=True)
-    kl_ce, kl_full = results["ce only"]["kl"], results["full logits (online)"]["kl"]
-    header = f"{'student trained on':<32}{'KL to teacher':>14}{'top-1 agree':>13}{'recovery':>10}{f'KL top-{seen_k}+tail':>17}"
-    print(header + "\n" + "-" * len(header))
-    for name, r in results.items():
-        print(f"{name:<32}{r['kl']:>14.3f}{r['top1']:>13.3f}{100 * (kl_ce - r['kl']) / (kl_ce - kl_full):>9.1f}%{r['seen_kl']:>17.3f}")
+    results: dict[str, list[dict[str, float]]] = {}
+    for seed in seeds:
+        for variant in variants(replace(settings, seed=seed), args.k, args.divergences, args.draws, args.tails, args.compact):
+            begun = time.perf_counter()
+            model = train(variant, train_split, section["model"], vocab_size)
+            results.setdefault(variant.name, []).append(score(model, validation, settings.batch_size, seen_k))
+            print(f"  {variant.name} seed {seed}: {results[variant.name][-1]}, trained in {time.perf_counter() - begun:.0f} s", flush=True)
+    print_table(results, seen_k)
     print(f"total {time.perf_counter() - started:.0f} s")
+
+
+def print_table(results: dict[str, list[dict[str, float]]], seen_k: int) -> None:
+    """One row per variant; with several seeds, means and (after ±) the standard deviation over seeds.
+
+    Recovery is computed per seed against that seed's full-logit and CE students, then averaged.
+    """
+    ce, full = results["ce only"], results["full logits (online)"]
+    for runs in results.values():
+        for run, run_ce, run_full in zip(runs, ce, full):
+            run["recovery"] = 100 * (run_ce["kl"] - run["kl"]) / (run_ce["kl"] - run_full["kl"])
+    spread = len(ce) > 1
+    width = 16 if spread else 10
+    columns = [("kl", "KL to teacher", 3), ("top1", "top-1 agree", 3), ("recovery", "recovery %", 1), ("seen_kl", f"KL top-{seen_k}+tail", 3)]
+    header = f"{'student trained on':<32}" + "".join(f"{title:>{width + 4}}" for _, title, _ in columns)
+    print(header + "\n" + "-" * len(header))
+    for name, runs in results.items():
+        cells = []
+        for key, _, digits in columns:
+            values = np.array([run[key] for run in runs])
+            cell = f"{values.mean():.{digits}f}" + (f" ± {values.std(ddof=1):.{digits}f}" if spread else "")
+            cells.append(f"{cell:>{width + 4}}")
+        print(f"{name:<32}" + "".join(cells))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.backends import EngineSettings, load_backend
-from pipeline.cache import TeacherOutput, outputs_to_table, read_manifest, write_shard
+from pipeline.cache import TeacherOutput, outputs_to_table, read_manifest, write_shard, zstd_level
+from pipeline.codec import CacheEncoding
 
 SHARD_ROWS = 64
 
@@ -39,12 +40,13 @@ def read_inputs(cache_dir: Path, rows: int) -> tuple[list[list[int]], list[int]]
 
 
 def capture(backend: Any, sequences: list[list[int]], starts: list[int], k: int, out_dir: Path) -> list[TeacherOutput]:
-    """What the teacher stage does per shard: score, build the Arrow table, write zstd Parquet."""
+    """What the teacher stage does per shard: score, encode in the default (compact) encoding, write zstd Parquet."""
+    block = CacheEncoding().block(backend.vocab_size, k)
     outputs = []
     for index, start in enumerate(range(0, len(sequences), SHARD_ROWS)):
         chunk = backend.score(sequences[start : start + SHARD_ROWS], starts[start : start + SHARD_ROWS], k)
         ids = [str(start + i) for i in range(len(chunk))]
-        write_shard(outputs_to_table(ids, chunk), out_dir / f"shard-{index:05d}.parquet")
+        write_shard(outputs_to_table(ids, chunk, block), out_dir / f"shard-{index:05d}.parquet", zstd_level(block))
         outputs += chunk
     return outputs
 
