@@ -205,7 +205,7 @@ def remove_temp_files(cache_dir: Path, files: Sequence[str] | None = None) -> No
     (a single-worker run, or `kd finalize` after the workers are done).
     """
     if files is None:
-        leftovers = [p for p in cache_dir.rglob(f".*{TEMP_MARK}*") if p.name.startswith(".")]
+        leftovers = list(cache_dir.rglob(f".*{TEMP_MARK}*"))
     else:
         leftovers = [p for file in files for p in (cache_dir / file).parent.glob(f".{Path(file).name}{TEMP_MARK}*")]
     for leftover in leftovers:
@@ -334,14 +334,12 @@ def fill_cache(
     created = not out_dir.exists()
     try:
         open_cache_for_writing(out_dir, plan)
-        if num_workers == 1:
-            remove_temp_files(out_dir)
+        remove_temp_files(out_dir, None if num_workers == 1 else [s.file for s in own])  # a lone worker owns it all
         if save_tokenizer is not None:
             ship_tokenizer(out_dir, save_tokenizer)
         todo = pending_shards(out_dir, own)
         if todo:
             (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
-            remove_temp_files(out_dir, [s.file for s in own])
             fill(todo)
     except BaseException:
         if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
