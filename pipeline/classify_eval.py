@@ -20,6 +20,7 @@ from pipeline.classify_loss import scaled_label_logprobs
 from pipeline.classify_scoring import verbalizer_logprobs
 from pipeline.classify_student import load_classifier, one_thread, pad_batch
 from pipeline.classify_training import predict_logits
+from pipeline.metrics import model_table
 from pipeline.errors import PipelineError
 from pipeline.student import count_parameters
 from pipeline.verbalizers import ClassifyPrompt, render_prompt
@@ -137,9 +138,5 @@ def format_classify_table(metrics: dict[str, Any]) -> str:
         ("ms/example", "ms_per_example", "{:.2f}"),
         ("speed-up", "speedup_vs_teacher", "{:,.0f}x"),
     ]
-    header = f"{'model':<14}" + "".join(f"{title:>14}" for title, _, _ in columns)
-    lines = [f"classification on the {metrics['split']} split ({metrics['gold_labels']} gold labels; mean verbalizer mass {metrics['verbalizer_mass']['mean']:.3f})", header, "-" * len(header)]
-    for name, values in metrics["models"].items():
-        cells = [fmt.format(values[key]) if key in values else "-" for _, key, fmt in columns]
-        lines.append(f"{name:<14}" + "".join(f"{cell:>14}" for cell in cells))
-    return "\n".join(lines)
+    title = f"classification on the {metrics['split']} split ({metrics['gold_labels']} gold labels; mean verbalizer mass {metrics['verbalizer_mass']['mean']:.3f})"
+    return "\n".join([title, *model_table(metrics["models"], columns, 14, 14)])

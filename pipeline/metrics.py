@@ -80,12 +80,17 @@ def format_table(metrics: dict[str, Any]) -> str:
         ("tok/s", "tokens_per_s", "{:,.0f}"),
         ("speed-up", "speedup_vs_teacher", "{:.1f}x"),
     ]
-    header = f"{'model':<12}" + "".join(f"{title:>15}" for title, _, _ in columns)
+    return "\n".join(model_table(metrics["models"], columns, 12, 15))
+
+
+def model_table(models: dict[str, dict[str, Any]], columns: list[tuple[str, str, str]], name_width: int, cell_width: int) -> list[str]:
+    """Header, rule and one line per model; columns are (title, metrics key, format), '-' where a model lacks the key."""
+    header = f"{'model':<{name_width}}" + "".join(f"{title:>{cell_width}}" for title, _, _ in columns)
     lines = [header, "-" * len(header)]
-    for name, values in metrics["models"].items():
+    for name, values in models.items():
         cells = [fmt.format(values[key]) if key in values else "-" for _, key, fmt in columns]
-        lines.append(f"{name:<12}" + "".join(f"{cell:>15}" for cell in cells))
-    return "\n".join(lines)
+        lines.append(f"{name:<{name_width}}" + "".join(f"{cell:>{cell_width}}" for cell in cells))
+    return lines
 
 
 def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Path], speed_sequences: int = 16, batch_size: int = 8) -> dict[str, Any]:
