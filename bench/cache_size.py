@@ -30,6 +30,7 @@ from pipeline.cache import outputs_to_rows, parquet_options, read_manifest, spli
 from pipeline.codec import CacheEncoding, CacheRows, decode, encode, manifest_encoding, padded_entries
 from pipeline.convert import convert_cache
 from pipeline.decoding_error import position_kl
+from pipeline.errors import run_main
 from pipeline.streaming import stream_batches
 
 SETTINGS: list[tuple[str, CacheEncoding]] = [
@@ -171,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

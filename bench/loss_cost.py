@@ -27,6 +27,7 @@ import yaml
 from bench.memory import peak_tensor_bytes
 from pipeline.cache import read_manifest
 from pipeline.config import train_settings
+from pipeline.errors import run_main
 from pipeline.losses import DIVERGENCES, TAILS, distillation_loss
 from pipeline.student import build_student, position_logits
 from pipeline.streaming import TopKBatch, stream_batches
@@ -113,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

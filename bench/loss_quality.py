@@ -35,6 +35,7 @@ from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table,
 from pipeline.checkpoint import load_causal_lm
 from pipeline.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
 from pipeline.config import train_settings
+from pipeline.errors import run_main
 from pipeline.losses import DIVERGENCES, sparse_forward_kl
 from pipeline.sampling import SampledIds, draw_teacher_samples
 from pipeline.student import build_student, position_logits
@@ -250,10 +251,10 @@ def main() -> None:
     settings = replace(settings, loss="forward_kl", epochs=args.epochs or settings.epochs)
     seeds = args.seeds or [settings.seed]
     started = time.perf_counter()
-    teacher = load_causal_lm(Path(resolve_teacher("embedded", args.teacher)["path"]))
     validation_sequences = read_sequences(args.cache, "validation", args.validation_sequences)
     train_sequences = read_sequences(args.cache, "train", args.train_sequences)
     train_sequences += extra_train_sequences(args.cache, args.extra_train, {row[0] for row in validation_sequences})
+    teacher = load_causal_lm(Path(resolve_teacher("embedded", args.teacher)["path"]))
     train_split, train_match = rescore(teacher, train_sequences)
     validation, validation_match = rescore(teacher, validation_sequences)
     vocab_size = teacher.config.vocab_size
@@ -312,4 +313,4 @@ def print_table(results: dict[str, list[dict[str, float]]], seen_k: int) -> None
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,6 +28,7 @@ import torch
 from pipeline.backends import EngineSettings, load_backend
 from pipeline.cache import TeacherOutput, outputs_to_table, read_manifest, write_shard, zstd_level
 from pipeline.codec import CacheEncoding
+from pipeline.errors import run_main
 
 SHARD_ROWS = 64
 
@@ -155,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -12,7 +12,8 @@ import typer
 # time, and its registration of this sub-app must find `app` on this partly initialised module.
 app = typer.Typer(help="Text classification by distillation: LLM soft labels into a small classifier.", no_args_is_help=True)
 
-from pipeline.cli import clean_errors, params_section, student_folders  # noqa: E402
+from pipeline.cli import EmbeddedDir, NumWorkers, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, params_section, student_folders  # noqa: E402
+from pipeline.teacher_model import EMBEDDED_DIR  # noqa: E402
 
 
 def classify_section(params: Optional[Path], name: str) -> dict:
@@ -26,14 +27,14 @@ def teacher(
     test: Optional[Path] = typer.Option(None, help="held-out texts with gold labels, for `kd classify evaluate`"),
     out: Path = typer.Option(Path("data/classify-cache"), help="cache directory (resumed if it exists with the same settings)"),
     params: Optional[Path] = typer.Option(None, help="params.yaml whose 'classify.teacher' section gives labels, prompt and settings"),
-    model: str = typer.Option("embedded", help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder"),
+    model: TeacherModel = "embedded",
     text_column: Optional[str] = typer.Option(None, help="text column [default: classify.data.text_column of --params, else 'text']"),
     label_column: Optional[str] = typer.Option(None, help="gold label column [default: classify.data.label_column of --params, else 'label']"),
     batch_size: Optional[int] = None,
     scoring: Optional[str] = typer.Option(None, help="'sequence' (whole verbalizers) or 'first_token'"),
-    embedded_dir: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="where the embedded teacher is converted"),
-    num_workers: int = typer.Option(1, help="processes filling disjoint shards of the same cache"),
-    worker_index: int = 0,
+    embedded_dir: EmbeddedDir = EMBEDDED_DIR,
+    num_workers: NumWorkers = 1,
+    worker_index: WorkerIndex = 0,
 ) -> None:
     """Label texts zero-shot with the teacher and write the soft-label cache."""
     from pipeline.classify_data import read_labelled
@@ -52,10 +53,7 @@ def teacher(
     text_column, label_column = text_column or columns.get("text_column", "text"), label_column or columns.get("label_column", "label")
     data = {split: read_labelled(path, names, text_column, label_column) for split, path in files.items()}
     manifest = run_classify_teacher(data, resolve_teacher(model, embedded_dir), out, settings, worker_index, num_workers)
-    if manifest is None:
-        typer.echo(f"worker {worker_index} done; other workers' shards are still missing in {out}")
-    else:
-        typer.echo(f"cache complete: {sum(s['rows'] for s in manifest['splits'].values())} texts in {out}")
+    echo_fill_result(manifest, out, worker_index, "rows", "texts")
 
 
 @app.command()

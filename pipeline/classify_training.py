@@ -15,6 +15,7 @@ from pipeline.cache import TOKENIZER_DIR, read_manifest
 from pipeline.classify_cache import SoftLabels, read_soft_labels
 from pipeline.classify_loss import fit_label_temperature, hard_targets, hinton_loss, scaled_label_logprobs
 from pipeline.classify_student import ClassifierConfig, TextClassifier, one_thread, pad_batch, save_classifier, student_vocab
+from pipeline.losses import check_mixing
 from pipeline.student import count_parameters
 from pipeline.errors import PipelineError
 
@@ -38,10 +39,7 @@ class ClassifyTrainSettings:
         self.model.validate()
         if self.targets not in TARGETS:
             raise PipelineError(f"targets must be one of {', '.join(TARGETS)}, got '{self.targets}'")
-        if not 0 <= self.alpha <= 1:
-            raise PipelineError(f"alpha must be between 0 and 1, got {self.alpha}")
-        if self.temperature <= 0:
-            raise PipelineError(f"temperature must be above 0, got {self.temperature}")
+        check_mixing(self.alpha, self.temperature)
         if self.label_temperature != "fit" and not (isinstance(self.label_temperature, (int, float)) and self.label_temperature > 0):
             raise PipelineError(f"label_temperature must be 'fit' or a number above 0, got {self.label_temperature!r}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -6,14 +6,21 @@ import functools
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 import yaml
 
 from pipeline.errors import PipelineError
+from pipeline.teacher_model import EMBEDDED_DIR
 
 app = typer.Typer(help="Offline knowledge distillation from LLM teachers.", no_args_is_help=True, add_completion=False)
+
+# Options that `kd teacher` and `kd classify teacher` share.
+TeacherModel = Annotated[str, typer.Option(help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder")]
+EmbeddedDir = Annotated[Path, typer.Option(help="where the embedded teacher is converted")]
+NumWorkers = Annotated[int, typer.Option(help="processes filling disjoint shards of the same cache")]
+WorkerIndex = Annotated[int, typer.Option(help="which of the --num-workers processes this is, from 0")]
 
 
 def clean_errors(command: Callable) -> Callable:
@@ -37,6 +44,14 @@ def student_folders(items: list[str]) -> dict[str, Path]:
             raise PipelineError(f"--student expects NAME=FOLDER with an existing folder, got '{item}'")
         students[name] = Path(folder)
     return students
+
+
+def echo_fill_result(manifest: Optional[dict[str, Any]], out: Path, worker_index: int, count: str, unit: str) -> None:
+    """What a teacher worker leaves behind: a complete cache (`count` summed over splits), or its share of one."""
+    if manifest is None:
+        typer.echo(f"worker {worker_index} done; other workers' shards are still missing in {out}")
+    else:
+        typer.echo(f"cache complete: {sum(s[count] for s in manifest['splits'].values())} {unit} in {out}")
 
 
 def params_section(params: Optional[Path], section: str) -> dict[str, Any]:
@@ -67,7 +82,7 @@ def prepare(
 @app.command()
 @clean_errors
 def teacher(
-    model: str = typer.Option("embedded", help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder"),
+    model: TeacherModel = "embedded",
     prepared: Path = typer.Option(Path("data/prepared"), help="output of `kd prepare`"),
     out: Path = typer.Option(Path("data/cache"), help="cache directory (resumed if it exists with the same settings)"),
     params: Optional[Path] = typer.Option(None, help="params.yaml whose 'teacher' section gives the settings"),
@@ -78,9 +93,9 @@ def teacher(
     max_new_tokens: Optional[int] = None,
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (refused when no GPU is present)"),
     too_long: Optional[str] = typer.Option(None, help="a prompt over the teacher's length limit: 'refuse' (default) or 'truncate'"),
-    embedded_dir: Path = typer.Option(Path("models/smollm2-135m-instruct"), help="where the embedded teacher is converted"),
-    num_workers: int = typer.Option(1, help="processes filling disjoint shards of the same cache"),
-    worker_index: int = 0,
+    embedded_dir: EmbeddedDir = EMBEDDED_DIR,
+    num_workers: NumWorkers = 1,
+    worker_index: WorkerIndex = 0,
 ) -> None:
     """Run the teacher over prepared prompts and write the top-k (or sampled) cache."""
     from pipeline.config import teacher_settings
@@ -93,10 +108,7 @@ def teacher(
     if max_new_tokens is not None:
         settings = replace(settings, generation=replace(settings.generation, max_new_tokens=max_new_tokens))
     manifest = run_teacher(prepared, resolve_teacher(model, embedded_dir), out, settings, worker_index, num_workers)
-    if manifest is None:
-        typer.echo(f"worker {worker_index} done; other workers' shards are still missing in {out}")
-    else:
-        typer.echo(f"cache complete: {sum(s['tokens'] for s in manifest['splits'].values())} tokens in {out}")
+    echo_fill_result(manifest, out, worker_index, "tokens", "tokens")
 
 
 @app.command()
@@ -105,8 +117,7 @@ def finalize(path: Path = typer.Argument(..., help="cache directory that paralle
     """Write manifest.json once every shard exists (the worker that finishes last does this itself)."""
     from pipeline.cache import finalize_from_plan
 
-    manifest = finalize_from_plan(path)
-    typer.echo(f"cache complete: {sum(s['tokens'] for s in manifest['splits'].values())} tokens in {path}")
+    echo_fill_result(finalize_from_plan(path), path, 0, "tokens", "tokens")
 
 
 @app.command()

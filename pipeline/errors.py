@@ -1,5 +1,19 @@
-"""One exception type for every problem a user can fix; the CLI prints it as one line and exits 1."""
+"""One exception type for every problem a user can fix; entry points print it as one line and exit 1."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 
 class PipelineError(Exception):
     """A problem with the user's input, model or cache, stated in one line."""
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a script's main (a DVC stage, a benchmark), printing a PipelineError as one line with exit 1, not a traceback."""
+    try:
+        main()
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

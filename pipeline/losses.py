@@ -35,6 +35,14 @@ TAILS = ("bucket", "renormalize")
 PADDING = -1e30  # stands in for -inf at padded entries: exp() of it is 0, and padding minus padding is 0, not NaN
 
 
+def check_mixing(alpha: float, temperature: float) -> None:
+    """The two knobs every distillation loss here shares: the soft term's weight and its temperature."""
+    if not 0 <= alpha <= 1:
+        raise PipelineError(f"alpha must be between 0 and 1, got {alpha}")
+    if temperature <= 0:
+        raise PipelineError(f"temperature must be above 0, got {temperature}")
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """What `student.loss`, `tail`, `alpha`, `temperature`, `beta` and `skew` select in params.yaml."""
@@ -51,10 +59,7 @@ class LossSpec:
             raise PipelineError(f"unknown loss '{self.divergence}' (known: {', '.join(DIVERGENCES)})")
         if self.tail not in TAILS:
             raise PipelineError(f"unknown tail treatment '{self.tail}' (known: {', '.join(TAILS)})")
-        if not 0 <= self.alpha <= 1:
-            raise PipelineError(f"alpha must be between 0 and 1, got {self.alpha}")
-        if self.temperature <= 0:
-            raise PipelineError(f"temperature must be positive, got {self.temperature}")
+        check_mixing(self.alpha, self.temperature)
         if not 0 <= self.beta <= 1:
             raise PipelineError(f"beta must be between 0 and 1, got {self.beta}")
         if not 0 <= self.skew < 1:

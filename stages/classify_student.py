@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pipeline.classify_training import TARGETS, train_classifier_from_cache
 from pipeline.config import classify_train_settings
+from pipeline.errors import run_main
 from pipeline.training import write_loss_log
-from stages import load_params, run_stage
+from stages import load_params
 
 ARCHS = ("bilstm", "bag")
 VARIANTS = tuple(f"{arch}-{targets}" for arch in ARCHS for targets in TARGETS)
@@ -26,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

@@ -12,7 +12,8 @@ from pipeline.cache import OtherSettingsError
 from pipeline.classify_data import read_labelled
 from pipeline.classify_teacher import run_classify_teacher
 from pipeline.config import classify_teacher_settings
-from stages import load_params, run_stage, teacher_ref
+from pipeline.errors import run_main
+from stages import load_params, teacher_ref
 
 CACHE = Path("data/classify-cache")
 WORK = Path("data/.classify-cache-partial")
@@ -39,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

@@ -4,9 +4,10 @@ from pathlib import Path
 
 from pipeline.cache import write_json
 from pipeline.charts import plot_training
+from pipeline.errors import run_main
 from pipeline.metrics import evaluate_models, format_table
 from pipeline.training import read_loss_log
-from stages import load_params, run_stage, teacher_ref
+from stages import load_params, teacher_ref
 from stages.student import VARIANTS
 
 
@@ -21,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from pipeline.data import read_prompts, split_prompts, write_splits
-from stages import load_params, run_stage
+from pipeline.errors import run_main
+from stages import load_params
 
 
 def main() -> None:
@@ -15,4 +16,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

@@ -5,8 +5,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.config import train_settings
+from pipeline.errors import run_main
 from pipeline.training import train_student, write_loss_log
-from stages import load_params, run_stage
+from stages import load_params
 
 VARIANTS = ("distilled", "ce_only")
 
@@ -24,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

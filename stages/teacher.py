@@ -11,8 +11,9 @@ from pathlib import Path
 
 from pipeline.cache import OtherSettingsError
 from pipeline.config import teacher_settings
+from pipeline.errors import run_main
 from pipeline.teacher import run_teacher
-from stages import load_params, run_stage, teacher_ref
+from stages import load_params, teacher_ref
 
 CACHE = Path("data/cache")
 WORK = Path("data/.cache-partial")
@@ -32,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

@@ -1,12 +1,9 @@
 """Stage teacher_model: resolve teacher.model (converting the embedded GGUF once) into models/teacher.json."""
 
-from pathlib import Path
-
 from pipeline.cache import write_json
-from pipeline.teacher_model import resolve_teacher
-from stages import TEACHER_REF, load_params, run_stage
-
-EMBEDDED_DIR = Path("models/smollm2-135m-instruct")
+from pipeline.errors import run_main
+from pipeline.teacher_model import EMBEDDED_DIR, resolve_teacher
+from stages import TEACHER_REF, load_params
 
 
 def main() -> None:
@@ -15,4 +12,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_main(main)

@@ -18,12 +18,11 @@ from pipeline.backends.transformers_backend import TransformersBackend
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
 from pipeline.cli import app
 from pipeline.data import read_prompts, split_prompts, write_splits
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, run_main
 from pipeline.sequences import truncate
 from pipeline.teacher import run_teacher
 from pipeline.teacher_model import resolve_teacher
 from pipeline.verify import verify_cache
-from stages import run_stage
 
 runner = CliRunner()
 
@@ -225,6 +224,6 @@ def test_dvc_stages_print_one_error_line(capsys):
         raise PipelineError("prompt file not found: data/prompts.jsonl")
 
     with pytest.raises(SystemExit) as exit_info:
-        run_stage(stage)
+        run_main(stage)
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == "error: prompt file not found: data/prompts.jsonl\n"
