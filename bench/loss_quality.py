@@ -35,7 +35,7 @@ from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table,
 from pipeline.checkpoint import load_causal_lm
 from pipeline.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
 from pipeline.config import train_settings
-from pipeline.errors import run_main
+from pipeline.errors import PipelineError, run_main
 from pipeline.losses import DIVERGENCES, sparse_forward_kl
 from pipeline.sampling import SampledIds, draw_teacher_samples
 from pipeline.student import build_student, position_logits
@@ -72,11 +72,11 @@ def extra_train_sequences(cache: Path, extra: list[Path], validation_ids: set[st
     rows = []
     for n, path in enumerate(extra, 1):
         if read_manifest(path)["teacher"]["weights_sha256"] != weights:
-            raise SystemExit(f"error: {path} was made by another teacher than {cache}")
+            raise PipelineError(f"{path} was made by another teacher than {cache}")
         sequences = read_sequences(path, "train", 10**9)
         leaked = validation_ids & {row[0] for row in sequences}
         if leaked:
-            raise SystemExit(f"error: {path} trains on validation prompts of {cache} (first {sorted(leaked)[0]})")
+            raise PipelineError(f"{path} trains on validation prompts of {cache} (first {sorted(leaked)[0]})")
         rows += [(f"{row[0]}@{n}", *row[1:]) for row in sequences]
     return rows
 

@@ -305,14 +305,20 @@ def ship_tokenizer(cache_dir: Path, save: Callable[[Path], Any]) -> None:
     """Ship the tokenizer with the cache, so a consumer can train a student without the teacher.
 
     `save` writes it into a temporary folder (tokenizer.save_pretrained, or a copy), renamed into place.
+    Parallel workers may all save one; the first rename wins and the others drop theirs.
     """
     target = cache_dir / TOKENIZER_DIR
     if target.exists():
         return
-    tmp = cache_dir / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
+    tmp = temp_path(target)
     shutil.rmtree(tmp, ignore_errors=True)
     save(tmp)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fill_cache(

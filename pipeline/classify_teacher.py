@@ -134,6 +134,7 @@ def run_classify_teacher(
         report_mass(mass_summary(out_dir, manifest))
     return manifest
 
+
 def _fill_shards(backend: TeacherBackend, data: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: ClassifyTeacherSettings, verbalizers: list[list[int]]) -> None:
     tokenizer, started, texts = backend.tokenizer, time.perf_counter(), 0
     with tqdm(total=sum(s.stop - s.start for s in shards), unit="text", desc="classify teacher") as progress:

@@ -118,6 +118,7 @@ def run_teacher(
     fill = partial(_fill_shards, backend, splits, out_dir=out_dir, settings=settings, limit=limit, block=block)
     return fill_cache(out_dir, plan, shards, fill, tokenizer.save_pretrained, worker_index, num_workers)
 
+
 def _fill_shards(
     backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]
 ) -> None:

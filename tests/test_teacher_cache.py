@@ -10,7 +10,7 @@ from conftest import TINY_CACHE, cache_rows, tiny_settings
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from pipeline.cache import MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, read_manifest
+from pipeline.cache import MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, read_manifest, ship_tokenizer
 from pipeline.cache_summary import summarize_cache
 from pipeline.cli import app
 from pipeline.errors import PipelineError
@@ -142,6 +142,20 @@ def test_two_workers_then_finalize_equal_one_worker(tmp_path, tiny_cache, tiny_t
     assert not (out / MANIFEST_FILE).exists()
     assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=1, num_workers=2) == read_manifest(tiny_cache)
     assert cache_rows(out) == cache_rows(tiny_cache)
+
+
+def test_a_worker_that_ships_the_tokenizer_second_keeps_the_first_copy(tmp_path):
+    """Two workers starting together both find no tokenizer folder and both save one; the rename of the
+    second onto the first's (non-empty) folder must not fail the run or leave its temporary behind."""
+    def save_while_a_sibling_wins(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "tokenizer.json").write_text("second")
+        (tmp_path / TOKENIZER_DIR).mkdir()
+        (tmp_path / TOKENIZER_DIR / "tokenizer.json").write_text("first")
+
+    ship_tokenizer(tmp_path, save_while_a_sibling_wins)
+    assert (tmp_path / TOKENIZER_DIR / "tokenizer.json").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TOKENIZER_DIR]
 
 
 def test_kd_finalize_writes_the_manifest_workers_would(tmp_path, tiny_cache):
