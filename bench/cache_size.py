@@ -3,7 +3,7 @@
 Every shard of the cache is decoded once (the reference), then re-encoded in each setting in
 memory: shard bytes as `write_shard` writes them (Parquet, zstd), KL(original || decoded) per
 position between the full-vocabulary distributions the two caches imply (listed ids with their
-probabilities, the tail spread uniformly over the unlisted ids; pipeline.decoding_error), the
+probabilities, the tail spread uniformly over the unlisted ids; pipeline.cache.decoding_error), the
 largest error of the actual token's log-prob, and the time to encode + write and to read + decode
 into padded batch arrays, against the same for the version 1 (float32) shards. Times are the best
 of `--repeats` passes. With `--teacher` and `--draws`, the teacher also rescores the cache's
@@ -19,22 +19,25 @@ import argparse
 import io
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cache import outputs_to_rows, parquet_options, read_manifest, split_shards
-from pipeline.codec import CacheEncoding, CacheRows, decode, encode, manifest_encoding, padded_entries
-from pipeline.convert import convert_cache
-from pipeline.decoding_error import position_kl
+from pipeline.backends import outputs_to_rows
+from pipeline.cache import Cache
+from pipeline.cache.codec import CacheEncoding, CacheRows, decode, encode, manifest_encoding, padded_entries
+from pipeline.cache.convert import convert_cache
+from pipeline.cache.decoding_error import position_kl
+from pipeline.cache.writer import parquet_options
 from pipeline.errors import run_main
-from pipeline.streaming import stream_batches
+from pipeline.lm.streaming import stream_batches
 
 SETTINGS: list[tuple[str, CacheEncoding]] = [
-    ("float32 (v2 float32 = v1 columns)", CacheEncoding("float32")),
+    ("float32 (v2 float32 = v1 columns)", CacheEncoding(encoding="float32")),
     ("compact s=0.012 drop zstd19 (default)", CacheEncoding()),
     ("compact s=0.012 drop zstd3", CacheEncoding(zstd_level=3)),
     ("compact s=0.012 keep-zero zstd19", CacheEncoding(drop_zero_level=False)),
@@ -75,8 +78,8 @@ def measure(originals: list[CacheRows], source: list[bytes], source_block: dict[
     for name, settings in SETTINGS:
         block = settings.block(vocab, k)
         level = block.get("zstd_level")
-        encode_s, data = best_time(lambda: [write_bytes(encode(r, block), level) for r in originals], repeats)
-        read_s, decoded = best_time(lambda: read_decoded(data, block), repeats)
+        encode_s, data = best_time(lambda block=block, level=level: [write_bytes(encode(r, block), level) for r in originals], repeats)
+        read_s, decoded = best_time(lambda data=data, block=block: read_decoded(data, block), repeats)
         kl = np.concatenate([position_kl(o, d, vocab) for o, d in zip(originals, decoded)])
         token_error = max(float(np.abs(o.token_logprobs.astype(np.float64) - d.token_logprobs).max()) for o, d in zip(originals, decoded))
         listed = sum(int(d.entries.sum()) for d in decoded) / positions
@@ -124,10 +127,10 @@ def column_bytes(originals: list[CacheRows], block: dict[str, Any]) -> dict[str,
 
 def stream_rate(cache: Path, repeats: int) -> float:
     """Positions per second through the training reader (stream_batches, 8 sequences a batch, shuffled), all splits."""
-    manifest = read_manifest(cache)
+    opened = Cache.open(cache)
 
     def run() -> int:
-        return sum(batch.num_tokens for split in manifest["splits"] for batch in stream_batches(cache, split, 8, seed=0))
+        return sum(batch.num_tokens for split in opened.splits for batch in stream_batches(opened, split, 8, seed=0))
 
     seconds, positions = best_time(run, repeats)
     return positions / seconds
@@ -140,9 +143,10 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, default=None, help="teacher folder: also size sampled caches of the same sequences")
     parser.add_argument("--draws", type=int, nargs="*", default=[16, 32, 64], help="draws per position of the sampled caches (with --teacher)")
     args = parser.parse_args()
-    manifest = read_manifest(args.cache)
+    cache = Cache.open(args.cache)
+    manifest = cache.manifest
     source_block, vocab, k = manifest_encoding(manifest), manifest["tokenizer"]["vocab_size"], manifest["k"]
-    shards = [shard for split in manifest["splits"] for shard in split_shards(args.cache, manifest, split)]
+    shards = [shard for split in manifest["splits"] for shard in cache.shards(split)]
     source = [shard.path.read_bytes() for shard in shards]
     originals = [decode(pq.read_table(io.BytesIO(raw)), source_block) for raw in source]
     positions = sum(len(r.entries) for r in originals)

@@ -16,27 +16,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 import yaml
 
 from bench.memory import peak_tensor_bytes
-from pipeline.cache import read_manifest
-from pipeline.config import train_settings
+from pipeline.cache import Cache
 from pipeline.errors import run_main
-from pipeline.losses import DIVERGENCES, TAILS, distillation_loss
-from pipeline.student import build_student, position_logits
-from pipeline.streaming import TopKBatch, stream_batches
-from pipeline.training import TrainSettings, batch_loss
+from pipeline.lm.losses import DIVERGENCES, TAILS, distillation_loss
+from pipeline.lm.streaming import TopKBatch, stream_batches
+from pipeline.lm.student import build_student, position_logits
+from pipeline.lm.training import StudentSettings, batch_loss
 
 Loss = Callable[[torch.nn.Module, TopKBatch], torch.Tensor]
 
 
-def variants(settings: TrainSettings) -> dict[str, Loss]:
+def variants(settings: StudentSettings) -> dict[str, Loss]:
     """Plain CE first (the baseline), the full-logit autograd loss, then the chunked losses used in training
     (at the params.yaml settings except where the name says otherwise)."""
 
@@ -48,10 +46,10 @@ def variants(settings: TrainSettings) -> dict[str, Loss]:
         "forward_kl bucket, full logits": lambda model, batch: distillation_loss(
             logits(model, batch), batch.targets, batch.topk_ids, batch.topk_logprobs, settings.loss_spec()
         )["loss"],
-        "ce, chunked (alpha 0)": lambda model, batch: batch_loss(model, batch, replace(settings, alpha=0.0))["loss"],
+        "ce, chunked (alpha 0)": lambda model, batch: batch_loss(model, batch, settings.updated("student", alpha=0.0))["loss"],
     }
-    choices = {f"{divergence} {tail}": replace(settings, loss=divergence, tail=tail) for divergence in DIVERGENCES for tail in TAILS}
-    choices["forward_kl bucket, T = 2"] = replace(settings, loss="forward_kl", tail="bucket", temperature=2.0)
+    choices = {f"{divergence} {tail}": settings.updated("student", loss=divergence, tail=tail) for divergence in DIVERGENCES for tail in TAILS}
+    choices["forward_kl bucket, T = 2"] = settings.updated("student", loss="forward_kl", tail="bucket", temperature=2.0)
     for name, chosen in choices.items():
         table[name] = lambda model, batch, chosen=chosen: batch_loss(model, batch, chosen)["loss"]
     return table
@@ -71,17 +69,17 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss
 
 def measure(cache: Path, params: Path, batch_size: int, repeats: int) -> list[tuple[str, float, float, int]]:
     """(variant, median and minimum step seconds, peak tensor bytes) for every variant on the first training batch."""
-    section = yaml.safe_load(params.read_text())["student"]
-    settings = train_settings(section)
-    batch = next(iter(stream_batches(cache, "train", batch_size)))
-    model = build_student(section.get("model", {}), read_manifest(cache)["tokenizer"]["vocab_size"], settings.seed).train()
+    settings = StudentSettings.from_section(yaml.safe_load(params.read_text())["student"], "student")
+    opened = Cache.open(cache)
+    batch = next(iter(stream_batches(opened, "train", batch_size)))
+    model = build_student(settings.model, opened.vocab_size, settings.seed).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     losses = variants(settings)
     peaks = {}
     for name, loss in losses.items():
         training_step(model, optimizer, loss, batch)
         optimizer.zero_grad(set_to_none=True)
-        peaks[name] = peak_tensor_bytes(lambda: update(model, optimizer, loss, batch))
+        peaks[name] = peak_tensor_bytes(lambda loss=loss: update(model, optimizer, loss, batch))
     times: dict[str, list[float]] = {name: [] for name in losses}
     for _ in range(repeats):
         for name, loss in losses.items():

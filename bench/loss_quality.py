@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -31,17 +31,18 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from pipeline.cache import TeacherOutput, iter_record_batches, outputs_to_table, read_manifest, split_shards
-from pipeline.checkpoint import load_causal_lm
-from pipeline.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
-from pipeline.config import train_settings
+from pipeline.backends import TeacherOutput, outputs_to_table
+from pipeline.backends.sampling import SampledIds, draw_teacher_samples
+from pipeline.cache import Cache, read_manifest
+from pipeline.cache.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
 from pipeline.errors import PipelineError, run_main
-from pipeline.losses import DIVERGENCES, sparse_forward_kl
-from pipeline.sampling import SampledIds, draw_teacher_samples
-from pipeline.student import build_student, position_logits
-from pipeline.streaming import TopKBatch, to_topk_batch
+from pipeline.lm.losses import DIVERGENCES, sparse_forward_kl
+from pipeline.lm.streaming import TopKBatch, to_topk_batch
+from pipeline.lm.student import build_student, position_logits
+from pipeline.lm.training import StudentSettings, batch_loss
+from pipeline.models import load_causal_lm
 from pipeline.teacher_model import resolve_teacher
-from pipeline.training import TrainSettings, batch_loss, learning_rate
+from pipeline.training import learning_rate
 
 K_MAX = 50
 
@@ -60,7 +61,7 @@ class Split:
 class Variant:
     name: str
     k: int | None  # None: the teacher's full distribution
-    settings: TrainSettings
+    settings: StudentSettings
     draws: int | None = None  # a sampled cache with this many draws per position instead of the top-k
     compact: bool = False  # the top-k as the default compact encoding stores it (decoded), not exact
 
@@ -83,10 +84,10 @@ def extra_train_sequences(cache: Path, extra: list[Path], validation_ids: set[st
 
 def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[int], int, list[list[int]]]]:
     """(id, input_ids, response_start, cached ids per position) of the first `limit` rows of a split, any encoding."""
-    manifest = read_manifest(cache)
+    opened = Cache.open(cache)
     rows = []
-    for records in iter_record_batches(split_shards(cache, manifest, split), 64):
-        for row in rows_to_dicts(decode(records, manifest_encoding(manifest))):
+    for records in opened.batches(split, 64):
+        for row in rows_to_dicts(decode(records, manifest_encoding(opened.manifest))):
             rows.append((row["id"], row["input_ids"], row["response_start"], row["topk_ids"]))
     return rows[:limit]
 
@@ -169,7 +170,7 @@ def truncated(batch: TopKBatch, k: int) -> TopKBatch:
     return replace(batch, topk_ids=batch.topk_ids[:, :k].contiguous(), topk_logprobs=batch.topk_logprobs[:, :k].contiguous())
 
 
-def full_logit_loss(model: torch.nn.Module, batch: TopKBatch, teacher: torch.Tensor, settings: TrainSettings) -> torch.Tensor:
+def full_logit_loss(model: torch.nn.Module, batch: TopKBatch, teacher: torch.Tensor, settings: StudentSettings) -> torch.Tensor:
     """The online reference: the same objective with the teacher's whole distribution (dense forward KL)."""
     logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns)
     t = settings.temperature
@@ -187,7 +188,7 @@ def train(variant: Variant, train_split: Split, model_config: dict, vocab_size: 
     for epoch in range(settings.epochs):
         for batch, teacher in batches(train_split, settings.batch_size, settings.seed + epoch, variant.draws, variant.k if variant.compact else None):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total, settings)
+                group["lr"] = learning_rate(step, total, settings.lr, settings.warmup_steps)
             if variant.k is None:
                 loss = full_logit_loss(model, batch, teacher, settings)
             else:
@@ -215,14 +216,14 @@ def score(model: torch.nn.Module, split: Split, batch_size: int, seen_k: int) ->
     return {"kl": kl / tokens, "seen_kl": seen / tokens, "top1": agree / tokens}
 
 
-def variants(settings: TrainSettings, ks: list[int], divergences: list[str], draws: list[int], tails: list[str], compact: list[int]) -> list[Variant]:
+def variants(settings: StudentSettings, ks: list[int], divergences: list[str], draws: list[int], tails: list[str], compact: list[int]) -> list[Variant]:
     table = [Variant("full logits (online)", None, settings)]
     for tail in tails:
-        table += [Variant(f"{settings.loss} {tail} k={k}", k, replace(settings, tail=tail)) for k in ks]
+        table += [Variant(f"{settings.loss} {tail} k={k}", k, settings.updated("student", tail=tail)) for k in ks]
     table += [Variant(f"{settings.loss} bucket k={k} compact", k, settings, compact=True) for k in compact]
     table += [Variant(f"sampled N={n}", K_MAX, settings, draws=n) for n in draws]
-    table += [Variant(f"{name} bucket k={ks[len(ks) // 2]}", ks[len(ks) // 2], replace(settings, loss=name, tail="bucket")) for name in divergences]
-    return table + [Variant("ce only", K_MAX, replace(settings, alpha=0.0))]
+    table += [Variant(f"{name} bucket k={ks[len(ks) // 2]}", ks[len(ks) // 2], settings.updated("student", loss=name, tail="bucket")) for name in divergences]
+    return table + [Variant("ce only", K_MAX, settings.updated("student", alpha=0.0))]
 
 
 def main() -> None:
@@ -247,8 +248,8 @@ def main() -> None:
 
     section = yaml.safe_load(args.params.read_text())["student"]
     section["model"] = {**section.get("model", {}), **args.model}
-    settings = train_settings(section)
-    settings = replace(settings, loss="forward_kl", epochs=args.epochs or settings.epochs)
+    settings = StudentSettings.from_section(section, "student")
+    settings = settings.updated("student", loss="forward_kl", epochs=args.epochs or settings.epochs)
     seeds = args.seeds or [settings.seed]
     started = time.perf_counter()
     validation_sequences = read_sequences(args.cache, "validation", args.validation_sequences)
@@ -270,13 +271,13 @@ def main() -> None:
         f"({positions[0]} / {positions[1]} answer positions) in {time.perf_counter() - started:.0f} s; "
         f"top-{read_manifest(args.cache)['k']} id sets equal to the cache's at {100 * train_match:.1f}% / {100 * validation_match:.1f}% of positions"
     )
-    print(f"student: {section['model']}, {settings.epochs} epochs, batch {settings.batch_size}, alpha {settings.alpha}, T {settings.temperature}, seeds {seeds}")
+    print(f"student: {settings.model}, {settings.epochs} epochs, batch {settings.batch_size}, alpha {settings.alpha}, T {settings.temperature}, seeds {seeds}")
     seen_k = args.k[len(args.k) // 2]
     results: dict[str, list[dict[str, float]]] = {}
     for seed in seeds:
-        for variant in variants(replace(settings, seed=seed), args.k, args.divergences, args.draws, args.tails, args.compact):
+        for variant in variants(settings.updated("student", seed=seed), args.k, args.divergences, args.draws, args.tails, args.compact):
             begun = time.perf_counter()
-            model = train(variant, train_split, section["model"], vocab_size)
+            model = train(variant, train_split, settings.model, vocab_size)
             results.setdefault(variant.name, []).append(score(model, validation, settings.batch_size, seen_k))
             print(f"  {variant.name} seed {seed}: {results[variant.name][-1]}, trained in {time.perf_counter() - begun:.0f} s", flush=True)
     print_table(results, seen_k)

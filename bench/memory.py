@@ -8,7 +8,8 @@ held by tensors, and its maximum is the peak above what was live when the code s
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile

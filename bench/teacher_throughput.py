@@ -18,16 +18,18 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.backends import EngineSettings, load_backend
-from pipeline.cache import TeacherOutput, outputs_to_table, read_manifest, write_shard, zstd_level
-from pipeline.codec import CacheEncoding
+from pipeline.backends import EngineSettings, TeacherOutput, load_backend, outputs_to_table
+from pipeline.cache import read_manifest, write_shard
+from pipeline.cache.codec import CacheEncoding
+from pipeline.cache.writer import zstd_level
 from pipeline.errors import run_main
 
 SHARD_ROWS = 64

@@ -6,12 +6,31 @@ import hashlib
 from pathlib import Path
 
 import polars as pl
+from pydantic import Field
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import PipelineError
+from pipeline.settings import Settings
 
 READERS = {".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}
 TEXT_FORMATS = (".jsonl", ".ndjson", ".csv")
 SPLITS = ("train", "validation")
+
+
+class DataSettings(Settings):
+    """The `data` section: the prompt set and its train/validation split."""
+
+    prompts: Path = Path("data/prompts.jsonl")  # JSONL, CSV or Parquet with a prompt column (and optional id, response)
+    text_column: str = "prompt"
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+
+def prepare_prompts(settings: DataSettings, out_dir: Path) -> dict[str, pl.DataFrame]:
+    """`kd prepare` and the prepare stage: read and check the prompt set, split it, write the splits."""
+    splits = split_prompts(read_prompts(settings.prompts, settings.text_column), settings.validation_fraction, settings.seed)
+    write_splits(splits, out_dir)
+    return splits
 
 
 def read_prompts(path: Path, text_column: str = "prompt", response_column: str = "response") -> pl.DataFrame:
@@ -26,11 +45,11 @@ def read_prompts(path: Path, text_column: str = "prompt", response_column: str =
     if "id" in frame.columns:
         columns["id"] = pl.col("id").cast(pl.String)
     out = frame.select(**columns)
-    _check_text(out, "prompt", path)
+    check_text(out, "prompt", path)
     if "response" in out.columns:
-        _check_text(out, "response", path)
+        check_text(out, "response", path)
     if "id" not in out.columns:
-        out = out.with_columns(id=pl.col("prompt").map_elements(_text_id, return_dtype=pl.String))
+        out = out.with_columns(id=pl.col("prompt").map_elements(text_id, return_dtype=pl.String))
     blank_ids = out.filter(pl.col("id").is_null() | (pl.col("id").str.strip_chars() == "")).height
     if blank_ids:
         raise PipelineError(f"{path}: {blank_ids} row(s) have an empty id")
@@ -71,13 +90,13 @@ def _check_text_file(path: Path) -> None:
         raise PipelineError(f"{path} has no rows")
 
 
-def _check_text(frame: pl.DataFrame, column: str, path: Path) -> None:
+def check_text(frame: pl.DataFrame, column: str, path: Path) -> None:
     blank = frame.with_row_index().filter(pl.col(column).is_null() | (pl.col(column).str.strip_chars() == ""))
     if blank.height:
         raise PipelineError(f"{path}: {blank.height} row(s) have an empty {column}, first at row {blank['index'][0]}")
 
 
-def _text_id(text: str) -> str:
+def text_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -85,9 +104,7 @@ def split_prompts(prompts: pl.DataFrame, validation_fraction: float, seed: int) 
     """Assign each id to a split by a seeded hash: adding prompts never moves existing ones."""
     if not 0 < validation_fraction < 1:
         raise PipelineError(f"validation_fraction must be between 0 and 1, got {validation_fraction}")
-    bucket = prompts["id"].map_elements(
-        lambda i: int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64, return_dtype=pl.Float64
-    )
+    bucket = prompts["id"].map_elements(lambda i: int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64, return_dtype=pl.Float64)
     is_validation = bucket < validation_fraction
     splits = {"train": prompts.filter(~is_validation).sort("id"), "validation": prompts.filter(is_validation).sort("id")}
     for name, frame in splits.items():
@@ -97,11 +114,11 @@ def split_prompts(prompts: pl.DataFrame, validation_fraction: float, seed: int) 
 
 
 def write_splits(splits: dict[str, pl.DataFrame], out_dir: Path) -> None:
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():
-        tmp = out_dir / f".{name}.parquet.tmp"
-        frame.write_parquet(tmp)
-        tmp.replace(out_dir / f"{name}.parquet")
+        with atomic_path(out_dir / f"{name}.parquet") as tmp:
+            frame.write_parquet(tmp)
 
 
 def read_split(prepared_dir: Path, split: str) -> pl.DataFrame:

@@ -2,22 +2,16 @@
 
 from pathlib import Path
 
-from pipeline.cache import write_json
-from pipeline.charts import plot_training
 from pipeline.errors import run_main
-from pipeline.metrics import evaluate_models, format_table
-from pipeline.training import read_loss_log
-from stages import load_params, teacher_ref
+from pipeline.lm.metrics import EvaluateSettings, evaluate_students, format_table
+from stages import params, teacher_ref
 from stages.student import VARIANTS
 
 
 def main() -> None:
-    settings = load_params()["evaluate"]
     students = {variant: Path(f"models/student-{variant}") for variant in VARIANTS}
-    metrics = evaluate_models(Path("data/cache"), Path(teacher_ref()["path"]), students, settings["speed_sequences"], settings["batch_size"])
-    write_json(Path("reports/metrics.json"), metrics)
-    logs = {variant: read_loss_log(Path(f"reports/loss/{variant}.csv")) for variant in VARIANTS}
-    plot_training(logs, metrics, Path("reports/training.png"))
+    logs = {variant: Path(f"reports/loss/{variant}.csv") for variant in VARIANTS}
+    metrics = evaluate_students(Path("data/cache"), Path(teacher_ref()["path"]), students, params("evaluate", EvaluateSettings), Path("reports/metrics.json"), Path("reports/training.png"), logs)
     print(format_table(metrics))
 
 

@@ -2,16 +2,13 @@
 
 from pathlib import Path
 
-from pipeline.data import read_prompts, split_prompts, write_splits
+from pipeline.data import DataSettings, prepare_prompts
 from pipeline.errors import run_main
-from stages import load_params
+from stages import params
 
 
 def main() -> None:
-    data = load_params()["data"]
-    prompts = read_prompts(Path(data["prompts"]), data.get("text_column", "prompt"))
-    splits = split_prompts(prompts, data["validation_fraction"], data["seed"])
-    write_splits(splits, Path("data/prepared"))
+    splits = prepare_prompts(params("data", DataSettings), Path("data/prepared"))
     print(", ".join(f"{name}: {frame.height} prompts" for name, frame in splits.items()))
 
 

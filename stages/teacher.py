@@ -1,34 +1,23 @@
 """Stage teacher: run the teacher over the prepared prompts and write the top-k cache.
 
-DVC deletes a stage's outputs before running it, so the teacher writes into WORK, outside the
-outputs, and moves the finished cache into place: after a crash, `dvc repro` resumes from the
-shards already in WORK instead of starting over.
+The cache is filled in WORK, outside the stage's outputs (which DVC deletes before a run), and
+moved into place when complete: after a crash, `dvc repro` resumes from the shards in WORK.
 """
 
-import os
-import shutil
+from functools import partial
 from pathlib import Path
 
-from pipeline.cache import OtherSettingsError
-from pipeline.config import teacher_settings
+from pipeline.cache import publish
 from pipeline.errors import run_main
-from pipeline.teacher import run_teacher
-from stages import load_params, teacher_ref
+from pipeline.lm.teacher import TeacherSettings, run_teacher
+from stages import params, teacher_ref
 
 CACHE = Path("data/cache")
 WORK = Path("data/.cache-partial")
 
 
 def main() -> None:
-    settings = teacher_settings(load_params()["teacher"])
-    try:
-        manifest = run_teacher(Path("data/prepared"), teacher_ref(), WORK, settings)
-    except OtherSettingsError:
-        print(f"teacher: {WORK} holds an unfinished run with other settings; starting over")
-        shutil.rmtree(WORK)
-        manifest = run_teacher(Path("data/prepared"), teacher_ref(), WORK, settings)
-    shutil.rmtree(CACHE, ignore_errors=True)
-    os.replace(WORK, CACHE)
+    manifest = publish(partial(run_teacher, Path("data/prepared"), teacher_ref(), settings=params("teacher", TeacherSettings)), WORK, CACHE)
     print(f"cache: {sum(s['tokens'] for s in manifest['splits'].values())} tokens in {CACHE}")
 
 

@@ -90,8 +90,7 @@ def cache_rows(cache_dir):
     import pyarrow.parquet as pq
 
     from pipeline.cache import read_manifest
-
-    from pipeline.codec import decode, manifest_encoding, rows_to_dicts
+    from pipeline.cache.codec import decode, manifest_encoding, rows_to_dicts
 
     manifest = read_manifest(cache_dir)
     tables = [pq.read_table(cache_dir / entry["file"]) for split in manifest["splits"].values() for entry in split["shards"]]
@@ -102,9 +101,9 @@ TINY_CACHE = {"drop_zero_level": False}  # the tiny teacher is so peaky that dro
 
 
 def tiny_settings(**overrides):
-    from pipeline.backends import GenerationSettings
-    from pipeline.codec import CacheEncoding
-    from pipeline.teacher import TeacherSettings
+    from pipeline.backends.base import GenerationSettings
+    from pipeline.cache.codec import CacheEncoding
+    from pipeline.lm.teacher import TeacherSettings
 
     generation = GenerationSettings(max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0)
     return TeacherSettings(**{"k": 8, "batch_size": 4, "shard_rows": 5, "generation": generation, "cache": CacheEncoding(**TINY_CACHE), **overrides})
@@ -112,7 +111,7 @@ def tiny_settings(**overrides):
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
-    from pipeline.teacher import run_teacher
+    from pipeline.lm.teacher import run_teacher
     from pipeline.teacher_model import resolve_teacher
 
     out = tmp_path_factory.mktemp("cache") / "cache"
@@ -123,12 +122,12 @@ def tiny_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
 @pytest.fixture(scope="session")
 def float32_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
     """The tiny teacher's cache in the exact float32 encoding (tiny_cache is the same run, compact)."""
-    from pipeline.codec import CacheEncoding
-    from pipeline.teacher import run_teacher
+    from pipeline.cache.codec import CacheEncoding
+    from pipeline.lm.teacher import run_teacher
     from pipeline.teacher_model import resolve_teacher
 
     out = tmp_path_factory.mktemp("cache") / "float32"
-    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings(cache=CacheEncoding("float32"))) is not None
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings(cache=CacheEncoding(encoding="float32"))) is not None
     return out
 
 

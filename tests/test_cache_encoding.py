@@ -10,24 +10,12 @@ import torch
 from conftest import TINY_CACHE, cache_rows
 from typer.testing import CliRunner
 
-from pipeline.cache import (
-    MANIFEST_FILE,
-    PLAN_FILE,
-    SampledOutput,
-    TeacherOutput,
-    finalize_cache,
-    open_cache_for_writing,
-    outputs_to_table,
-    planned_shards,
-    read_manifest,
-    write_shard,
-    zstd_level,
-)
-from pipeline.cli import app
-from pipeline.codec import CacheEncoding, decode, encode, manifest_encoding
-from pipeline.convert import convert_cache
-from pipeline.decoding_error import position_kl
-from pipeline.encoding import (
+from pipeline.backends import SampledOutput, TeacherOutput, outputs_to_table
+from pipeline.cache import MANIFEST_FILE, PLAN_FILE, Cache, read_manifest, write_shard
+from pipeline.cache.codec import CacheEncoding, decode, encode, manifest_encoding
+from pipeline.cache.convert import convert_cache
+from pipeline.cache.decoding_error import position_kl
+from pipeline.cache.encoding import (
     byte_width,
     dequantize_neglog,
     dequantize_sqrt,
@@ -38,9 +26,12 @@ from pipeline.encoding import (
     quantize_sqrt,
     unpack_planes,
 )
+from pipeline.cache.plan import planned_shards
+from pipeline.cache.verify import verify_cache
+from pipeline.cache.writer import finalize_cache, open_cache_for_writing, zstd_level
+from pipeline.cli import app
 from pipeline.errors import PipelineError
-from pipeline.streaming import stream_batches, to_topk_batch
-from pipeline.verify import verify_cache
+from pipeline.lm.streaming import stream_batches, to_topk_batch
 
 runner = CliRunner()
 rng = np.random.default_rng(0)
@@ -126,7 +117,7 @@ def test_compact_round_trip_within_the_declared_bound(vocab, drop):
 
 def test_float32_encoding_is_exact():
     outputs = teacher_outputs(300, 5)
-    block = CacheEncoding("float32").block(300, 5)
+    block = CacheEncoding(encoding="float32").block(300, 5)
     rows = decode(outputs_to_table(["a", "b", "c"], outputs, block), block)
     assert np.array_equal(rows.entry_ids, np.concatenate([o.topk_ids.reshape(-1) for o in outputs]))
     assert np.array_equal(rows.entry_logprobs, np.concatenate([o.topk_logprobs.reshape(-1) for o in outputs]))
@@ -170,7 +161,7 @@ def test_sampled_storage_round_trip():
     assert torch.equal(batch.counts.sum(-1), torch.full((len(rows.entries),), 32.0))
     assert torch.isneginf(batch.topk_logprobs[batch.counts == 0]).all()
     with pytest.raises(PipelineError, match="sampled caches need the compact encoding"):
-        CacheEncoding("float32").block(300, 20, draws=32)
+        CacheEncoding(encoding="float32").block(300, 20, draws=32)
 
 
 def write_sampled_cache(tiny_cache, out):
@@ -189,7 +180,7 @@ def test_sampled_cache_streams_inspects_and_verifies(tmp_path, tiny_cache):
     out = tmp_path / "sampled"
     write_sampled_cache(tiny_cache, out)
     assert verify_cache(out) == []
-    batch = next(stream_batches(out, "train", 4))
+    batch = next(stream_batches(Cache.open(out), "train", 4))
     assert batch.counts is not None and (batch.counts.sum(-1) == 32).all()
     result = runner.invoke(app, ["inspect", str(out)])
     assert result.exit_code == 0, result.output
@@ -205,7 +196,7 @@ def test_v1_and_v2_readers_give_the_same_batches_up_to_the_bound(tmp_path, float
         for ours, theirs in zip(manifest["splits"][split]["shards"], reference["splits"][split]["shards"]):
             assert ours["sha256"] == theirs["sha256"]
     step = manifest["encoding"]["sqrt_step"]
-    for exact, compact in zip(stream_batches(float32_cache, "validation", 3), stream_batches(converted, "validation", 3)):
+    for exact, compact in zip(stream_batches(Cache.open(float32_cache), "validation", 3), stream_batches(Cache.open(converted), "validation", 3)):
         for name in ("input_ids", "attention_mask", "rows", "columns", "targets", "response_start"):
             assert torch.equal(getattr(exact, name), getattr(compact, name)), name
         assert compact.counts is None
@@ -218,7 +209,7 @@ def test_v1_and_v2_readers_give_the_same_batches_up_to_the_bound(tmp_path, float
 
 def test_convert_resumes_and_refuses_another_plan(tmp_path, tiny_cache):
     out = tmp_path / "plain"
-    first = convert_cache(tiny_cache, out, CacheEncoding("float32"))
+    first = convert_cache(tiny_cache, out, CacheEncoding(encoding="float32"))
     assert first["format_version"] == 2 and first["encoding"]["name"] == "float32"
     assert first["converted_from"]["manifest_sha256"] == read_manifest(tiny_cache)["manifest_sha256"]
     assert (out / "tokenizer" / "tokenizer.json").exists() and "encoding `float32`" in (out / "README.md").read_text()
@@ -227,11 +218,11 @@ def test_convert_resumes_and_refuses_another_plan(tmp_path, tiny_cache):
     (out / MANIFEST_FILE).unlink()
     (out / "train" / "shard-00001.parquet").unlink()
     (out / "train" / ".shard-00001.parquet.tmp-999999").write_bytes(b"partial")
-    assert convert_cache(tiny_cache, out, CacheEncoding("float32")) == first
+    assert convert_cache(tiny_cache, out, CacheEncoding(encoding="float32")) == first
     assert (out / "train" / "shard-00000.parquet").stat().st_mtime_ns == kept
     assert not (out / "train" / ".shard-00001.parquet.tmp-999999").exists()
     with pytest.raises(PipelineError, match=r"holds a cache made with other settings \(encoding differ\)"):
-        convert_cache(tiny_cache, out, CacheEncoding("compact", sqrt_step=0.02))
+        convert_cache(tiny_cache, out, CacheEncoding(encoding="compact", sqrt_step=0.02))
     back = tmp_path / "back"
     result = runner.invoke(app, ["convert", str(out), str(back), "--sqrt-step", "0.02"])
     assert result.exit_code == 0 and result.output.startswith(f"converted: {first['splits']['train']['tokens'] + first['splits']['validation']['tokens']} tokens in {back}, encoding compact")
@@ -242,7 +233,7 @@ def test_convert_refuses_its_own_source_and_bad_settings(tmp_path, tiny_cache):
     result = runner.invoke(app, ["convert", str(tiny_cache), str(tiny_cache)])
     assert result.exit_code == 1 and result.output.strip() == f"error: convert writes a new cache: {tiny_cache} is the source itself"
     result = runner.invoke(app, ["convert", str(tiny_cache), str(tmp_path / "x"), "--encoding", "int4"])
-    assert result.exit_code == 1 and result.output.strip() == "error: unknown cache encoding 'int4' (known: compact, float32)"
+    assert result.exit_code == 1 and result.output.strip() == "error: encoding: 'int4' is not one of 'compact' or 'float32'"
     assert not (tmp_path / "x").exists()
 
 
@@ -259,7 +250,8 @@ def test_inspect_reports_encoding_bytes_and_retained_mass(tiny_cache):
 
 def test_version_1_caches_stay_readable(tmp_path, float32_cache):
     """A cache as version 1 wrote it: no encoding block, format_version 1."""
-    from pipeline.cache import manifest_checksum, write_json
+    from pipeline.atomic import write_json
+    from pipeline.cache import manifest_checksum
 
     old = tmp_path / "v1"
     shutil.copytree(float32_cache, old)
@@ -269,7 +261,7 @@ def test_version_1_caches_stay_readable(tmp_path, float32_cache):
     manifest["manifest_sha256"] = manifest_checksum(manifest)
     write_json(old / MANIFEST_FILE, manifest)
     assert verify_cache(old) == []
-    assert sum(b.num_tokens for b in stream_batches(old, "train", 4)) == manifest["splits"]["train"]["tokens"]
+    assert sum(b.num_tokens for b in stream_batches(Cache.open(old), "train", 4)) == manifest["splits"]["train"]["tokens"]
     assert "float32 (exact" in runner.invoke(app, ["inspect", str(old)]).output
     assert cache_rows(old) == cache_rows(float32_cache)
     table = pq.read_table(old / "train" / "shard-00000.parquet")

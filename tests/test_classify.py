@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +13,11 @@ import torch
 from conftest import REPO
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.classify_data import read_labelled
-from pipeline.classify_loss import hinton_loss
-from pipeline.classify_scoring import normalise, verbalizer_logprobs
+from pipeline.backends.verbalizer_scoring import normalise, verbalizer_logprobs
+from pipeline.classify.data import read_labelled
+from pipeline.classify.loss import hinton_loss
+from pipeline.classify.prompt import ClassifyPrompt, render_prompt, verbalizer_ids
 from pipeline.errors import PipelineError
-from pipeline.verbalizers import ClassifyPrompt, render_prompt, verbalizer_ids
 
 LABELS = ["negative", "positive"]
 REVIEWS = REPO / "data" / "reviews"
@@ -73,7 +73,7 @@ def test_first_token_scoring_scores_first_tokens_and_refuses_shared_ones(teacher
     shared = ClassifyPrompt(labels={"a": " the cat", "b": " the dog"}, scoring="first_token")
     with pytest.raises(PipelineError, match="share their first verbalizer token"):
         verbalizer_ids(tokenizer, shared)
-    assert len(verbalizer_ids(tokenizer, replace(shared, scoring="sequence"))) == 2  # whole sequences tell them apart
+    assert len(verbalizer_ids(tokenizer, shared.updated(scoring="sequence"))) == 2  # whole sequences tell them apart
 
 
 @pytest.mark.parametrize(
@@ -124,14 +124,14 @@ def test_hinton_loss_equals_a_reference():
 
 
 def test_an_id_in_two_splits_is_refused_before_any_output(tmp_path, tiny_teacher):
-    from pipeline.classify_teacher import ClassifyTeacherSettings, run_classify_teacher
+    from pipeline.classify.teacher import ClassifyTeacherSettings, run_classify_teacher
     from pipeline.teacher_model import resolve_teacher
 
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     train.write_text('{"text": "A fine film.", "label": "positive"}\n{"text": "Dull.", "label": "negative"}\n')
     test.write_text('{"text": "Dull.", "label": "negative"}\n')
     data = {"train": read_labelled(train, LABELS), "test": read_labelled(test, LABELS)}
-    settings = ClassifyTeacherSettings(prompt=ClassifyPrompt(labels={"negative": " no", "positive": " yes"}))
+    settings = ClassifyTeacherSettings(labels={"negative": " no", "positive": " yes"})
     with pytest.raises(PipelineError, match="is in both the train and the test data"):
         run_classify_teacher(data, resolve_teacher(str(tiny_teacher), tiny_teacher), tmp_path / "cache", settings)
     assert not (tmp_path / "cache").exists()
@@ -139,7 +139,7 @@ def test_an_id_in_two_splits_is_refused_before_any_output(tmp_path, tiny_teacher
 
 def test_label_temperature_fit_recovers_the_teachers_overconfidence():
     """Gold labels drawn from softmax(z); a teacher reporting softmax(2.5 z) is over-confident by 2.5x."""
-    from pipeline.classify_loss import fit_label_temperature, scaled_label_logprobs
+    from pipeline.classify.loss import fit_label_temperature, scaled_label_logprobs
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(20_000, 3, generator=g, dtype=torch.float64) * 1.5
@@ -156,7 +156,7 @@ def test_label_temperature_fit_recovers_the_teachers_overconfidence():
 
 @pytest.fixture(scope="module")
 def classify_cache(tmp_path_factory, tiny_teacher) -> Path:
-    from pipeline.classify_teacher import ClassifyTeacherSettings, run_classify_teacher
+    from pipeline.classify.teacher import ClassifyTeacherSettings, run_classify_teacher
     from pipeline.teacher_model import resolve_teacher
 
     root = tmp_path_factory.mktemp("classify")
@@ -164,26 +164,28 @@ def classify_cache(tmp_path_factory, tiny_teacher) -> Path:
         "train": read_labelled(reviews(root / "train.jsonl", "train", 120), LABELS),
         "test": read_labelled(reviews(root / "test.jsonl", "test", 40), LABELS),
     }
-    settings = ClassifyTeacherSettings(prompt=ClassifyPrompt(labels={"negative": " no", "positive": " yes"}), batch_size=16, shard_rows=50)
+    settings = ClassifyTeacherSettings(labels={"negative": " no", "positive": " yes"}, batch_size=16, shard_rows=50)
     out = root / "cache"
     assert run_classify_teacher(data, resolve_teacher(str(tiny_teacher), tiny_teacher), out, settings) is not None
     return out
 
 
-def test_classify_cache_is_complete_verified_and_resumable(classify_cache, tiny_teacher, capsys):
-    from pipeline.cache import read_manifest
-    from pipeline.cache_summary import format_summary, summarize_cache
-    from pipeline.classify_cache import read_soft_labels
-    from pipeline.classify_teacher import ClassifyTeacherSettings, run_classify_teacher
+def test_classify_cache_is_complete_verified_and_resumable(classify_cache, tiny_teacher, caplog):
+    from pipeline.cache import Cache, read_manifest
+    from pipeline.cache.soft_labels import read_soft_labels
+    from pipeline.cache.summary import format_summary, summarize_cache
+    from pipeline.cache.verify import verify_cache
+    from pipeline.classify.teacher import ClassifyTeacherSettings, run_classify_teacher
     from pipeline.teacher_model import resolve_teacher
-    from pipeline.verify import verify_cache
+
+    caplog.set_level(logging.INFO)
 
     manifest = read_manifest(classify_cache)
     assert manifest["task"] == "classify_soft_labels" and manifest["classify"]["label_names"] == LABELS
     assert {name: s["rows"] for name, s in manifest["splits"].items()} == {"train": 120, "test": 40}
     assert verify_cache(classify_cache) == []
     assert "teacher accuracy" in format_summary(summarize_cache(classify_cache))
-    test = read_soft_labels(classify_cache, "test")
+    test = read_soft_labels(Cache.open(classify_cache), "test")
     texts = [json.loads(line)["text"] for line in REVIEWS.joinpath("test.jsonl").read_text().splitlines()[:40]]
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
     assert test.input_ids == [tokenizer.encode(t, add_special_tokens=False) for t in texts]  # the text alone, for the student
@@ -191,42 +193,42 @@ def test_classify_cache_is_complete_verified_and_resumable(classify_cache, tiny_
 
     shard = classify_cache / "train" / "shard-00000.parquet"
     written = shard.stat().st_mtime_ns
-    settings = ClassifyTeacherSettings(prompt=ClassifyPrompt(labels={"negative": " no", "positive": " yes"}), batch_size=16, shard_rows=50)
+    settings = ClassifyTeacherSettings(labels={"negative": " no", "positive": " yes"}, batch_size=16, shard_rows=50)
     data = {"train": read_labelled(REVIEWS / "train.jsonl", LABELS).head(120), "test": read_labelled(REVIEWS / "test.jsonl", LABELS).head(40)}
     shard.unlink()
     run_classify_teacher(data, resolve_teacher(str(tiny_teacher), tiny_teacher), classify_cache, settings)
     assert verify_cache(classify_cache) == []  # the missing shard was made again, the others kept
     assert (classify_cache / "train" / "shard-00001.parquet").stat().st_mtime_ns < shard.stat().st_mtime_ns
     assert shard.stat().st_mtime_ns != written
-    assert "verbalizer mass mean" in capsys.readouterr().out
+    assert "verbalizer mass mean" in caplog.text
 
 
 def test_convert_and_top_k_students_refuse_a_classify_cache(classify_cache, tmp_path):
-    from pipeline.codec import CacheEncoding
-    from pipeline.convert import convert_cache
+    from pipeline.cache.codec import CacheEncoding
+    from pipeline.cache.convert import convert_cache
 
     with pytest.raises(PipelineError, match="classification cache"):
         convert_cache(classify_cache, tmp_path / "converted", CacheEncoding())
     assert not (tmp_path / "converted").exists()
-    from pipeline.training import TrainSettings, train_student
+    from pipeline.lm.training import StudentSettings, train_student
 
     student = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128}
     with pytest.raises(PipelineError, match="holds task 'classify_soft_labels', but a causal LM student needs"):
-        train_student(classify_cache, None, student, TrainSettings(epochs=1), tmp_path / "student")
+        train_student(classify_cache, StudentSettings(model=student, epochs=1), tmp_path / "student")
     assert not (tmp_path / "student").exists()
 
 
 def test_training_lowers_the_kl_to_the_teacher_on_held_out_data(classify_cache):
-    from pipeline.cache import read_manifest
-    from pipeline.classify_cache import read_soft_labels
-    from pipeline.classify_student import ClassifierConfig
-    from pipeline.classify_training import ClassifyTrainSettings, build_classifier, kl_to_teacher, train_classifier
+    from pipeline.cache import Cache
+    from pipeline.cache.soft_labels import read_soft_labels
+    from pipeline.classify.student import ClassifierConfig
+    from pipeline.classify.training import ClassifyTrainSettings, build_classifier, kl_to_teacher, train_classifier
 
-    manifest = read_manifest(classify_cache)
-    train, test = read_soft_labels(classify_cache, "train"), read_soft_labels(classify_cache, "test")
+    cache = Cache.open(classify_cache)
+    train, test = read_soft_labels(cache, "train"), read_soft_labels(cache, "test")
     for arch in ("bilstm", "bag"):
         settings = ClassifyTrainSettings(model=ClassifierConfig(arch=arch, embedding_dim=16, hidden_size=16), epochs=15, batch_size=16, lr=0.01)
-        model = build_classifier(settings.model, train, manifest, seed=0)
+        model = build_classifier(settings.model, train, cache, seed=0)
         before = kl_to_teacher(model, test)
         train_classifier(model, train, settings)
         after = kl_to_teacher(model, test)
@@ -245,7 +247,7 @@ def invoke(args: list[str]) -> str:
 
 
 def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
-    from pipeline.classify_student import load_classifier
+    from pipeline.classify.student import load_classifier
 
     for variant in ("soft", "hard"):
         invoke(["classify", "student", "--cache", str(classify_cache), "--out", str(tmp_path / variant), "--arch", "bag", "--targets", variant, "--epochs", "2"])

@@ -12,11 +12,10 @@ import yaml
 from conftest import cache_rows
 
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
-from pipeline.config import teacher_settings
+from pipeline.cache.verify import verify_cache
 from pipeline.data import SPLITS
-from pipeline.teacher import run_teacher
+from pipeline.lm.teacher import TeacherSettings, run_teacher
 from pipeline.teacher_model import resolve_teacher
-from pipeline.verify import verify_cache
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = {"k": 8, "batch_size": 2, "shard_rows": 2, "generation": {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "seed": 0}}
@@ -36,7 +35,7 @@ def params(tmp_path_factory) -> Path:
 def reference(tmp_path_factory, tiny_teacher, prepared) -> Path:
     """An uninterrupted single-process run with the same settings."""
     out = tmp_path_factory.mktemp("reference") / "cache"
-    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, teacher_settings(TEACHER)) is not None
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, TeacherSettings.from_section(TEACHER, "teacher")) is not None
     return out
 
 
@@ -92,7 +91,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path, tiny_teacher, prepared, 
         if not kill_after(start_teacher(tiny_teacher, prepared, out, params), out, shards, rng.uniform(0, 0.15)):
             continue
         kills.append(finished_shards(out))
-        assert run_teacher(prepared, teacher, out, teacher_settings(TEACHER)) is not None
+        assert run_teacher(prepared, teacher, out, TeacherSettings.from_section(TEACHER, "teacher")) is not None
         assert_same_cache(out, reference)
     assert len(kills) == KILLS, f"only {len(kills)} runs were killed before they finished"
     print(f"killed after {kills} of {total} shards")

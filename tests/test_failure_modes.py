@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 from pipeline import __version__
 from pipeline.backends.transformers_backend import TransformersBackend
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
+from pipeline.cache.verify import verify_cache
 from pipeline.cli import app
 from pipeline.data import read_prompts, split_prompts, write_splits
 from pipeline.errors import PipelineError, run_main
-from pipeline.sequences import truncate
-from pipeline.teacher import run_teacher
+from pipeline.lm.sequences import truncate
+from pipeline.lm.teacher import run_teacher
 from pipeline.teacher_model import resolve_teacher
-from pipeline.verify import verify_cache
 
 runner = CliRunner()
 

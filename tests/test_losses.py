@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.memory import peak_tensor_bytes
-from pipeline.chunked_loss import ROW_BLOCK, chunked_distillation_loss
 from pipeline.errors import PipelineError
-from pipeline.losses import DIVERGENCES, TAILS, LossSpec, distillation_loss, sparse_forward_kl
+from pipeline.lm.chunked_loss import ROW_BLOCK, chunked_distillation_loss
+from pipeline.lm.losses import DIVERGENCES, TAILS, LossSpec, distillation_loss, sparse_forward_kl
 
 V, H = 50, 12
 SETTINGS = [("forward_kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.5}), ("jsd", {"beta": 0.2}), ("skew_kl", {"skew": 0.1}), ("tvd", {})]
@@ -15,14 +15,14 @@ SETTINGS = [("forward_kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.5}), ("js
 
 def dense_divergence(p, q, spec):
     """The divergences written independently, on probabilities over the whole support."""
-    if spec.divergence == "forward_kl":
+    if spec.loss == "forward_kl":
         return (p * (p / q).log()).sum(-1)
-    if spec.divergence == "reverse_kl":
+    if spec.loss == "reverse_kl":
         return (q * (q / p).log()).sum(-1)
-    if spec.divergence == "jsd":
+    if spec.loss == "jsd":
         m = spec.beta * p + (1 - spec.beta) * q
         return spec.beta * (p * (p / m).log()).sum(-1) + (1 - spec.beta) * (q * (q / m).log()).sum(-1)
-    if spec.divergence == "skew_kl":
+    if spec.loss == "skew_kl":
         return (p * (p / (spec.skew * p + (1 - spec.skew) * q)).log()).sum(-1)
     return 0.5 * (p - q).abs().sum(-1)
 
@@ -62,7 +62,7 @@ def both_paths(hidden, weight, targets, top, spec, chunk=3):
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 0.5])
 @pytest.mark.parametrize("divergence,extra", SETTINGS)
 def test_full_vocab_top_k_equals_dense_loss_values_and_gradients(divergence, extra, temperature, tail):
-    spec = LossSpec(divergence, tail, alpha=0.7, temperature=temperature, **extra)
+    spec = LossSpec(loss=divergence, tail=tail, alpha=0.7, temperature=temperature, **extra)
     teacher, hidden, weight, targets = problem()
     top = F.log_softmax(teacher, -1).topk(V, dim=-1)
     expected = dense_loss(teacher, F.linear(hidden, weight), targets, spec)
@@ -86,12 +86,12 @@ def test_top_k_is_the_exact_divergence_of_the_folded_or_truncated_distributions(
     teacher, hidden, weight, targets = problem(seed=1)
     t_lp, s_lp = F.log_softmax(teacher, -1), F.log_softmax(F.linear(hidden, weight), -1)
     top = t_lp.topk(k, dim=-1)
-    folded = dense_divergence(fold(t_lp, top.indices).exp(), fold(s_lp, top.indices).exp(), LossSpec(divergence, **extra))
+    folded = dense_divergence(fold(t_lp, top.indices).exp(), fold(s_lp, top.indices).exp(), LossSpec(loss=divergence, **extra))
     truncated = dense_divergence(
-        F.softmax(t_lp.gather(-1, top.indices), -1), F.softmax(s_lp.gather(-1, top.indices), -1), LossSpec(divergence, **extra)
+        F.softmax(t_lp.gather(-1, top.indices), -1), F.softmax(s_lp.gather(-1, top.indices), -1), LossSpec(loss=divergence, **extra)
     )
     for tail, expected in (("bucket", folded), ("renormalize", truncated)):
-        spec = LossSpec(divergence, tail, alpha=1.0, **extra)
+        spec = LossSpec(loss=divergence, tail=tail, alpha=1.0, **extra)
         for terms, _ in both_paths(hidden, weight, targets, top, spec):
             torch.testing.assert_close(terms["kd"], expected.mean(), atol=1e-10, rtol=0)
 
@@ -101,8 +101,8 @@ def test_k_equals_one(divergence, extra):
     """Bucketed, top-1 is a two-outcome divergence that still teaches; renormalised, it carries no signal."""
     teacher, hidden, weight, targets = problem(seed=3)
     top = F.log_softmax(teacher, -1).topk(1, dim=-1)
-    bucket = both_paths(hidden, weight, targets, top, LossSpec(divergence, "bucket", alpha=1.0, **extra))
-    renormalized = both_paths(hidden, weight, targets, top, LossSpec(divergence, "renormalize", alpha=1.0, **extra))
+    bucket = both_paths(hidden, weight, targets, top, LossSpec(loss=divergence, tail="bucket", alpha=1.0, **extra))
+    renormalized = both_paths(hidden, weight, targets, top, LossSpec(loss=divergence, tail="renormalize", alpha=1.0, **extra))
     for (terms, grads), (flat_terms, flat_grads) in zip(bucket, renormalized):
         assert terms["kd"] > 0 and grads[0].abs().max() > 1e-3
         assert flat_terms["kd"].abs() < 1e-12 and all(g.abs().max() < 1e-12 for g in flat_grads)
@@ -116,7 +116,7 @@ def test_all_mass_in_top_k_is_finite_with_finite_gradient(divergence, extra, tai
     logprobs = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).expand(4, 3)  # tail mass exactly 0
     top = torch.return_types.topk((logprobs, ids))
     for temperature in (1.0, 2.0):
-        for terms, grads in both_paths(hidden, weight, targets, top, LossSpec(divergence, tail, temperature=temperature, **extra)):
+        for terms, grads in both_paths(hidden, weight, targets, top, LossSpec(loss=divergence, tail=tail, temperature=temperature, **extra)):
             assert torch.isfinite(terms["loss"]) and all(torch.isfinite(g).all() for g in grads)
 
 
@@ -125,7 +125,7 @@ def test_all_mass_in_top_k_is_finite_with_finite_gradient(divergence, extra, tai
 def test_zero_when_student_equals_teacher_and_positive_otherwise(divergence, extra, tail):
     teacher, hidden, weight, targets = problem(seed=2)
     top = F.log_softmax(teacher, -1).topk(3, dim=-1)
-    spec = LossSpec(divergence, tail, alpha=1.0, **extra)
+    spec = LossSpec(loss=divergence, tail=tail, alpha=1.0, **extra)
     same = distillation_loss(teacher, targets, top.indices, top.values, spec)
     other = distillation_loss(F.linear(hidden, weight), targets, top.indices, top.values, spec)
     assert same["kd"].abs() < 1e-10 and other["kd"] > 1e-3
@@ -139,7 +139,7 @@ def test_chunked_equals_unchunked_with_ce_only_positions_and_temperature(diverge
     teacher, hidden, weight, targets = problem(n=9, extra=5, seed=5)
     bias = torch.randn(V, dtype=torch.float64, requires_grad=True)
     top = F.log_softmax(teacher, -1).topk(6, dim=-1)
-    spec = LossSpec(divergence, tail, alpha=0.6, temperature=1.7, **extra)
+    spec = LossSpec(loss=divergence, tail=tail, alpha=0.6, temperature=1.7, **extra)
     expected = distillation_loss(F.linear(hidden, weight, bias), targets, top.indices, top.values, spec)
     expected_grads = torch.autograd.grad(expected["loss"], (hidden, weight, bias))
     actual = chunked_distillation_loss(hidden, weight, bias, targets, top.indices, top.values, spec, chunk)
@@ -152,7 +152,7 @@ def test_chunked_equals_unchunked_with_ce_only_positions_and_temperature(diverge
 def test_chunked_loss_without_grad_gives_the_same_terms():
     teacher, hidden, weight, targets = problem(extra=2, seed=6)
     top = F.log_softmax(teacher, -1).topk(4, dim=-1)
-    spec = LossSpec("jsd", temperature=2.0)
+    spec = LossSpec(loss="jsd", temperature=2.0)
     with torch.no_grad():
         evaluated = chunked_distillation_loss(hidden, weight, None, targets, top.indices, top.values, spec, 2)
     trained = chunked_distillation_loss(hidden, weight, None, targets, top.indices, top.values, spec, 2)
@@ -176,7 +176,7 @@ def test_generalized_jsd_endpoints_are_forward_and_reverse_kl():
     top = F.log_softmax(teacher, -1).topk(5, dim=-1)
 
     def kd(divergence, **extra):
-        return distillation_loss(logits, targets, top.indices, top.values, LossSpec(divergence, alpha=1.0, **extra))["kd"]
+        return distillation_loss(logits, targets, top.indices, top.values, LossSpec(loss=divergence, alpha=1.0, **extra))["kd"]
 
     torch.testing.assert_close(kd("jsd", beta=0.0), kd("forward_kl"))
     torch.testing.assert_close(kd("jsd", beta=1.0), kd("reverse_kl"))
@@ -188,8 +188,8 @@ def test_generalized_jsd_endpoints_are_forward_and_reverse_kl():
 def test_registry_and_settings_are_checked():
     assert set(DIVERGENCES) == {"forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"}
     for bad, message in (
-        ({"divergence": "kl"}, "unknown loss"),
-        ({"tail": "drop"}, "unknown tail"),
+        ({"loss": "kl"}, "loss: 'kl' is not one of"),
+        ({"tail": "drop"}, "tail: 'drop' is not one of"),
         ({"alpha": 1.5}, "alpha"),
         ({"temperature": 0.0}, "temperature"),
         ({"beta": -0.1}, "beta"),
@@ -218,7 +218,7 @@ def test_chunked_loss_holds_one_vocabulary_buffer_per_chunk(temperature):
     targets = torch.randint(0, vocab, (n,), generator=g)
     top = F.log_softmax(torch.randn(n, vocab, generator=g), -1).topk(20, dim=-1)
     ids, values = top.indices.clone(), top.values.clone()
-    spec = LossSpec("jsd", temperature=temperature)
+    spec = LossSpec(loss="jsd", temperature=temperature)
 
     def step():
         chunked_distillation_loss(hidden, weight, None, targets, ids, values, spec, chunk)["loss"].backward()
@@ -235,7 +235,7 @@ def test_chunked_loss_holds_one_vocabulary_buffer_per_chunk(temperature):
 def test_padded_entries_change_neither_loss_nor_gradients(divergence, extra, temperature, tail):
     """Positions listing fewer ids (compact and sampled caches) are padded with id 0 and log-prob -inf:
     the loss and its gradients equal those of the unpadded positions, with no NaN (0 * log 0)."""
-    spec = LossSpec(divergence, tail, alpha=0.7, temperature=temperature, **extra)
+    spec = LossSpec(loss=divergence, tail=tail, alpha=0.7, temperature=temperature, **extra)
     teacher, hidden, weight, targets = problem(n=4, extra=2)
     top = F.log_softmax(teacher, -1).topk(6, dim=-1)
     lengths = [6, 3, 1, 5]  # entries listed per position
@@ -249,7 +249,7 @@ def test_padded_entries_change_neither_loss_nor_gradients(divergence, extra, tem
         values[row, :n], ids[row, :n] = top.values[row, :n], top.indices[row, :n]
     padded = type(top)((values, ids))
     expected_kd = sum(
-        distillation_loss(F.linear(hidden[row : row + 1], weight), targets[row : row + 1], single.indices, single.values, LossSpec(divergence, tail, 1.0, temperature, **extra))["kd"]
+        distillation_loss(F.linear(hidden[row : row + 1], weight), targets[row : row + 1], single.indices, single.values, LossSpec(loss=divergence, tail=tail, alpha=1.0, temperature=temperature, **extra))["kd"]
         for row, single in enumerate(reference)
     ) / len(lengths)
     for terms, grads in both_paths(hidden, weight, targets, padded, spec):

@@ -4,21 +4,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from transformers import AutoModelForCausalLM
 
-from pipeline.cache import read_manifest
-from pipeline.checkpoint import load_causal_lm
-from pipeline.chunked_loss import chunked_distillation_loss
+from pipeline.backends.sampling import draw_teacher_samples
+from pipeline.cache import Cache, read_manifest
+from pipeline.cache.codec import pad_entries
 from pipeline.errors import PipelineError
-from pipeline.losses import LossSpec, distillation_loss, sampled_forward_kl
-from pipeline.codec import pad_entries
-from pipeline.metrics import student_agreement
-from pipeline.sampling import draw_teacher_samples
-from pipeline.student import build_student
-from pipeline.teacher import run_teacher
+from pipeline.lm.chunked_loss import chunked_distillation_loss
+from pipeline.lm.losses import LossSpec, distillation_loss, sampled_forward_kl
+from pipeline.lm.metrics import student_agreement
+from pipeline.lm.student import build_student
+from pipeline.lm.teacher import run_teacher
+from pipeline.lm.training import StudentSettings, train_student
+from pipeline.models import load_causal_lm
 from pipeline.teacher_model import resolve_teacher
-from pipeline.training import TrainSettings, train_student
 
 V = 40
 
@@ -131,7 +130,7 @@ def test_training_paths_agree_on_a_sampled_batch_with_padding():
 def test_sampled_cache_refuses_other_divergences():
     ids, counts, logprobs = padded_samples(draw_teacher_samples(torch.log_softmax(torch.randn(3, V), -1), 4, torch.Generator().manual_seed(0)))
     with pytest.raises(PipelineError, match="forward_kl only"):
-        distillation_loss(torch.randn(3, V), torch.zeros(3, dtype=torch.long), ids, logprobs, LossSpec(divergence="reverse_kl"), counts=counts)
+        distillation_loss(torch.randn(3, V), torch.zeros(3, dtype=torch.long), ids, logprobs, LossSpec(loss="reverse_kl"), counts=counts)
 
 
 DRAWS = 24
@@ -181,13 +180,13 @@ def test_sampled_cache_is_the_same_from_two_workers(tmp_path, sampled_cache, tin
 def test_students_train_on_a_sampled_cache_with_forward_kl_only(tmp_path, sampled_cache, tiny_teacher):
     student = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
     with pytest.raises(PipelineError, match="sampled cache: it supports student.loss forward_kl only"):
-        train_student(sampled_cache, None, student, TrainSettings(loss="jsd", epochs=1), tmp_path / "refused")
+        train_student(sampled_cache, StudentSettings(model=student, loss="jsd", epochs=1), tmp_path / "refused")
     with pytest.raises(PipelineError, match="has no top-k tail to treat, so student.tail 'renormalize' does not apply"):
-        train_student(sampled_cache, None, student, TrainSettings(tail="renormalize", epochs=1), tmp_path / "refused")
+        train_student(sampled_cache, StudentSettings(model=student, tail="renormalize", epochs=1), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
-    before = student_agreement(build_student(student, 320, seed=0).eval(), sampled_cache)
-    log = train_student(sampled_cache, None, student, TrainSettings(alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2), tmp_path / "student")
-    after = student_agreement(load_causal_lm(tmp_path / "student"), sampled_cache)
+    before = student_agreement(build_student(student, 320, seed=0).eval(), Cache.open(sampled_cache))
+    log = train_student(sampled_cache, StudentSettings(model=student, alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2), tmp_path / "student")
+    after = student_agreement(load_causal_lm(tmp_path / "student"), Cache.open(sampled_cache))
     assert after["kl_to_teacher"] < 0.7 * before["kl_to_teacher"] and log[-1]["kd"] < log[0]["kd"]
 
 

@@ -2,7 +2,6 @@
 
 import re
 import sys
-from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -32,11 +31,11 @@ def test_shards_open_in_polars_pandas_duckdb_and_datasets(tiny_cache):
 
 def test_float32_conversion_gives_plain_list_columns(tmp_path, tiny_cache):
     """For tools that do not decode the compact streams: `kd convert --encoding float32` (README)."""
-    from pipeline.convert import convert_cache
-    from pipeline.codec import CacheEncoding
+    from pipeline.cache.codec import CacheEncoding
+    from pipeline.cache.convert import convert_cache
 
     out = tmp_path / "plain"
-    convert_cache(tiny_cache, out, CacheEncoding("float32"))
+    convert_cache(tiny_cache, out, CacheEncoding(encoding="float32"))
     frame = pl.read_parquet(out / "train" / "*.parquet")
     assert frame.columns == ["id", "input_ids", "response_start", "topk_ids", "topk_logprobs", "token_logprobs"]
     assert frame.to_dicts() == [{key: row[key] for key in frame.columns} for row in cache_rows(tiny_cache) if row["id"] in set(frame["id"])]
@@ -97,9 +96,10 @@ def test_readme_sharing_commands_publish_import_update_and_pull(tmp_path, projec
 def test_student_refuses_a_cache_of_another_task(tmp_path, tiny_cache):
     import shutil
 
-    from pipeline.cache import MANIFEST_CHECKSUM, MANIFEST_FILE, manifest_checksum, write_json
+    from pipeline.atomic import write_json
+    from pipeline.cache import MANIFEST_CHECKSUM, MANIFEST_FILE, manifest_checksum
     from pipeline.errors import PipelineError
-    from pipeline.training import TrainSettings, train_student
+    from pipeline.lm.training import StudentSettings, train_student
 
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
@@ -108,4 +108,4 @@ def test_student_refuses_a_cache_of_another_task(tmp_path, tiny_cache):
     edited[MANIFEST_CHECKSUM] = manifest_checksum(edited)
     write_json(cache / MANIFEST_FILE, edited)
     with pytest.raises(PipelineError, match="the cache holds task 'classify_soft_labels'"):
-        train_student(cache, None, {}, TrainSettings(epochs=1), tmp_path / "student")
+        train_student(cache, StudentSettings(model={}, epochs=1), tmp_path / "student")

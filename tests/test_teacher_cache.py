@@ -11,13 +11,13 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, read_manifest, ship_tokenizer
-from pipeline.cache_summary import summarize_cache
+from pipeline.cache.summary import summarize_cache
+from pipeline.cache.verify import verify_cache
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, tokenizer_sha256
-from pipeline.teacher import run_teacher
+from pipeline.lm.teacher import run_teacher
 from pipeline.teacher_model import resolve_teacher
-from pipeline.verify import verify_cache
 
 
 def assert_matches_forward(rows, model_dir, k, block):
@@ -198,7 +198,7 @@ def test_dvc_teacher_stage_resumes_from_its_work_directory(tmp_path, monkeypatch
     """DVC deletes data/cache before rerunning the stage; the shards of a killed run live on in WORK."""
     import yaml
 
-    from pipeline.cache import write_json
+    from pipeline.atomic import write_json
     from stages import teacher as stage
 
     settings = {"k": 8, "batch_size": 4, "shard_rows": 5, "generation": {"max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "seed": 0}, "cache": TINY_CACHE}

@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.cache import read_manifest
+from pipeline.cache import Cache, read_manifest
 from pipeline.errors import PipelineError
-from pipeline.metrics import student_agreement
-from pipeline.streaming import TopKBatch, scored_positions, stream_batches
-from pipeline.checkpoint import load_causal_lm
-from pipeline.student import build_student
-from pipeline.training import TrainSettings, batch_loss, train_student
+from pipeline.lm.metrics import student_agreement
+from pipeline.lm.streaming import TopKBatch, scored_positions, stream_batches
+from pipeline.lm.student import build_student
+from pipeline.lm.training import StudentSettings, batch_loss, train_student
+from pipeline.models import load_causal_lm
 
 STUDENT = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
 
@@ -18,7 +18,7 @@ STUDENT = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, 
 def test_batches_line_up_with_rows(tiny_cache):
     """Each cached position's target is the token the row stores at that position."""
     seen = 0
-    for batch in stream_batches(tiny_cache, "train", batch_size=3, seed=1, shuffle_rows=4):
+    for batch in stream_batches(Cache.open(tiny_cache), "train", batch_size=3, seed=1, shuffle_rows=4):
         assert torch.equal(batch.input_ids[batch.rows, batch.columns + 1], batch.targets)
         assert batch.attention_mask[batch.rows, batch.columns + 1].all()
         assert (batch.topk_logprobs[:, :-1] >= batch.topk_logprobs[:, 1:]).all()
@@ -27,10 +27,10 @@ def test_batches_line_up_with_rows(tiny_cache):
 
 
 def test_training_lowers_kl_to_teacher_on_held_out_data(tmp_path, tiny_cache, tiny_teacher):
-    settings = TrainSettings(alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2, seed=0)
-    before = student_agreement(build_student(STUDENT, 320, seed=0).eval(), tiny_cache)
-    log = train_student(tiny_cache, tiny_teacher, STUDENT, settings, tmp_path / "student")
-    after = student_agreement(load_causal_lm(tmp_path / "student"), tiny_cache)
+    settings = StudentSettings(model=STUDENT, alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2, seed=0)
+    before = student_agreement(build_student(STUDENT, 320, seed=0).eval(), Cache.open(tiny_cache))
+    log = train_student(tiny_cache, settings, tmp_path / "student", tiny_teacher)
+    after = student_agreement(load_causal_lm(tmp_path / "student"), Cache.open(tiny_cache))
     assert after["kl_to_teacher"] < 0.7 * before["kl_to_teacher"]
     assert log[-1]["kd"] < log[0]["kd"]
     assert (tmp_path / "student" / "tokenizer.json").exists()
@@ -38,12 +38,12 @@ def test_training_lowers_kl_to_teacher_on_held_out_data(tmp_path, tiny_cache, ti
 
 def test_student_refuses_a_cache_from_another_tokenizer(tmp_path, tiny_cache, other_tokenizer_dir):
     with pytest.raises(PipelineError, match="tokenizer mismatch"):
-        train_student(tiny_cache, other_tokenizer_dir, STUDENT, TrainSettings(epochs=1), tmp_path / "student")
+        train_student(tiny_cache, StudentSettings(model=STUDENT, epochs=1), tmp_path / "student", other_tokenizer_dir)
     assert not (tmp_path / "student").exists()
 
 
 def first_batch(cache, batch_size=3) -> TopKBatch:
-    return next(iter(stream_batches(cache, "train", batch_size)))
+    return next(iter(stream_batches(Cache.open(cache), "train", batch_size)))
 
 
 def test_all_positions_are_every_next_token_prediction_and_never_padding(tiny_cache):
@@ -60,8 +60,8 @@ def test_positions_all_trains_ce_on_prompt_tokens_and_the_divergence_on_cached_o
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
     labels = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100)
     every_token_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-    settings = TrainSettings(alpha=0.5, chunk_positions=7)
-    response, everything = batch_loss(model, batch, settings), batch_loss(model, batch, replace(settings, positions="all"))
+    settings = StudentSettings(alpha=0.5, chunk_positions=7)
+    response, everything = batch_loss(model, batch, settings), batch_loss(model, batch, settings.updated(positions="all"))
     torch.testing.assert_close(everything["ce"], every_token_ce)
     torch.testing.assert_close(everything["kd"], response["kd"])
     assert not torch.isclose(everything["ce"], response["ce"])
@@ -71,18 +71,18 @@ def test_padding_never_counts(tiny_cache):
     batch, model = first_batch(tiny_cache), build_student(STUDENT, 320, seed=0)
     padded = replace(batch, input_ids=F.pad(batch.input_ids, (0, 9), value=5), attention_mask=F.pad(batch.attention_mask, (0, 9)))
     for positions in ("response", "all"):
-        settings = TrainSettings(positions=positions)
+        settings = StudentSettings(positions=positions)
         torch.testing.assert_close(batch_loss(model, padded, settings)["loss"], batch_loss(model, batch, settings)["loss"])
 
 
 @pytest.mark.parametrize("loss,tail", [("reverse_kl", "renormalize"), ("jsd", "bucket"), ("tvd", "bucket")])
 def test_other_losses_train(tmp_path, tiny_cache, tiny_teacher, loss, tail):
-    settings = TrainSettings(loss=loss, tail=tail, alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, positions="all", chunk_positions=16)
-    log = train_student(tiny_cache, tiny_teacher, STUDENT, settings, tmp_path / "student")
+    settings = StudentSettings(model=STUDENT, loss=loss, tail=tail, alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, positions="all", chunk_positions=16)
+    log = train_student(tiny_cache, settings, tmp_path / "student", tiny_teacher)
     assert sum(row["kd"] for row in log[-3:]) < 0.8 * sum(row["kd"] for row in log[:3])
 
 
 def test_bad_loss_settings_are_refused_before_training(tmp_path, tiny_cache, tiny_teacher):
-    for bad, message in (({"loss": "kl"}, "unknown loss"), ({"positions": "prompt"}, "positions"), ({"chunk_positions": 0}, "chunk_positions")):
+    for bad, message in (({"loss": "kl"}, "loss: 'kl' is not one of"), ({"positions": "prompt"}, "positions"), ({"chunk_positions": 0}, "chunk_positions")):
         with pytest.raises(PipelineError, match=message):
-            train_student(tiny_cache, tiny_teacher, STUDENT, TrainSettings(**bad), tmp_path / "student")
+            train_student(tiny_cache, StudentSettings(model=STUDENT, **bad), tmp_path / "student", tiny_teacher)

@@ -7,12 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cache import MANIFEST_FILE, TeacherOutput, manifest_checksum, outputs_to_table
+from pipeline.backends import TeacherOutput, outputs_to_table
+from pipeline.cache import MANIFEST_FILE, manifest_checksum
+from pipeline.cache.codec import CacheEncoding, manifest_encoding
+from pipeline.cache.convert import convert_cache
+from pipeline.cache.topk import value_problems
+from pipeline.cache.verify import verify_cache
 from pipeline.cli import app
-from pipeline.codec import CacheEncoding, manifest_encoding
-from pipeline.convert import convert_cache
 from pipeline.hashing import sha256_file
-from pipeline.verify import value_problems, verify_cache
 
 runner = CliRunner()
 
@@ -138,7 +140,7 @@ def reseal(cache, shard):
 def test_verify_reports_bad_values_by_shard(tmp_path, tiny_cache):
     """A consistent forgery (sizes and checksums updated) whose only fault is a positive log-prob (float32 encoding)."""
     cache = tmp_path / "float32"
-    convert_cache(tiny_cache, cache, CacheEncoding("float32"))
+    convert_cache(tiny_cache, cache, CacheEncoding(encoding="float32"))
     shard = cache / "train" / "shard-00000.parquet"
     rows = pq.read_table(shard).to_pylist()
     rows[0]["topk_logprobs"][0][0] = 0.5

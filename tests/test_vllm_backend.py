@@ -15,22 +15,21 @@ import pytest
 from conftest import make_llama, make_tokenizer, tiny_settings
 from typer.testing import CliRunner
 
-from pipeline.backends import EngineSettings, GenerationSettings, load_backend
+from pipeline.backends import EngineSettings, GenerationSettings, TeacherOutput, load_backend
 from pipeline.backends.transformers_backend import TransformersBackend
-from pipeline.cache import MANIFEST_CHECKSUM, TeacherOutput, read_manifest
-from pipeline.cache_summary import summarize_cache
-from pipeline.checkpoint import load_causal_lm
+from pipeline.cache import MANIFEST_CHECKSUM, Cache, read_manifest
+from pipeline.cache.codec import CacheEncoding
+from pipeline.cache.summary import summarize_cache
 from pipeline.cli import app
-from pipeline.config import teacher_settings
 from pipeline.data import read_prompts, split_prompts, write_splits
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
-from pipeline.streaming import stream_batches
-from pipeline.sequences import encode_prompt
-from pipeline.codec import CacheEncoding
-from pipeline.teacher import run_teacher
+from pipeline.lm.sequences import encode_prompt
+from pipeline.lm.streaming import stream_batches
+from pipeline.lm.teacher import TeacherSettings, run_teacher
+from pipeline.lm.training import StudentSettings, train_student
+from pipeline.models import load_causal_lm
 from pipeline.teacher_model import resolve_teacher
-from pipeline.training import TrainSettings, train_student
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 K = 8
@@ -57,7 +56,7 @@ def assert_records_agree(got, want, label=""):
     assert np.array_equal(got.topk_ids[distinct], want.topk_ids[distinct]), label
 
 
-EXACT = CacheEncoding("float32")  # backend parity is checked on exact values; the encoding is tested on its own
+EXACT = CacheEncoding(encoding="float32")  # backend parity is checked on exact values; the encoding is tested on its own
 
 
 def cache_records(cache_dir):
@@ -99,11 +98,11 @@ def prompt_ids(reference, prepared):
 
 
 def test_engine_settings_come_from_the_teacher_section():
-    settings = teacher_settings({"backend": "vllm", "engine": {"tensor_parallel_size": 2, "kv_cache_gib": 8, "max_model_len": 4096}})
+    settings = TeacherSettings.from_section({"backend": "vllm", "engine": {"tensor_parallel_size": 2, "kv_cache_gib": 8, "max_model_len": 4096}}, "teacher")
     assert settings.engine == EngineSettings(tensor_parallel_size=2, kv_cache_gib=8, max_model_len=4096)
-    assert teacher_settings({"engine": None}).engine == EngineSettings()
+    assert TeacherSettings.from_section({"engine": None}, "teacher").engine == EngineSettings()
     with pytest.raises(PipelineError, match=r"unknown setting\(s\) in 'teacher.engine': gpu_memory"):
-        teacher_settings({"engine": {"gpu_memory": 0.5}})
+        TeacherSettings.from_section({"engine": {"gpu_memory": 0.5}}, "teacher")
 
 
 def test_missing_vllm_is_one_clear_error(tmp_path, tiny_teacher, prepared, monkeypatch):
@@ -173,8 +172,9 @@ def test_generation_stops_at_eos_and_keeps_it(engine, reference, prompt_ids, mon
 
 
 def test_stop_ids_are_those_transformers_generate_stops_at(tiny_teacher):
-    from pipeline.backends.vllm_backend import stop_token_ids
     from transformers import AutoTokenizer, GenerationConfig
+
+    from pipeline.backends.vllm_backend import stop_token_ids
 
     assert stop_token_ids(tiny_teacher, AutoTokenizer.from_pretrained(tiny_teacher)) == [GenerationConfig.from_pretrained(tiny_teacher).eos_token_id]
 
@@ -193,19 +193,19 @@ def test_stage_output_passes_cache_checks_and_trains_a_student(tmp_path, soft_te
     for i, (g, w) in enumerate(zip(records, rescored)):
         assert_records_agree(g, w, f"row {i}")
     seen = 0
-    for batch in stream_batches(out, "train", batch_size=3, seed=1, shuffle_rows=4):
+    for batch in stream_batches(Cache.open(out), "train", batch_size=3, seed=1, shuffle_rows=4):
         assert (batch.input_ids[batch.rows, batch.columns + 1] == batch.targets).all()
         seen += batch.num_tokens
     assert seen == manifest["splits"]["train"]["tokens"]
-    log = train_student(out, soft_teacher, STUDENT, TrainSettings(alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, seed=0), tmp_path / "student")
+    log = train_student(out, StudentSettings(model=STUDENT, alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, seed=0), tmp_path / "student", soft_teacher)
     assert log[-1]["kd"] < log[0]["kd"]
     assert load_causal_lm(tmp_path / "student").config.vocab_size == 320
 
 
 @needs_vllm
 def test_classify_verbalizer_scores_match_transformers(engine, reference):
-    from pipeline.classify_scoring import verbalizer_logprobs
-    from pipeline.verbalizers import ClassifyPrompt, render_prompt, verbalizer_ids
+    from pipeline.backends.verbalizer_scoring import verbalizer_logprobs
+    from pipeline.classify.prompt import ClassifyPrompt, render_prompt, verbalizer_ids
 
     tokenizer = reference.tokenizer
     for labels in ({"negative": " no", "positive": " yes"}, {"negative": " the cat sat", "positive": " the dog", "neutral": " what"}):

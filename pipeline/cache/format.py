@@ -1,0 +1,73 @@
+"""The cache format's names and its manifest: what every task's cache has in common.
+
+A cache directory holds `plan.json` (the settings every worker shares, written first),
+`<split>/shard-NNNNN.parquet` (each written to a temporary name, then renamed, so a file that
+exists is complete), `tokenizer/`, `README.md` (the dataset card) and `manifest.json` (written
+last, atomically: a cache without it is incomplete; it carries a checksum of itself, so a hand
+edit shows). What the shards hold depends on the manifest's `task` (see pipeline.cache.tasks).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_json
+
+FORMAT_NAME = "kd-topk-cache"
+FORMAT_VERSION = 2  # what new caches are; version 1 (float32 columns, no encoding block) is still read
+READ_VERSIONS = (1, 2)
+PLAN_FILE = "plan.json"
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+CARD_FILE = "README.md"
+MANIFEST_CHECKSUM = "manifest_sha256"
+MANIFEST_ONLY = ("format", "format_version", "created_by", "splits", MANIFEST_CHECKSUM)  # what finalize adds to a plan
+LOGPROBS_MEANING = "raw log-softmax of the teacher at temperature 1"  # the manifest's `logprobs` for top-k and sampled caches
+
+CAUSAL_LM_TASK = "causal_lm_topk"
+CLASSIFY_TASK = "classify_soft_labels"
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """Hash of everything else in the manifest: any later edit shows."""
+    return sha256_json({key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM})
+
+
+def load_manifest(cache_dir: Path) -> dict[str, Any]:
+    """The manifest, with its format and version checked but not its checksum (see read_manifest)."""
+    path = Path(cache_dir) / MANIFEST_FILE
+    if not path.exists():
+        hint = " (incomplete: run the teacher stage again to resume it)" if (Path(cache_dir) / PLAN_FILE).exists() else ""
+        raise PipelineError(f"no cache at {cache_dir}: {MANIFEST_FILE} not found{hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PipelineError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise PipelineError(f"{path} is not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") not in READ_VERSIONS:
+        raise PipelineError(
+            f"{path}: cache format version {manifest.get('format_version')} is not supported (this is kd-pipeline {__version__}, reading versions {', '.join(map(str, READ_VERSIONS))})"
+        )
+    return manifest
+
+
+def checksum_problem(cache_dir: Path, manifest: dict[str, Any]) -> str | None:
+    if MANIFEST_CHECKSUM not in manifest:
+        return f"{Path(cache_dir) / MANIFEST_FILE} has no {MANIFEST_CHECKSUM} (written before kd-pipeline checked manifests); `kd finalize {cache_dir}` rewrites it"
+    if manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
+        return f"{Path(cache_dir) / MANIFEST_FILE} was changed after the teacher wrote it ({MANIFEST_CHECKSUM} does not match)"
+    return None
+
+
+def read_manifest(cache_dir: Path) -> dict[str, Any]:
+    """The manifest of a complete, unedited cache, or a PipelineError saying why not."""
+    manifest = load_manifest(cache_dir)
+    problem = checksum_problem(cache_dir, manifest)
+    if problem:
+        raise PipelineError(f"{problem}; run `kd verify {cache_dir}`")
+    return manifest

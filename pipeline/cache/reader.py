@@ -1,0 +1,121 @@
+"""`Cache`: a cache opened once, the handle training, evaluation, verify, inspect and convert share.
+
+Opening reads and checks the manifest (format, version, checksum, the task's own checks); shards
+are opened lazily with the checks that cost no scan (present, full size, schema, row count), so a
+damaged file is named at open time. `kd verify` is the full audit (pipeline.cache.verify).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.cache.codec import manifest_encoding
+from pipeline.cache.format import TOKENIZER_DIR, load_manifest, read_manifest
+from pipeline.cache.tasks import CacheTask, task_of
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class CachedShard:
+    """A shard as the manifest describes it, so a reader can tell a damaged file at open time."""
+
+    path: Path
+    rows: int
+    bytes: int
+    schema: pa.Schema
+
+
+def open_shard(shard: CachedShard) -> pq.ParquetFile:
+    """Open a shard after the checks that cost no scan: present, full size, schema, row count."""
+    path = shard.path
+    if not path.exists():
+        raise PipelineError(f"shard {path} listed in the manifest is missing; rerun the teacher stage with the same --out to regenerate it")
+    size = path.stat().st_size
+    if size != shard.bytes:
+        raise PipelineError(f"shard {path} is {size} bytes but the manifest says {shard.bytes} (truncated or rewritten); run `kd verify`")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise PipelineError(f"shard {path} cannot be read: {str(error).splitlines()[0]}") from error
+    if not parquet.schema_arrow.remove_metadata().equals(shard.schema.remove_metadata()):
+        raise PipelineError(f"shard {path} does not have the schema of its manifest's encoding")
+    if parquet.metadata.num_rows != shard.rows:
+        raise PipelineError(f"shard {path} has {parquet.metadata.num_rows} rows but the manifest says {shard.rows}; run `kd verify`")
+    return parquet
+
+
+def iter_record_batches(shards: Sequence[CachedShard], batch_rows: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream record batches shard by shard: memory depends on batch_rows, not on the cache size."""
+    for shard in shards:
+        parquet = open_shard(shard)
+        try:
+            yield from parquet.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
+        except (OSError, pa.ArrowInvalid) as error:
+            raise PipelineError(f"shard {shard.path} cannot be read: {str(error).splitlines()[0]}") from error
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A complete cache: its manifest (read once), task, encoding, tokenizer folder and shards per split."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path, check_checksum: bool = True) -> Cache:
+        """The cache at `path`; check_checksum False opens an edited manifest too (for `kd verify`)."""
+        path = Path(path)
+        manifest = read_manifest(path) if check_checksum else load_manifest(path)
+        task_of(manifest).check_manifest(manifest, path / "manifest.json")
+        return cls(path, manifest)
+
+    @cached_property
+    def task(self) -> CacheTask:
+        return task_of(self.manifest)
+
+    @property
+    def encoding(self) -> dict[str, Any]:
+        """The manifest's `encoding` block (version 1 caches: float32)."""
+        return manifest_encoding(self.manifest)
+
+    @property
+    def sampled(self) -> bool:
+        return self.encoding.get("storage") == "sampled"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["tokenizer"]["vocab_size"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / TOKENIZER_DIR
+
+    @property
+    def splits(self) -> dict[str, Any]:
+        return self.manifest["splits"]
+
+    def require_task(self, task: str, consumer: str) -> None:
+        """Refuse a cache of another task, naming what needed which."""
+        if self.task.name != task:
+            raise PipelineError(f"the cache holds task '{self.task.name}', but {consumer} needs '{task}' ({self.path})")
+
+    def shards(self, split: str) -> list[CachedShard]:
+        if split not in self.splits:
+            raise PipelineError(f"cache {self.path} has no '{split}' split (it has: {', '.join(self.splits)})")
+        schema = self.task.schema(self.manifest)
+        return [CachedShard(self.path / e["file"], e["rows"], e["bytes"], schema) for e in self.splits[split]["shards"]]
+
+    def check_shards(self, split: str) -> None:
+        """Open every shard of a split: a damaged one stops a run now, not hours in."""
+        for shard in self.shards(split):
+            open_shard(shard)
+
+    def batches(self, split: str, batch_rows: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        return iter_record_batches(self.shards(split), batch_rows, columns)

@@ -1,0 +1,114 @@
+"""`kd verify`: read a whole cache back and report every way it differs from what its manifest promises.
+
+Readers only do the checks that cost no scan (see pipeline.cache.reader.open_shard); this module is
+the full audit to run after copying a cache, or before spending GPU hours training on one. What the
+shards' values must satisfy is the task's (pipeline.cache.tasks); the rest is common to every task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.cache.format import MANIFEST_FILE, checksum_problem, load_manifest
+from pipeline.cache.plan import planned_shards
+from pipeline.cache.tasks import task_of
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_file
+
+
+def verify_cache(cache_dir: Path) -> list[str]:
+    """One line per problem; an empty list means the cache is exactly what its manifest says."""
+    cache_dir = Path(cache_dir)
+    try:
+        manifest = load_manifest(cache_dir)
+        task_of(manifest).check_manifest(manifest, cache_dir / MANIFEST_FILE)
+    except PipelineError as error:
+        return [str(error)]
+    problems = [p for p in [checksum_problem(cache_dir, manifest)] if p]
+    malformed = _structure_problem(manifest)
+    if malformed:
+        return problems + [f"{cache_dir / MANIFEST_FILE} is malformed: {malformed}"]
+    problems += _manifest_problems(manifest)
+    seen_ids: set[str] = set()
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            problems += _shard_problems(cache_dir, entry, manifest, seen_ids)
+    return problems
+
+
+def _structure_problem(manifest: dict[str, Any]) -> str | None:
+    """The fields the checks below read, with their types: a hand edit may have broken any of them."""
+    counts = ("rows", "tokens", "bytes")
+    problem = task_of(manifest).structure_problem(manifest)
+    if problem:
+        return problem
+    if not isinstance(manifest.get("shard_rows"), int):
+        return "k and shard_rows must be integers"
+    if not isinstance(manifest.get("tokenizer"), dict) or not isinstance(manifest["tokenizer"].get("vocab_size"), int):
+        return "tokenizer.vocab_size must be an integer"
+    if not isinstance(manifest.get("source"), dict) or not isinstance(manifest["source"].get("rows"), dict):
+        return "source.rows must map splits to row counts"
+    if not isinstance(manifest.get("splits"), dict):
+        return "splits must map split names to shards"
+    for name, split in manifest["splits"].items():
+        if not isinstance(split, dict) or not all(isinstance(split.get(key), int) for key in counts) or not isinstance(split.get("shards"), list):
+            return f"split '{name}' needs integer rows, tokens, bytes and a list of shards"
+        for entry in split["shards"]:
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(key), int) for key in counts) or not all(isinstance(entry.get(key), str) for key in ("file", "sha256")):
+                return f"a shard of split '{name}' needs file, sha256 and integer rows, tokens, bytes"
+    return None
+
+
+def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """The manifest against itself: planned shards listed once each, totals that add up."""
+    problems = []
+    planned = {shard.file for shard in planned_shards(manifest)}
+    listed = [entry["file"] for split in manifest["splits"].values() for entry in split["shards"]]
+    problems += [f"manifest.json does not list planned shard {file}" for file in sorted(planned - set(listed))]
+    problems += [f"manifest.json lists {file}, which is not a planned shard" for file in sorted(set(listed) - planned)]
+    problems += [f"manifest.json lists {file} more than once" for file in sorted({f for f in listed if listed.count(f) > 1})]
+    for name, split in manifest["splits"].items():
+        for key in ("rows", "tokens", "bytes"):
+            total = sum(entry[key] for entry in split["shards"])
+            if split[key] != total:
+                problems.append(f"manifest.json: split '{name}' says {split[key]} {key}, its shards add up to {total}")
+        if split["rows"] != manifest["source"]["rows"].get(name):
+            problems.append(f"manifest.json: split '{name}' has {split['rows']} rows, the prepared data had {manifest['source']['rows'].get(name)}")
+    return problems
+
+
+def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, Any], seen_ids: set[str]) -> list[str]:
+    file, path = entry["file"], cache_dir / entry["file"]
+    if not path.exists():
+        return [f"{file}: missing"]
+    problems = []
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        problems.append(f"{file}: {size} bytes, the manifest says {entry['bytes']} (truncated or rewritten)")
+    if sha256_file(path) != entry["sha256"]:
+        problems.append(f"{file}: sha256 differs from the manifest (the file changed after it was written)")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        return problems + [f"{file}: cannot be read as Parquet ({str(error).splitlines()[0]})"]
+    task = task_of(manifest)
+    if not table.schema.remove_metadata().equals(task.schema(manifest).remove_metadata()):
+        encoding = f", {manifest['encoding'].get('name')} encoding" if isinstance(manifest.get("encoding"), dict) else ""
+        return problems + [f"{file}: schema differs from the one its manifest calls for (kd-topk-cache v{manifest['format_version']}, {task.name}{encoding})"]
+    if table.num_rows != entry["rows"]:
+        problems.append(f"{file}: {table.num_rows} rows, the manifest says {entry['rows']}")
+    tokens = task.count_tokens(table)
+    if tokens != entry["tokens"]:
+        problems.append(f"{file}: {tokens} cached tokens, the manifest says {entry['tokens']}")
+    duplicates = []
+    for row_id in table.column("id").to_pylist():
+        if row_id in seen_ids:
+            duplicates.append(row_id)
+        seen_ids.add(row_id)
+    if duplicates:
+        problems.append(f"{file}: {len(duplicates)} id(s) appear more than once in the cache, first '{duplicates[0]}'")
+    return problems + [f"{file}: {problem}" for problem in task.value_problems(table, manifest)]

@@ -1,0 +1,202 @@
+"""The resumable, parallel cache writer every task shares: plan first, shards, manifest last.
+
+Any worker can fill any shard (boundaries come from row counts alone); a shard file that exists
+is complete (written under a temporary name, then renamed); the manifest is written once every
+planned shard exists, with a checksum of itself. A rerun resumes: finished shards are kept and
+what dead writers left is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import __version__
+from pipeline.atomic import atomic_dir, atomic_path, remove_temp_files, write_bytes, write_error, write_json
+from pipeline.cache.format import CARD_FILE, FORMAT_NAME, MANIFEST_CHECKSUM, MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, manifest_checksum, read_manifest
+from pipeline.cache.plan import ShardSpec, planned_shards, worker_shards
+from pipeline.cache.tasks import CacheTask, task_of
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+class OtherSettingsError(PipelineError):
+    """The output directory holds (part of) a cache made with another plan."""
+
+
+def parquet_options(rows: int, zstd_level: int | None) -> dict[str, Any]:
+    """pq.write_table options of a shard (also what bench/cache_size.py measures)."""
+    options: dict[str, Any] = {"compression": "zstd", "row_group_size": max(1, min(rows, 1024))}
+    if zstd_level is not None:
+        options.update(compression_level=zstd_level, use_dictionary=["id"], write_statistics=False, store_schema=False)
+    return options
+
+
+def zstd_level(block: dict[str, Any]) -> int | None:
+    """The zstd level shards of this encoding are written with (None: pyarrow's default)."""
+    return block.get("zstd_level")
+
+
+def write_shard(table: pa.Table, path: Path, zstd_level: int | None = None) -> None:
+    """Write a zstd Parquet shard under a temporary name, then rename: a shard file is never partial.
+
+    zstd_level None is pyarrow's default (the float32 encoding, byte-identical to version 1 shards).
+    Compact shards skip column statistics (min/max of byte streams are noise, and cost about 3 bytes
+    per token) and the embedded Arrow schema (Parquet's own types say uint16 and string already).
+    """
+    with atomic_path(path) as tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, **parquet_options(len(table), zstd_level))
+
+
+def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:
+    """Record the plan every worker must share.
+
+    A rerun with the same plan resumes; a different plan in the same directory is refused, so
+    shards made with other settings are never mixed in.
+    """
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(cache_dir, error) from error
+    plan_path = cache_dir / PLAN_FILE
+    if plan_path.exists():
+        existing = json.loads(plan_path.read_text())
+        if existing != plan:
+            changed = sorted(k for k in set(existing) | set(plan) if existing.get(k) != plan.get(k))
+            raise OtherSettingsError(f"{cache_dir} holds a cache made with other settings ({', '.join(changed)} differ); use a new output directory or delete it")
+    else:
+        write_json(plan_path, plan)
+
+
+def ship_tokenizer(cache_dir: Path, save: Callable[[Path], Any]) -> None:
+    """Ship the tokenizer with the cache, so a consumer can train a student without the teacher.
+
+    `save` writes it into a temporary folder (tokenizer.save_pretrained, or a copy), renamed into place.
+    Parallel workers may all save one; the first rename wins and the others drop theirs.
+    """
+    target = cache_dir / TOKENIZER_DIR
+    if target.exists():
+        return
+    with atomic_dir(target, replace=False) as tmp:
+        save(tmp)
+
+
+def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSpec]:
+    return [shard for shard in shards if not (cache_dir / shard.file).exists()]
+
+
+def fill_cache(
+    out_dir: Path,
+    plan: dict[str, Any],
+    shards: Sequence[ShardSpec],
+    fill: Callable[[list[ShardSpec]], None],
+    save_tokenizer: Callable[[Path], Any] | None,
+    worker_index: int = 0,
+    num_workers: int = 1,
+) -> dict[str, Any] | None:
+    """Write this worker's missing shards; returns the manifest once every shard exists.
+
+    The plan is written (or checked) first, then `fill` writes this worker's missing shards, and the
+    manifest comes last. A single-worker run that fails before its first shard removes the directory
+    it created.
+    """
+    own = worker_shards(shards, worker_index, num_workers)
+    created = not out_dir.exists()
+    try:
+        open_cache_for_writing(out_dir, plan)
+        remove_temp_files(out_dir, None if num_workers == 1 else [s.file for s in own])  # a lone worker owns it all
+        if save_tokenizer is not None:
+            ship_tokenizer(out_dir, save_tokenizer)
+        todo = pending_shards(out_dir, own)
+        if todo:
+            (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
+            fill(todo)
+    except BaseException:
+        if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    if pending_shards(out_dir, shards):
+        return None
+    if (out_dir / MANIFEST_FILE).exists():
+        return read_manifest(out_dir)
+    return finalize_cache(out_dir, shards)
+
+
+def shard_entry(cache_dir: Path, shard: ShardSpec, task: CacheTask) -> dict[str, Any]:
+    path = cache_dir / shard.file
+    parquet = pq.ParquetFile(path)
+    return {
+        "file": shard.file,
+        "rows": parquet.metadata.num_rows,
+        "tokens": task.count_tokens(parquet.read(columns=list(task.token_columns))),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, Any]:
+    """Write the dataset card and manifest.json once every planned shard exists; returns the manifest."""
+    missing = pending_shards(cache_dir, shards)
+    if missing:
+        raise PipelineError(f"cannot finalize {cache_dir}: {len(missing)} shard(s) missing, first {missing[0].file}")
+    remove_temp_files(cache_dir, [shard.file for shard in shards])
+    plan = json.loads((cache_dir / PLAN_FILE).read_text())
+    task = task_of(plan)
+    splits: dict[str, Any] = {}
+    for shard in shards:
+        entry = shard_entry(cache_dir, shard, task)
+        split = splits.setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
+        for key in ("rows", "tokens", "bytes"):
+            split[key] += entry[key]
+        split["shards"].append(entry)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": task.format_version(plan),
+        "created_by": {"package": "kd-pipeline", "version": __version__},
+        **plan,
+        "splits": splits,
+    }
+    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
+    write_bytes(cache_dir / CARD_FILE, task.card(manifest).encode())
+    write_json(cache_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def finalize_from_plan(cache_dir: Path) -> dict[str, Any]:
+    """`kd finalize`: write the manifest of a cache that parallel workers filled."""
+    plan_path = Path(cache_dir) / PLAN_FILE
+    if not plan_path.exists():
+        raise PipelineError(f"nothing to finalize in {cache_dir}: {PLAN_FILE} not found (run the teacher stage first)")
+    remove_temp_files(Path(cache_dir))
+    return finalize_cache(Path(cache_dir), planned_shards(json.loads(plan_path.read_text())))
+
+
+def publish(fill: Callable[[Path], dict[str, Any] | None], work_dir: Path, final_dir: Path) -> dict[str, Any]:
+    """Fill a cache in `work_dir`, then move it to `final_dir` once complete (a DVC stage's output).
+
+    DVC deletes a stage's outputs before running it, so the cache is written outside them: after a
+    crash the rerun resumes from the shards in `work_dir`. A `work_dir` left by a run with other
+    settings is started over.
+    """
+    try:
+        manifest = fill(work_dir)
+    except OtherSettingsError:
+        log.warning("%s holds an unfinished run with other settings; starting over", work_dir)
+        shutil.rmtree(work_dir)
+        manifest = fill(work_dir)
+    if manifest is None:
+        raise PipelineError(f"{work_dir} is not complete: shards of other workers are missing")
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(work_dir, final_dir)
+    return manifest

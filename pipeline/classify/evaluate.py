@@ -1,0 +1,169 @@
+"""Evaluate classifiers against the teacher on a held-out split with gold labels.
+
+Accuracy, agreement with the teacher, expected calibration error and per-example CPU latency
+(batch 1 on one CPU thread, the teacher's scoring forward vs the student's forward, measured side by side).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.atomic import write_json
+from pipeline.backends.verbalizer_scoring import verbalizer_logprobs
+from pipeline.cache.reader import Cache
+from pipeline.cache.soft_labels import SoftLabels, read_soft_labels
+from pipeline.classify.charts import plot_reliability
+from pipeline.classify.loss import label_kl, scaled_label_logprobs
+from pipeline.classify.prompt import ClassifyPrompt, render_prompt
+from pipeline.classify.student import load_classifier, one_thread, pad_batch
+from pipeline.classify.training import predict_logits
+from pipeline.errors import PipelineError
+from pipeline.models import count_parameters, load_causal_lm
+from pipeline.reporting import model_table
+from pipeline.settings import Positive, Settings
+
+
+class ClassifyEvaluateSettings(Settings):
+    """The `classify.evaluate` section."""
+
+    latency_examples: Positive = 32  # test texts timed one by one, teacher and students
+    calibration_bins: Positive = 10
+
+
+def calibration_bins(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Equal-width confidence bins over [0, 1]: mean confidence, accuracy and count of each."""
+    confidence = probs.max(1)
+    correct = (probs.argmax(1) == gold).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    return [
+        {
+            "low": b / bins,
+            "high": (b + 1) / bins,
+            "count": int((which == b).sum()),
+            "confidence": float(confidence[which == b].mean()) if (which == b).any() else None,
+            "accuracy": float(correct[which == b].mean()) if (which == b).any() else None,
+        }
+        for b in range(bins)
+    ]
+
+
+def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
+    """sum over bins of |accuracy - confidence| weighted by the bin's share of examples (Guo et al. 2017)."""
+    table = calibration_bins(probs, gold, bins)
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in table if b["count"]) / len(gold))
+
+
+def prediction_metrics(probs: np.ndarray, data: SoftLabels, bins: int) -> dict[str, Any]:
+    gold = data.label >= 0
+    teacher = data.label_logprobs.argmax(1)
+    return {
+        "accuracy": float((probs[gold].argmax(1) == data.label[gold]).mean()),
+        "agreement_with_teacher": float((probs.argmax(1) == teacher).mean()),
+        "ece": expected_calibration_error(probs[gold], data.label[gold], bins),
+        "nll": float(-np.log(np.clip(probs[gold][np.arange(int(gold.sum())), data.label[gold]], 1e-12, 1)).mean()),  # log loss on gold labels
+        "kl_to_teacher": float(label_kl(torch.from_numpy(data.label_logprobs), torch.from_numpy(np.log(np.clip(probs, 1e-12, 1)))).numpy().mean()),
+        "reliability": calibration_bins(probs[gold], data.label[gold], bins),
+    }
+
+
+@torch.inference_mode()
+def per_example_ms(run: Callable[[int], Any], count: int, repeats: int = 2) -> float:
+    """Mean milliseconds per call of run(i) over `count` examples, best of `repeats` passes after a warm-up call."""
+    run(0)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(count):
+            run(i)
+        best = min(best, time.perf_counter() - started)
+    return 1000 * best / count
+
+
+def evaluate_classifiers(cache_dir: Path, teacher_path: Path, students: dict[str, Path], split: str = "test", latency_examples: int = 32, bins: int = 10) -> dict[str, Any]:
+    """Metrics of the teacher (from the cache) and of each student on `split`; latency on its first texts."""
+    cache = Cache.open(cache_dir)
+    manifest = cache.manifest
+    data = read_soft_labels(cache, split)
+    if not (data.label >= 0).any():
+        raise PipelineError(f"the '{split}' split of {cache_dir} has no gold labels to evaluate against")
+    count = min(latency_examples, len(data))
+    classify = manifest["classify"]
+    prompt = ClassifyPrompt(**{key: classify[key] for key in ClassifyPrompt.model_fields})
+    teacher = load_causal_lm(teacher_path)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    texts = [tokenizer.decode(ids) for ids in data.input_ids[:count]]
+    prompts = [render_prompt(tokenizer, prompt, text) for text in texts]
+    with one_thread():  # every model on one core: comparable, and immune to other jobs' thread contention
+        teacher_ms = per_example_ms(lambda i, model=teacher: verbalizer_logprobs(model, pad_id, [prompts[i]], classify["verbalizer_ids"], 1), count)
+    teacher_params = count_parameters(teacher)
+    del teacher
+    models: dict[str, dict[str, Any]] = {}
+    label_temperatures = set()
+    for name, path in students.items():
+        model, meta = load_classifier(path)
+        label_temperatures.add(meta.get("train", {}).get("label_temperature", 1.0))
+        if meta.get("tokenizer_sha256") != manifest["tokenizer"]["sha256"]:
+            raise PipelineError(f"student {name} at {path} was trained on another tokenizer than the cache's")
+        probs = torch.softmax(predict_logits(model, data.input_ids), -1).double().numpy()
+        inputs = [pad_batch([ids], model.config.max_tokens) for ids in data.input_ids[:count]]
+        with one_thread():
+            ms = per_example_ms(lambda i, model=model, inputs=inputs: model(*inputs[i]), count)
+        models[name] = {"params": count_parameters(model), **prediction_metrics(probs, data, bins), "ms_per_example": ms}
+    teachers = {"teacher": 1.0} | {f"teacher T={t:.2f}": t for t in sorted(label_temperatures - {1.0})}  # as the students saw it
+    for name, temperature in teachers.items():
+        probs = np.exp(scaled_label_logprobs(data.label_logprobs, temperature).astype(np.float64))
+        models[name] = {"params": teacher_params, **prediction_metrics(probs, data, bins), "ms_per_example": teacher_ms}
+        del models[name]["agreement_with_teacher"], models[name]["kl_to_teacher"]
+    models = {name: models[name] for name in [*teachers, *students]}
+    for values in models.values():
+        values["params_ratio_vs_teacher"] = models["teacher"]["params"] / values["params"]
+        values["speedup_vs_teacher"] = teacher_ms / values["ms_per_example"]
+        values["accuracy_retained"] = values["accuracy"] / models["teacher"]["accuracy"]
+    mass = data.verbalizer_mass
+    return {
+        "task": "classify",
+        "split": split,
+        "examples": len(data),
+        "gold_labels": int((data.label >= 0).sum()),
+        "labels": classify["label_names"],
+        "verbalizer_mass": {"mean": float(mass.mean()), "p10": float(np.percentile(mass, 10))},
+        "latency_examples": count,
+        "models": models,
+    }
+
+
+def format_classify_table(metrics: dict[str, Any]) -> str:
+    columns = [
+        ("accuracy", "accuracy", "{:.3f}"),
+        ("% of teacher", "accuracy_retained", "{:.1%}"),
+        ("agree", "agreement_with_teacher", "{:.3f}"),
+        ("ECE", "ece", "{:.3f}"),
+        ("NLL", "nll", "{:.3f}"),
+        ("params", "params", "{:,}"),
+        ("x fewer", "params_ratio_vs_teacher", "{:,.0f}x"),
+        ("ms/example", "ms_per_example", "{:.2f}"),
+        ("speed-up", "speedup_vs_teacher", "{:,.0f}x"),
+    ]
+    title = f"classification on the {metrics['split']} split ({metrics['gold_labels']} gold labels; mean verbalizer mass {metrics['verbalizer_mass']['mean']:.3f})"
+    return "\n".join([title, *model_table(metrics["models"], columns, 14, 14)])
+
+
+def evaluate_classifier_students(
+    cache_dir: Path, teacher_path: Path, students: dict[str, Path], split: str, settings: ClassifyEvaluateSettings, metrics_path: Path | None = None, chart_path: Path | None = None
+) -> dict[str, Any]:
+    """`kd classify evaluate` and the classify_evaluate stage: the metrics, written as JSON, and the reliability diagram."""
+    metrics = evaluate_classifiers(cache_dir, teacher_path, students, split, settings.latency_examples, settings.calibration_bins)
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    if chart_path is not None:
+        plot_reliability(metrics, chart_path)
+    return metrics

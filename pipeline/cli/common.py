@@ -1,0 +1,61 @@
+"""What every `kd` command shares: one-line errors, logging, the params file, shared options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from pipeline.errors import PipelineError, setup_logging
+from pipeline.settings import Settings, read_section
+
+S = TypeVar("S", bound=Settings)
+
+# Options that `kd teacher` and `kd classify teacher` share.
+TeacherModel = Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder [default: teacher.model of --params, else embedded]")]
+EmbeddedDir = Annotated[Path, typer.Option(help="where the embedded teacher is converted")]
+NumWorkers = Annotated[int, typer.Option(help="processes filling disjoint shards of the same cache")]
+WorkerIndex = Annotated[int, typer.Option(help="which of the --num-workers processes this is, from 0")]
+ParamsFile = Annotated[Optional[Path], typer.Option("--params", help="params.yaml whose sections give the settings (options override them)")]
+
+
+def read_params(path: Optional[Path], section: str, model: type[S]) -> S:
+    """One section of the --params file, validated; every default without a file."""
+    return read_section(path, section, model)
+
+
+def clean_errors(command: Callable) -> Callable:
+    """A PipelineError ends the command with one `error:` line and exit code 1, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging()
+        try:
+            return command(*args, **kwargs)
+        except PipelineError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def student_folders(items: list[str]) -> dict[str, Path]:
+    """`--student NAME=FOLDER` options as {name: folder}; each folder must exist."""
+    students = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not Path(folder).is_dir():
+            raise PipelineError(f"--student expects NAME=FOLDER with an existing folder, got '{item}'")
+        students[name] = Path(folder)
+    return students
+
+
+def echo_fill_result(manifest: Optional[dict[str, Any]], out: Path, worker_index: int, count: str, unit: str) -> None:
+    """What a teacher worker leaves behind: a complete cache (`count` summed over splits), or its share of one."""
+    if manifest is None:
+        typer.echo(f"worker {worker_index} done; other workers' shards are still missing in {out}")
+    else:
+        typer.echo(f"cache complete: {sum(s[count] for s in manifest['splits'].values())} {unit} in {out}")

@@ -1,0 +1,119 @@
+"""`kd prepare`, `kd teacher`, `kd student`, `kd evaluate`, `kd report`: the language-model path without DVC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, read_params, student_folders
+from pipeline.errors import PipelineError
+from pipeline.teacher_model import EMBEDDED_DIR
+
+app = typer.Typer()
+
+
+@app.command()
+@clean_errors
+def prepare(
+    prompts: Path = typer.Argument(..., help="JSONL, CSV or Parquet with a prompt column"),
+    out: Path = typer.Option(Path("data/prepared"), help="folder for train.parquet and validation.parquet"),
+    text_column: str = "prompt",
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> None:
+    """Validate a prompt set, assign stable ids and split it."""
+    from pipeline.data import DataSettings, prepare_prompts
+
+    settings = DataSettings.from_section({"prompts": prompts, "text_column": text_column, "validation_fraction": validation_fraction, "seed": seed}, "data")
+    splits = prepare_prompts(settings, out)
+    typer.echo(", ".join(f"{name}: {frame.height} prompts" for name, frame in splits.items()))
+
+
+@app.command()
+@clean_errors
+def teacher(
+    model: TeacherModel = None,
+    prepared: Path = typer.Option(Path("data/prepared"), help="output of `kd prepare`"),
+    out: Path = typer.Option(Path("data/cache"), help="cache directory (resumed if it exists with the same settings)"),
+    params: ParamsFile = None,
+    k: Optional[int] = typer.Option(None, help="top-k log-probs per position"),
+    draws: Optional[int] = typer.Option(None, help="write a sampled cache: this many ids drawn per position (transformers backend)"),
+    backend: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    max_new_tokens: Optional[int] = None,
+    device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda' (refused when no GPU is present)"),
+    too_long: Optional[str] = typer.Option(None, help="a prompt over the teacher's length limit: 'refuse' (default) or 'truncate'"),
+    embedded_dir: EmbeddedDir = EMBEDDED_DIR,
+    num_workers: NumWorkers = 1,
+    worker_index: WorkerIndex = 0,
+) -> None:
+    """Run the teacher over prepared prompts and write the top-k (or sampled) cache."""
+    from pipeline.lm.teacher import TeacherSettings, run_teacher
+    from pipeline.teacher_model import resolve_teacher
+
+    generation = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
+    settings = read_params(params, "teacher", TeacherSettings).updated(
+        "teacher", model=model, k=k, draws=draws, backend=backend, batch_size=batch_size, device=device, too_long=too_long, generation=generation
+    )
+    manifest = run_teacher(prepared, resolve_teacher(settings.model, embedded_dir), out, settings, worker_index, num_workers)
+    echo_fill_result(manifest, out, worker_index, "tokens", "tokens")
+
+
+@app.command()
+@clean_errors
+def student(
+    cache: Path = typer.Option(..., help="cache directory written by the teacher"),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer folder (must match the cache's); default: the one shipped in the cache"),
+    out: Path = typer.Option(..., help="folder for the trained student checkpoint"),
+    params: ParamsFile = None,
+    alpha: Optional[float] = typer.Option(None, help="weight of the KD term; 0 trains on CE only"),
+    loss: Optional[str] = typer.Option(None, help="divergence: forward_kl, reverse_kl, jsd, skew_kl or tvd"),
+    tail: Optional[str] = typer.Option(None, help="mass outside the top-k: bucket or renormalize"),
+    epochs: Optional[int] = None,
+    loss_log: Optional[Path] = typer.Option(None, help="CSV file for the per-step loss log"),
+) -> None:
+    """Train a student from a cache."""
+    from pipeline.lm.training import StudentSettings, train_student
+
+    settings = read_params(params, "student", StudentSettings).updated("student", alpha=alpha, loss=loss, tail=tail, epochs=epochs)
+    train_student(cache, settings, out, tokenizer, loss_log)
+
+
+@app.command()
+@clean_errors
+def evaluate(
+    cache: Path = typer.Option(..., help="cache directory with a validation split"),
+    teacher_model: Path = typer.Option(..., "--teacher", help="teacher checkpoint folder (for parameters and speed)"),
+    student_dirs: list[str] = typer.Option(..., "--student", help="NAME=FOLDER, repeatable"),
+    out: Optional[Path] = typer.Option(None, help="write metrics JSON here"),
+    params: ParamsFile = None,
+    speed_sequences: Optional[int] = typer.Option(None, help="validation sequences timed [default: evaluate.speed_sequences of --params, else 16]"),
+) -> None:
+    """Compare students with the teacher on the cache's validation split."""
+    from pipeline.lm.metrics import EvaluateSettings, evaluate_students, format_table
+
+    settings = read_params(params, "evaluate", EvaluateSettings).updated("evaluate", speed_sequences=speed_sequences)
+    metrics = evaluate_students(cache, teacher_model, student_folders(student_dirs), settings, out)
+    typer.echo(format_table(metrics))
+
+
+@app.command()
+@clean_errors
+def report(
+    metrics: Path = typer.Argument(Path("reports/metrics.json")),
+    classify_metrics: Path = typer.Option(Path("reports/classify_metrics.json"), help="classification metrics, printed too when the file exists"),
+) -> None:
+    """Print the metrics table written by the evaluate stage (and the classification table when it exists)."""
+    from pipeline.lm.metrics import format_table
+
+    if not metrics.exists():
+        raise PipelineError(f"metrics file not found: {metrics} (run `dvc repro` first)")
+    typer.echo(format_table(json.loads(metrics.read_text())))
+    if classify_metrics.exists():
+        from pipeline.classify.evaluate import format_classify_table
+
+        typer.echo("")
+        typer.echo(format_classify_table(json.loads(classify_metrics.read_text())))

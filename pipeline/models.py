@@ -1,0 +1,27 @@
+"""Model folders on disk: written whole or not at all, read back as plain HF causal LMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline.atomic import atomic_dir
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> None:
+    """save_pretrained into a temporary folder, then rename: a crash never leaves half a checkpoint."""
+    with atomic_dir(Path(out_dir)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def load_causal_lm(path: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,135 @@
+"""Typed settings: pydantic models validated once, where params.yaml or CLI options are read.
+
+Every section model derives from `Settings`: unknown keys are refused, choices are `Literal`s,
+bounds are `Field` constraints, and a bad value is one PipelineError line that names its key path
+(`student.loss: 'fkl' is not one of 'forward_kl', 'reverse_kl', ...`).
+"""
+
+from __future__ import annotations
+
+import types
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import PipelineError
+
+S = TypeVar("S", bound="Settings")
+_validating: ContextVar[bool] = ContextVar("settings_validating", default=False)  # inside an outer model's validation
+
+Alpha = Annotated[float, Field(ge=0, le=1)]  # weight of the distillation term; 1 - alpha on CE
+Temperature = Annotated[float, Field(gt=0)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class Settings(BaseModel):
+    """A settings section: frozen, no unknown keys, errors as one line with the key path."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **values: Any) -> None:
+        # pydantic calls a custom __init__ for nested models too: only the outermost call turns the
+        # validation error (with every key path) into a PipelineError.
+        outermost = not _validating.get()
+        token = _validating.set(True)
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            if not outermost:
+                raise
+            raise PipelineError(describe(error, type(self))) from None
+        finally:
+            _validating.reset(token)
+
+    @classmethod
+    def from_section(cls: type[S], values: dict[str, Any] | None, section: str = "") -> S:
+        """Validate a params section (a dict, or None for all defaults); `section` prefixes error paths."""
+        token = _validating.set(True)
+        try:
+            return cls.model_validate(values or {})
+        except ValidationError as error:
+            raise PipelineError(describe(error, cls, section)) from None
+        finally:
+            _validating.reset(token)
+
+    def updated(self: S, section: str = "", **changes: Any) -> S:
+        """A copy with `changes` (None values skipped), validated like the section itself: the CLI's overrides."""
+        given = {name: value for name, value in changes.items() if value is not None}
+        return type(self).from_section(merge(self.model_dump(), given), section)
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """A YAML params file (params.yaml, or one given with --params) as a dict of sections."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"params file not found: {path}")
+    try:
+        values: Any = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from error
+    if not isinstance(values, dict):
+        raise PipelineError(f"{path} must hold a mapping of sections (data, teacher, student, ...)")
+    return values
+
+
+def read_section(path: Path | None, section: str, model: type[S]) -> S:
+    """One section of a params file (dotted for nested ones: 'classify.teacher'), validated by `model`.
+
+    Each entry point reads only the sections it uses, as each DVC stage declares only those params;
+    no file (path None) or no such section means the model's defaults.
+    """
+    values: Any = read_params_file(path) if path is not None else {}
+    for key in section.split("."):
+        values = values.get(key) if isinstance(values, dict) else None
+    return model.from_section(values, section)
+
+
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` applied, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def describe(error: ValidationError, model: type[BaseModel], section: str = "") -> str:
+    """One line for a validation error: each problem with its key path, unknown keys grouped by section."""
+    problems: list[str] = []
+    unknown: dict[tuple[str, ...], list[str]] = {}
+    for item in error.errors():
+        loc = tuple(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            unknown.setdefault(loc[:-1], []).append(loc[-1])
+            continue
+        path = ".".join(part for part in (section, *loc) if part)
+        if item["type"] == "literal_error":
+            problems.append(f"{path}: {item['input']!r} is not one of {item['ctx']['expected']}")
+        elif item["type"] == "value_error":
+            problems.append(f"{path}: {str(item['ctx']['error'])}" if path else str(item["ctx"]["error"]))
+        else:
+            problems.append(f"{path}: {item['msg'][0].lower()}{item['msg'][1:]}, got {item['input']!r}")
+    for loc, names in unknown.items():
+        where = ".".join(part for part in (section, *loc) if part) or model.__name__
+        known = _known_keys(model, loc)
+        problems.append(f"unknown setting(s) in '{where}': {', '.join(names)}" + (f" (known: {', '.join(known)})" if known else ""))
+    return "; ".join(problems)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    """The field names of the (nested) model at `loc`, for the unknown-key message."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return []
+        current = _model_type(fields[part].annotation)
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _model_type(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return next((arg for arg in get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)), None)
+    return annotation
