@@ -83,7 +83,9 @@ def measure(originals: list[CacheRows], source: list[bytes], source_block: dict[
         kl = np.concatenate([position_kl(o, d, vocab) for o, d in zip(originals, decoded)])
         token_error = max(float(np.abs(o.token_logprobs.astype(np.float64) - d.token_logprobs).max()) for o, d in zip(originals, decoded))
         listed = sum(int(d.entries.sum()) for d in decoded) / positions
-        results.append({"name": name, "bytes": sum(map(len, data)), "encode": encode_s, "read": read_s, "kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "token_error": token_error, "listed": listed})
+        results.append(
+            {"name": name, "bytes": sum(map(len, data)), "encode": encode_s, "read": read_s, "kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "token_error": token_error, "listed": listed}
+        )
     for row in results:
         row["bytes_per_token"] = row["bytes"] / positions
         row["read_vs_source"] = row["read"] / base_read
@@ -169,7 +171,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         convert_cache(args.cache, Path(tmp) / "compact", CacheEncoding())
         source_rate, compact_rate = stream_rate(args.cache, args.repeats), stream_rate(Path(tmp) / "compact", args.repeats)
-    print(f"\ntraining reader (stream_batches, batch 8, shuffled): source {source_rate:,.0f} positions/s, default compact {compact_rate:,.0f} positions/s ({source_rate / compact_rate:.2f}x the source's time)")
+    print(
+        f"\ntraining reader (stream_batches, batch 8, shuffled): source {source_rate:,.0f} positions/s, default compact {compact_rate:,.0f} positions/s ({source_rate / compact_rate:.2f}x the source's time)"
+    )
     print("\nbytes per token by column, default setting:")
     for name, size in column_bytes(originals, CacheEncoding().block(vocab, k)).items():
         print(f"  {name:<24} {size:6.2f}")

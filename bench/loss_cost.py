@@ -43,9 +43,7 @@ def variants(settings: StudentSettings) -> dict[str, Loss]:
 
     table: dict[str, Loss] = {
         "ce, plain (full logits)": lambda model, batch: F.cross_entropy(logits(model, batch), batch.targets),
-        "forward_kl bucket, full logits": lambda model, batch: distillation_loss(
-            logits(model, batch), batch.targets, batch.topk_ids, batch.topk_logprobs, settings.loss_spec()
-        )["loss"],
+        "forward_kl bucket, full logits": lambda model, batch: distillation_loss(logits(model, batch), batch.targets, batch.topk_ids, batch.topk_logprobs, settings.loss_spec())["loss"],
         "ce, chunked (alpha 0)": lambda model, batch: batch_loss(model, batch, settings.updated("student", alpha=0.0))["loss"],
     }
     choices = {f"{divergence} {tail}": settings.updated("student", loss=divergence, tail=tail) for divergence in DIVERGENCES for tail in TAILS}
@@ -86,7 +84,9 @@ def measure(cache: Path, params: Path, batch_size: int, repeats: int) -> list[tu
             started = time.perf_counter()
             training_step(model, optimizer, loss, batch)
             times[name].append(time.perf_counter() - started)
-    print(f"batch: {batch_size} sequences, {batch.num_tokens} cached positions, vocabulary {model.config.vocab_size}, chunk_positions {settings.chunk_positions}, {repeats} repeats, {torch.get_num_threads()} threads")
+    print(
+        f"batch: {batch_size} sequences, {batch.num_tokens} cached positions, vocabulary {model.config.vocab_size}, chunk_positions {settings.chunk_positions}, {repeats} repeats, {torch.get_num_threads()} threads"
+    )
     return [(name, statistics.median(times[name]), min(times[name]), peaks[name]) for name in losses]
 
 
@@ -95,9 +95,7 @@ def format_rows(rows: list[tuple[str, float, float, int]]) -> str:
     header = f"{'loss':<34}{'median ms':>10}{'x CE':>7}{'min ms':>8}{'x CE':>7}{'peak MB':>9}{'x CE':>7}"
     lines = [header, "-" * len(header)]
     for name, median, least, peak in rows:
-        lines.append(
-            f"{name:<34}{median * 1e3:>10.0f}{median / base_median:>7.2f}{least * 1e3:>8.0f}{least / base_min:>7.2f}{peak / 1e6:>9.0f}{peak / base_peak:>7.2f}"
-        )
+        lines.append(f"{name:<34}{median * 1e3:>10.0f}{median / base_median:>7.2f}{least * 1e3:>8.0f}{least / base_min:>7.2f}{peak / 1e6:>9.0f}{peak / base_peak:>7.2f}")
     return "\n".join(lines)
 
 

@@ -308,9 +308,10 @@ def print_table(results: dict[str, list[dict[str, float]]], seen_k: int) -> None
     if spread:
         mean = {name: np.mean([run["kl"] for run in runs]) for name, runs in results.items()}
         kl_ce, kl_full = mean["ce only"], mean["full logits (online)"]
-        print("recovery of the seed-mean KLs (less sensitive to one badly trained student): " + ", ".join(
-            f"{name} {100 * (kl_ce - kl) / (kl_ce - kl_full):.1f}%" for name, kl in mean.items() if name not in ("ce only", "full logits (online)")
-        ))
+        print(
+            "recovery of the seed-mean KLs (less sensitive to one badly trained student): "
+            + ", ".join(f"{name} {100 * (kl_ce - kl) / (kl_ce - kl_full):.1f}%" for name, kl in mean.items() if name not in ("ce only", "full logits (online)"))
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
 
@@ -29,6 +29,14 @@ class Settings(BaseModel):
     """A settings section: frozen, no unknown keys, errors as one line with the key path."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, values: Any) -> Any:
+        """A section key with nothing under it (YAML `engine:`) means that section's defaults."""
+        if isinstance(values, dict):
+            return {key: ({} if value is None and _is_section(cls, key) else value) for key, value in values.items()}
+        return {} if values is None else values
 
     def __init__(self, **values: Any) -> None:
         # pydantic calls a custom __init__ for nested models too: only the outermost call turns the
@@ -127,6 +135,12 @@ def _known_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
             return []
         current = _model_type(fields[part].annotation)
     return sorted(getattr(current, "model_fields", {}))
+
+
+def _is_section(model: type[BaseModel], key: str) -> bool:
+    """Whether field `key` holds a nested settings model (not an optional value, where None means None)."""
+    field = model.model_fields.get(key)
+    return field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 
 
 def _model_type(annotation: Any) -> Any:

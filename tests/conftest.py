@@ -18,10 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "data" / "prompts.jsonl"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 
 
 def make_tokenizer(vocab_size: int = 320):
@@ -44,9 +41,17 @@ def make_llama(path: Path, tokenizer, seed: int = 0, layers: int = 2, head_scale
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=layers,
-        intermediate_size=256, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_hidden_layers=layers,
+        intermediate_size=256,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # a peakier output than default init, closer to a trained LM
@@ -161,6 +166,7 @@ def project(tmp_path, tiny_teacher, small_prompts) -> Path:
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # bytecode in the code folders stages depend on is not a change
     return root
 
 

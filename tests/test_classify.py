@@ -252,8 +252,24 @@ def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
     for variant in ("soft", "hard"):
         invoke(["classify", "student", "--cache", str(classify_cache), "--out", str(tmp_path / variant), "--arch", "bag", "--targets", variant, "--epochs", "2"])
     out = invoke(
-        ["classify", "evaluate", "--cache", str(classify_cache), "--teacher", str(tiny_teacher), "--student", f"soft={tmp_path / 'soft'}",
-         "--student", f"hard={tmp_path / 'hard'}", "--out", str(tmp_path / "m.json"), "--chart", str(tmp_path / "r.png"), "--latency-examples", "4"]
+        [
+            "classify",
+            "evaluate",
+            "--cache",
+            str(classify_cache),
+            "--teacher",
+            str(tiny_teacher),
+            "--student",
+            f"soft={tmp_path / 'soft'}",
+            "--student",
+            f"hard={tmp_path / 'hard'}",
+            "--out",
+            str(tmp_path / "m.json"),
+            "--chart",
+            str(tmp_path / "r.png"),
+            "--latency-examples",
+            "4",
+        ]
     )
     assert "accuracy" in out and (tmp_path / "r.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "m.json").read_text())

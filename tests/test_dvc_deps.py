@@ -76,9 +76,11 @@ def test_every_file_a_stage_runs_is_one_of_its_deps(stage):
     assert not missing, f"stage {stage} runs {missing}, which dvc.yaml does not list among its deps"
 
 
-def test_language_model_teacher_does_not_depend_on_student_or_classification_code():
-    """The expensive teacher reruns for teacher code only, not when a loss or a classifier changes."""
-    _, deps = stages()["teacher"]
-    assert not any(dep in ("pipeline", "pipeline/lm") or dep.startswith(("pipeline/classify", "pipeline/lm/training", "pipeline/lm/losses")) for dep in deps)
-    assert not {"pipeline/lm/training.py", "pipeline/lm/losses.py"} & files_run_by("stages.teacher")
-    assert not any(file.startswith("pipeline/classify/") for file in files_run_by("stages.teacher"))
+@pytest.mark.parametrize("stage, task", [("teacher", "lm"), ("classify_teacher", "classify")])
+def test_teacher_stages_do_not_depend_on_student_code_or_the_other_task(stage, task):
+    """The expensive teachers rerun for teacher code only, not when a loss, a classifier or the other task changes."""
+    other = "classify" if task == "lm" else "lm"
+    _, deps = stages()[stage]
+    student_code = (f"pipeline/{task}/training.py", f"pipeline/{task}/student.py", f"pipeline/{task}/evaluate.py", f"pipeline/{task}/metrics.py")
+    assert not any(dep in ("pipeline", f"pipeline/{task}") or dep.startswith((f"pipeline/{other}", *student_code)) for dep in deps)
+    assert not any(file.startswith((f"pipeline/{other}/", *student_code)) for file in files_run_by(f"stages.{stage}"))

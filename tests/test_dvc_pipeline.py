@@ -1,5 +1,6 @@
 """The repository's own dvc.yaml, run on a tiny teacher inside a temporary git repository."""
 
+import json
 import re
 import sys
 
@@ -44,3 +45,21 @@ def test_repro_runs_everything_then_nothing_then_only_the_student_side(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     assert repro(project) == CLASSIFY_STUDENTS | {"classify_evaluate"}
     assert classify_shard.stat().st_mtime_ns == written
+
+    # Edited code reruns the stages that run it, and only those (dvc.yaml lists code folders as deps).
+    assert changed_by_edit(project, "pipeline/lm/losses.py") == {"student@distilled", "student@ce_only", "evaluate"}
+    assert changed_by_edit(project, "pipeline/classify/training.py") == CLASSIFY_STUDENTS | {"classify_evaluate"}
+    assert changed_by_edit(project, "pipeline/cache/reader.py") >= {"teacher", "student@distilled", "classify_teacher", "classify_evaluate"}
+
+
+def changed_by_edit(project, file: str) -> set[str]:
+    """The stages `dvc status` reports changed after appending a comment to `file` (the edit is undone after)."""
+    path = project / file
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
+    try:
+        output = run([sys.executable, "-m", "dvc", "status", "--json"], project)
+        status, _ = json.JSONDecoder().raw_decode(output[output.index("{") :])
+    finally:
+        path.write_text(original)
+    return set(status)

@@ -63,9 +63,7 @@ def test_bad_prompt_file(tmp_path, name, content, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpu_requested_but_absent(tmp_path, prepared, tiny_teacher):
     out = tmp_path / "cache"
-    assert error_line(["teacher", "--model", tiny_teacher, "--prepared", prepared, "--out", out, "--device", "cuda"]) == (
-        "error: device 'cuda' requested but no CUDA GPU is available"
-    )
+    assert error_line(["teacher", "--model", tiny_teacher, "--prepared", prepared, "--out", out, "--device", "cuda"]) == ("error: device 'cuda' requested but no CUDA GPU is available")
     assert not out.exists()
 
 
@@ -189,9 +187,7 @@ def test_manifest_edited_by_hand_is_refused_by_the_student(tmp_path, broken_cach
 def test_deleted_shard_is_named_by_the_student(tmp_path, broken_cache, tiny_teacher):
     shard = broken_cache / "train" / "shard-00001.parquet"
     shard.unlink()
-    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == (
-        f"error: shard {shard} listed in the manifest is missing; rerun the teacher stage with the same --out to regenerate it"
-    )
+    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == (f"error: shard {shard} listed in the manifest is missing; rerun the teacher stage with the same --out to regenerate it")
     assert not (tmp_path / "student").exists()
 
 
@@ -199,9 +195,7 @@ def test_truncated_shard_is_named_by_the_student(tmp_path, broken_cache, tiny_te
     shard = broken_cache / "train" / "shard-00002.parquet"
     size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[: size // 2])
-    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == (
-        f"error: shard {shard} is {size // 2} bytes but the manifest says {size} (truncated or rewritten); run `kd verify`"
-    )
+    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == (f"error: shard {shard} is {size // 2} bytes but the manifest says {size} (truncated or rewritten); run `kd verify`")
     assert not (tmp_path / "student").exists()
 
 

@@ -87,9 +87,7 @@ def test_top_k_is_the_exact_divergence_of_the_folded_or_truncated_distributions(
     t_lp, s_lp = F.log_softmax(teacher, -1), F.log_softmax(F.linear(hidden, weight), -1)
     top = t_lp.topk(k, dim=-1)
     folded = dense_divergence(fold(t_lp, top.indices).exp(), fold(s_lp, top.indices).exp(), LossSpec(loss=divergence, **extra))
-    truncated = dense_divergence(
-        F.softmax(t_lp.gather(-1, top.indices), -1), F.softmax(s_lp.gather(-1, top.indices), -1), LossSpec(loss=divergence, **extra)
-    )
+    truncated = dense_divergence(F.softmax(t_lp.gather(-1, top.indices), -1), F.softmax(s_lp.gather(-1, top.indices), -1), LossSpec(loss=divergence, **extra))
     for tail, expected in (("bucket", folded), ("renormalize", truncated)):
         spec = LossSpec(loss=divergence, tail=tail, alpha=1.0, **extra)
         for terms, _ in both_paths(hidden, weight, targets, top, spec):
@@ -249,7 +247,9 @@ def test_padded_entries_change_neither_loss_nor_gradients(divergence, extra, tem
         values[row, :n], ids[row, :n] = top.values[row, :n], top.indices[row, :n]
     padded = type(top)((values, ids))
     expected_kd = sum(
-        distillation_loss(F.linear(hidden[row : row + 1], weight), targets[row : row + 1], single.indices, single.values, LossSpec(loss=divergence, tail=tail, alpha=1.0, temperature=temperature, **extra))["kd"]
+        distillation_loss(
+            F.linear(hidden[row : row + 1], weight), targets[row : row + 1], single.indices, single.values, LossSpec(loss=divergence, tail=tail, alpha=1.0, temperature=temperature, **extra)
+        )["kd"]
         for row, single in enumerate(reference)
     ) / len(lengths)
     for terms, grads in both_paths(hidden, weight, targets, padded, spec):

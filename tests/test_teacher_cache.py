@@ -147,6 +147,7 @@ def test_two_workers_then_finalize_equal_one_worker(tmp_path, tiny_cache, tiny_t
 def test_a_worker_that_ships_the_tokenizer_second_keeps_the_first_copy(tmp_path):
     """Two workers starting together both find no tokenizer folder and both save one; the rename of the
     second onto the first's (non-empty) folder must not fail the run or leave its temporary behind."""
+
     def save_while_a_sibling_wins(folder: Path) -> None:
         folder.mkdir()
         (folder / "tokenizer.json").write_text("second")
