@@ -2,7 +2,7 @@
 
 A file or folder is written under a temporary name beside its target (`.<name>.tmp-<pid>`, so
 concurrent writers never share one) and renamed into place once complete. A crash therefore
-leaves at most a temporary, which `remove_temp_files` clears on the next run.
+leaves at most a temporary, which the next writer of that path clears (`remove_temp_files`).
 """
 
 from __future__ import annotations
@@ -56,11 +56,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path` for the body to create a folder at; on success it becomes `path`.
 
-    replace: an existing `path` is removed first (a checkpoint being rewritten). Without it an existing
-    `path` wins and the new copy is dropped (parallel workers shipping the same tokenizer).
+    replace: `path` has one writer (a checkpoint being rewritten): an existing `path` is replaced, and
+    temporaries that killed earlier writers of it left are removed first. Without it an existing `path`
+    wins and the new copy is dropped (parallel workers shipping the same tokenizer).
     """
     path = Path(path)
     tmp = temp_path(path)
+    if replace:
+        remove_temp_files(path.parent, [path.name])
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:

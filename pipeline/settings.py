@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 S = TypeVar("S", bound="Settings")
 _validating: ContextVar[bool] = ContextVar("settings_validating", default=False)  # inside an outer model's validation
 
+Number = Union[int, float]  # a whole number stays one: settings copied into a cache plan keep their YAML form
 Alpha = Annotated[float, Field(ge=0, le=1)]  # weight of the distillation term; 1 - alpha on CE
 Temperature = Annotated[float, Field(gt=0)]
 Positive = Annotated[int, Field(ge=1)]
@@ -118,7 +119,8 @@ def describe(error: ValidationError, model: type[BaseModel], section: str = "") 
         elif item["type"] == "value_error":
             problems.append(f"{path}: {str(item['ctx']['error'])}" if path else str(item["ctx"]["error"]))
         else:
-            problems.append(f"{path}: {item['msg'][0].lower()}{item['msg'][1:]}, got {item['input']!r}")
+            message = f"{item['msg'][0].lower()}{item['msg'][1:]}"
+            problems.append(f"{path}: {message}" + ("" if "got" in message else f", got {item['input']!r}"))
     for loc, names in unknown.items():
         where = ".".join(part for part in (section, *loc) if part) or model.__name__
         known = _known_keys(model, loc)

@@ -20,7 +20,7 @@ WORK = Path("data/.classify-cache-partial")
 def main() -> None:
     settings = params("classify.teacher", ClassifyTeacherSettings)
     data = read_classify_data(params("classify.data", ClassifyDataSettings), settings.prompt.label_names)
-    manifest = publish(partial(run_classify_teacher, data, teacher_ref(), settings=settings), WORK, CACHE)
+    manifest = publish(partial(run_classify_teacher, data, teacher_ref(), settings=settings), WORK, CACHE, "classify teacher")
     print(f"classify cache: {sum(s['rows'] for s in manifest['splits'].values())} texts in {CACHE}")
 
 

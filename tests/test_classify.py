@@ -299,7 +299,7 @@ def run_kd_failing(args: list[str], cwd: Path) -> str:
 
 
 def test_module_entry_point_runs_with_the_classify_commands(tmp_path):
-    """`python -m pipeline.cli` imports cli.py twice (as __main__ and as pipeline.cli): the classify sub-app must survive that."""
+    """`python -m pipeline.cli` (through pipeline/cli/__main__.py) runs the kd app with the classify sub-app."""
     import subprocess
     import sys
 

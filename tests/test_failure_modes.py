@@ -1,4 +1,4 @@
-"""The rows of README's "Failure modes" table: each bad input gets its one-line message, exit 1,
+"""The rows of the failure-modes table (docs/failure-modes.md): each bad input gets its one-line message, exit 1,
 and leaves nothing that claims to be a complete output."""
 
 import errno

@@ -30,7 +30,7 @@ def test_shards_open_in_polars_pandas_duckdb_and_datasets(tiny_cache):
 
 
 def test_float32_conversion_gives_plain_list_columns(tmp_path, tiny_cache):
-    """For tools that do not decode the compact streams: `kd convert --encoding float32` (README)."""
+    """For tools that do not decode the compact streams: `kd convert --encoding float32` (docs/cache-format.md)."""
     from pipeline.cache.codec import CacheEncoding
     from pipeline.cache.convert import convert_cache
 

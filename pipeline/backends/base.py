@@ -1,4 +1,4 @@
-"""What a teacher backend is: the protocol, its settings, its output types, and how to load one.
+"""What a teacher backend is: the protocol, its settings and its output types (pipeline.backends.registry starts one).
 
 Every backend returns the same TeacherOutput (raw log-probs at temperature 1, top-k sorted
 descending) or SampledOutput, turned into cache rows here, so the cache writer never knows which
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +17,7 @@ from pydantic import Field
 
 from pipeline.cache.codec import FLOAT32_BLOCK, CacheRows, encode
 from pipeline.errors import PipelineError
-from pipeline.settings import Positive, Settings
+from pipeline.settings import Number, Positive, Settings
 
 
 @dataclass
@@ -106,8 +106,8 @@ class GenerationSettings(Settings):
     """`teacher.generation`: how the teacher answers prompts that have no response yet."""
 
     max_new_tokens: Positive = 64
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: Number = Field(0.7, ge=0)
+    top_p: Number = Field(0.9, gt=0, le=1)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,5 +143,5 @@ class TeacherBackend(Protocol):
 
 
 BackendName = Literal["transformers", "vllm"]
-BACKENDS = ("transformers", "vllm")
+BACKENDS = get_args(BackendName)
 SAMPLING_UNSUPPORTED = "teacher.draws needs the teacher's full distribution at every position, which the {backend} backend does not return; use the transformers backend"

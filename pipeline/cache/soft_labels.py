@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.cache.codec import flat_values
-from pipeline.cache.format import CLASSIFY_TASK
+from pipeline.cache.format import CLASSIFY_TASK, FORMAT_VERSION
 
 if TYPE_CHECKING:
     from pipeline.cache.reader import Cache
@@ -37,7 +37,6 @@ SOFT_LABEL_SCHEMA = pa.schema(
 class SoftLabelTask:
     name = CLASSIFY_TASK
     token_columns = ("input_ids",)
-    token_unit = "text tokens"
 
     def check_manifest(self, manifest: dict[str, Any], path: Path) -> None:
         return None
@@ -46,7 +45,7 @@ class SoftLabelTask:
         return SOFT_LABEL_SCHEMA
 
     def format_version(self, plan: dict[str, Any]) -> int:
-        return 2
+        return FORMAT_VERSION
 
     def count_tokens(self, table: pa.Table) -> int:
         """Text tokens: the whole of input_ids."""
@@ -90,7 +89,7 @@ class SoftLabels:
 
 def read_soft_labels(cache: Cache, split: str) -> SoftLabels:
     """One split of a soft-label cache, whole."""
-    cache.require_task(CLASSIFY_TASK, "a classifier")
+    cache.require_task(CLASSIFY_TASK, "a classifier", "run the classify teacher")
     batches = list(cache.batches(split, 4096))
     table = pa.Table.from_batches(batches) if batches else SOFT_LABEL_SCHEMA.empty_table()
     labels = len(cache.manifest["classify"]["label_names"])

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 class CacheTask(Protocol):
     name: str
     token_columns: tuple[str, ...]  # the columns `count_tokens` reads
-    token_unit: str  # what the manifest's `tokens` counts, for messages
 
     def check_manifest(self, manifest: dict[str, Any], path: Path) -> None:
         """Refuse, at open time, a manifest this kd-pipeline cannot read (e.g. an unknown encoding)."""

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from pipeline.cache.codec import ENCODINGS, FLOAT32_BLOCK, decode, flat_values, manifest_encoding, padded_entries, shard_schema
 from pipeline.cache.encoding import segment_index
-from pipeline.cache.format import CAUSAL_LM_TASK
+from pipeline.cache.format import CAUSAL_LM_TASK, FORMAT_VERSION
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ MASS_BINS = 10_000  # histogram resolution: percentiles to 1e-4 with memory inde
 class TopKTask:
     name = CAUSAL_LM_TASK
     token_columns = ("input_ids", "response_start")
-    token_unit = "tokens"
 
     def check_manifest(self, manifest: dict[str, Any], path: Path) -> None:
         name = manifest_encoding(manifest).get("name")
@@ -42,7 +41,7 @@ class TopKTask:
 
     def format_version(self, plan: dict[str, Any]) -> int:
         """A plan without an encoding block was started before version 2: it finishes as version 1."""
-        return 1 if "encoding" not in plan else 2
+        return 1 if "encoding" not in plan else FORMAT_VERSION
 
     def count_tokens(self, table: pa.Table) -> int:
         """Answer positions: len(input_ids) - response_start per row."""
@@ -51,7 +50,7 @@ class TopKTask:
 
     def structure_problem(self, manifest: dict[str, Any]) -> str | None:
         if not isinstance(manifest.get("k"), int):
-            return "k and shard_rows must be integers"
+            return "k must be an integer"
         return None
 
     def value_problems(self, table: pa.Table, manifest: dict[str, Any]) -> list[str]:

@@ -13,8 +13,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cache.format import MANIFEST_FILE, checksum_problem, load_manifest
+from pipeline.cache.format import MANIFEST_FILE, checksum_problem
 from pipeline.cache.plan import planned_shards
+from pipeline.cache.reader import Cache
 from pipeline.cache.tasks import task_of
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
@@ -24,8 +25,7 @@ def verify_cache(cache_dir: Path) -> list[str]:
     """One line per problem; an empty list means the cache is exactly what its manifest says."""
     cache_dir = Path(cache_dir)
     try:
-        manifest = load_manifest(cache_dir)
-        task_of(manifest).check_manifest(manifest, cache_dir / MANIFEST_FILE)
+        manifest = Cache.open(cache_dir, check_checksum=False).manifest
     except PipelineError as error:
         return [str(error)]
     problems = [p for p in [checksum_problem(cache_dir, manifest)] if p]
@@ -47,7 +47,7 @@ def _structure_problem(manifest: dict[str, Any]) -> str | None:
     if problem:
         return problem
     if not isinstance(manifest.get("shard_rows"), int):
-        return "k and shard_rows must be integers"
+        return "shard_rows must be an integer"
     if not isinstance(manifest.get("tokenizer"), dict) or not isinstance(manifest["tokenizer"].get("vocab_size"), int):
         return "tokenizer.vocab_size must be an integer"
     if not isinstance(manifest.get("source"), dict) or not isinstance(manifest["source"].get("rows"), dict):

@@ -182,7 +182,7 @@ def finalize_from_plan(cache_dir: Path) -> dict[str, Any]:
     return finalize_cache(Path(cache_dir), planned_shards(json.loads(plan_path.read_text())))
 
 
-def publish(fill: Callable[[Path], dict[str, Any] | None], work_dir: Path, final_dir: Path) -> dict[str, Any]:
+def publish(fill: Callable[[Path], dict[str, Any] | None], work_dir: Path, final_dir: Path, name: str = "teacher") -> dict[str, Any]:
     """Fill a cache in `work_dir`, then move it to `final_dir` once complete (a DVC stage's output).
 
     DVC deletes a stage's outputs before running it, so the cache is written outside them: after a
@@ -192,7 +192,7 @@ def publish(fill: Callable[[Path], dict[str, Any] | None], work_dir: Path, final
     try:
         manifest = fill(work_dir)
     except OtherSettingsError:
-        log.warning("%s holds an unfinished run with other settings; starting over", work_dir)
+        log.warning("%s: %s holds an unfinished run with other settings; starting over", name, work_dir)
         shutil.rmtree(work_dir)
         manifest = fill(work_dir)
     if manifest is None:

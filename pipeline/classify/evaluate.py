@@ -67,7 +67,7 @@ def prediction_metrics(probs: np.ndarray, data: SoftLabels, bins: int) -> dict[s
         "agreement_with_teacher": float((probs.argmax(1) == teacher).mean()),
         "ece": expected_calibration_error(probs[gold], data.label[gold], bins),
         "nll": float(-np.log(np.clip(probs[gold][np.arange(int(gold.sum())), data.label[gold]], 1e-12, 1)).mean()),  # log loss on gold labels
-        "kl_to_teacher": float(label_kl(torch.from_numpy(data.label_logprobs), torch.from_numpy(np.log(np.clip(probs, 1e-12, 1)))).numpy().mean()),
+        "kl_to_teacher": float(label_kl(data.label_logprobs, np.log(np.clip(probs, 1e-12, 1))).mean()),
         "reliability": calibration_bins(probs[gold], data.label[gold], bins),
     }
 

@@ -27,9 +27,13 @@ def hinton_loss(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, go
     return {"loss": alpha * kd + (1 - alpha) * ce, "kd": kd, "ce": ce}
 
 
-def label_kl(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-text KL(teacher || student) over the labels: the one KL-to-teacher of the classification task."""
-    return (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(-1)
+def label_kl(teacher_logprobs: torch.Tensor | np.ndarray, student_logprobs: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Per-text KL(teacher || student) over the labels: the one KL-to-teacher of the classification task.
+
+    Tensors (training) or numpy arrays (evaluation, float64 metrics), computed with that library's own exp.
+    """
+    exp = torch.exp if isinstance(teacher_logprobs, torch.Tensor) else np.exp
+    return (exp(teacher_logprobs) * (teacher_logprobs - student_logprobs)).sum(-1)
 
 
 def hard_targets(teacher_logprobs: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import Field
@@ -24,7 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.settings import Positive, Settings
 
 Arch = Literal["bilstm", "bag"]
-ARCHS = ("bilstm", "bag")
+ARCHS = get_args(Arch)
 PAD, UNK = 0, 1
 CONFIG_FILE = "classifier.json"
 WEIGHTS_FILE = "classifier.pt"

@@ -11,7 +11,7 @@ import logging
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -40,7 +40,7 @@ class ClassifyTeacherSettings(ClassifyPrompt):
     """The `classify.teacher` section: the prompt (ClassifyPrompt's fields) and how the teacher runs."""
 
     backend: BackendName = "transformers"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: str = "float32"  # the backend checks it (transformers: float32, bfloat16, float16; vLLM also its own names)
     device: str = "cpu"
     batch_size: Positive = 16
     shard_rows: Positive = 128
@@ -146,6 +146,6 @@ def report_mass(mass: dict[str, float]) -> None:
     log.info("classify teacher: verbalizer mass mean %.3f, p10 %.3f, min %.3f", mass["mean"], mass["p10"], mass["min"])
     if mass["mean"] < LOW_MASS:
         log.warning(
-            "the teacher puts only %.1f%% of its probability on the verbalizers on average; the prompt or the verbalizers do not fit this teacher (see docs/classification.md)",
+            "classify teacher: the teacher puts only %.1f%% of its probability on the verbalizers on average; the prompt or the verbalizers do not fit this teacher (see docs/classification.md)",
             100 * mass["mean"],
         )

@@ -6,7 +6,7 @@ import logging
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from pipeline.training import train_loop, write_loss_log
 log = logging.getLogger(__name__)
 
 Targets = Literal["soft", "hard"]
-TARGETS = ("soft", "hard")
+TARGETS = get_args(Targets)
 
 
 class ClassifierTraining(Settings):
@@ -57,7 +57,7 @@ class ClassifyTrainSettings(ClassifierTraining):
 class ClassifyStudentSettings(ClassifierTraining):
     """The `classify.student` section: each architecture's sizes, and the training every variant shares."""
 
-    models: dict[Arch, dict[str, Any]] = {"bilstm": {}, "bag": {"hidden_size": 0, "dropout": 0.0}}
+    models: dict[Arch, dict[str, Any]] = {}  # per architecture, ClassifierConfig fields other than arch (missing: its defaults)
 
     def variant(self, arch: Arch, targets: Targets) -> ClassifyTrainSettings:
         """The settings of one trained variant (`bilstm-soft`, ...)."""

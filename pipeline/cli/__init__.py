@@ -13,6 +13,3 @@ app = typer.Typer(help="Offline knowledge distillation from LLM teachers.", no_a
 for commands in (lm.app, cache.app):
     app.registered_commands += commands.registered_commands
 app.add_typer(classify.app, name="classify")
-
-if __name__ == "__main__":
-    app()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +21,8 @@ from pipeline.cache.reader import Cache, iter_record_batches
 from pipeline.errors import PipelineError
 
 PAD_ID = 0  # padded positions are masked out and never scored
-POSITIONS = ("response", "all")
 Positions = Literal["response", "all"]
+POSITIONS = get_args(Positions)
 
 
 @dataclass

