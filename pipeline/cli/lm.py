@@ -69,6 +69,7 @@ def student(
     tokenizer: Optional[Path] = typer.Option(None, help="tokenizer folder (must match the cache's); default: the one shipped in the cache"),
     out: Path = typer.Option(..., help="folder for the trained student checkpoint"),
     params: ParamsFile = None,
+    init: Optional[str] = typer.Option(None, help="'scratch' (a random student from student.model) or a pretrained HF causal-LM folder to start from"),
     alpha: Optional[float] = typer.Option(None, help="weight of the KD term; 0 trains on CE only"),
     loss: Optional[str] = typer.Option(None, help="divergence: forward_kl, reverse_kl, jsd, skew_kl or tvd"),
     tail: Optional[str] = typer.Option(None, help="mass outside the top-k: bucket or renormalize"),
@@ -78,7 +79,7 @@ def student(
     """Train a student from a cache."""
     from pipeline.lm.training import StudentSettings, train_student
 
-    settings = read_params(params, "student", StudentSettings).updated("student", alpha=alpha, loss=loss, tail=tail, epochs=epochs)
+    settings = read_params(params, "student", StudentSettings).updated("student", init=init, alpha=alpha, loss=loss, tail=tail, epochs=epochs)
     train_student(cache, settings, out, tokenizer, loss_log)
 
 

@@ -1,11 +1,17 @@
-"""Student models: small Llama-architecture causal LMs built from a config, sharing the teacher's vocabulary."""
+"""Student models: a small Llama built from a config, or a pretrained causal LM from a folder; the teacher's vocabulary."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from pipeline.errors import PipelineError
+from pipeline.models import load_causal_lm
+
+SCRATCH = "scratch"
 
 DEFAULT_STUDENT = {
     "hidden_size": 128,
@@ -21,6 +27,29 @@ def build_student(config: dict[str, Any], vocab_size: int, seed: int) -> LlamaFo
     torch.manual_seed(seed)
     settings = {**DEFAULT_STUDENT, **config}
     return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, **settings))
+
+
+def pretrained_student(folder: Path, vocab_size: int) -> torch.nn.Module:
+    """A student that starts from the weights of an HF causal-LM folder, in float32 for training.
+
+    Its embedding table must have a row for every id the cache holds (0 .. vocab_size - 1).
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise PipelineError(f"student.init: {folder} is neither 'scratch' nor a model folder with a config.json")
+    model = load_causal_lm(folder).train()
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < vocab_size:
+        raise PipelineError(f"student.init: the model at {folder} has {rows} embedding rows, but the cache holds token ids up to {vocab_size - 1}")
+    return model
+
+
+def initial_student(init: str, config: dict[str, Any], vocab_size: int, seed: int) -> torch.nn.Module:
+    """`student.init`: 'scratch' (a random Llama from `config`) or the path of a pretrained model folder."""
+    if init == SCRATCH:
+        return build_student(config, vocab_size, seed)
+    torch.manual_seed(seed)  # dropout and the shuffle stay seeded as in a scratch run
+    return pretrained_student(Path(init), vocab_size)
 
 
 def position_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:

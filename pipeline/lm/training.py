@@ -18,7 +18,7 @@ from pipeline.hashing import tokenizer_sha256
 from pipeline.lm.chunked_loss import chunked_distillation_loss
 from pipeline.lm.losses import LossSpec
 from pipeline.lm.streaming import Positions, TopKBatch, scored_positions, stream_batches
-from pipeline.lm.student import build_student, position_hidden
+from pipeline.lm.student import SCRATCH, initial_student, position_hidden
 from pipeline.models import count_parameters, save_checkpoint
 from pipeline.settings import Positive
 from pipeline.training import train_loop, write_loss_log
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 class StudentSettings(LossSpec):
     """The `student` section: the student's architecture, the loss (LossSpec's fields) and the optimisation."""
 
-    model: dict[str, Any] = {}  # LlamaConfig fields; the vocabulary comes from the cache
+    init: str = "scratch"  # scratch: a random student built from `model`; or the path of a pretrained HF causal-LM folder to start from
+    model: dict[str, Any] = {}  # LlamaConfig fields of a scratch student; the vocabulary comes from the cache
     positions: Positions = "response"  # or "all": CE also on prompt tokens
     chunk_positions: Positive = 256
     epochs: Positive = 4
@@ -58,9 +59,10 @@ def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, sett
         raise PipelineError(f"{cache.path} is a sampled cache: it has no top-k tail to treat, so student.tail '{settings.tail}' does not apply (leave it at bucket)")
 
 
-def student_tokenizer_path(cache: Cache, tokenizer_path: Path | None) -> Path:
-    """The tokenizer given, else the one shipped inside the cache."""
-    path = tokenizer_path or cache.tokenizer_dir
+def student_tokenizer_path(cache: Cache, tokenizer_path: Path | None, init: str = SCRATCH) -> Path:
+    """The tokenizer given, else a pretrained student's own, else the one shipped inside the cache."""
+    own = Path(init) if init != SCRATCH and (Path(init) / "tokenizer_config.json").exists() else None
+    path = tokenizer_path or own or cache.tokenizer_dir
     if not path.exists():
         raise PipelineError(f"no tokenizer at {path}: this cache does not ship one, pass the teacher's tokenizer folder")
     return path
@@ -86,11 +88,11 @@ def train_student(cache_dir: Path, settings: StudentSettings, out_dir: Path, tok
     tokenizer_path None means the tokenizer shipped in the cache; `loss_log` also writes the log as CSV.
     """
     cache = Cache.open(cache_dir)
-    tokenizer_path = student_tokenizer_path(cache, tokenizer_path)
+    tokenizer_path = student_tokenizer_path(cache, tokenizer_path, settings.init)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     check_compatibility(cache, tokenizer, tokenizer_path, settings)
     cache.check_shards("train")
-    model = build_student(settings.model, cache.vocab_size, settings.seed)
+    model = initial_student(settings.init, settings.model, cache.vocab_size, settings.seed)
     tokens = [0]
 
     def count_tokens(batch: TopKBatch) -> int:
