@@ -110,9 +110,6 @@ class GenerationSettings(Settings):
     top_p: Number = Field(0.9, gt=0, le=1)
     seed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
 
 class EngineSettings(Settings):
     """`teacher.engine`: knobs of a serving engine (vLLM); the transformers backend has none of these."""

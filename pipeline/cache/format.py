@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_json
+from pipeline.hashing import sha256_json, tokenizer_sha256
 
 FORMAT_NAME = "kd-topk-cache"
 FORMAT_VERSION = 2  # what new caches are; version 1 (float32 columns, no encoding block) is still read
@@ -30,6 +30,17 @@ LOGPROBS_MEANING = "raw log-softmax of the teacher at temperature 1"  # the mani
 
 CAUSAL_LM_TASK = "causal_lm_topk"
 CLASSIFY_TASK = "classify_soft_labels"
+
+
+def tokenizer_record(tokenizer: Any, vocab_size: int, chat_template: bool) -> dict[str, Any]:
+    """The plan's `tokenizer` block: what a cached id means, and where the shipped tokenizer files are."""
+    return {
+        "sha256": tokenizer_sha256(tokenizer),
+        "vocab_size": vocab_size,
+        "tokenizer_size": len(tokenizer),
+        "chat_template": tokenizer.chat_template if chat_template else None,
+        "files": TOKENIZER_DIR,
+    }
 
 
 def manifest_checksum(manifest: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.cache.codec import manifest_encoding
-from pipeline.cache.format import TOKENIZER_DIR, load_manifest, read_manifest
+from pipeline.cache.format import MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
 
@@ -73,7 +73,7 @@ class Cache:
         """The cache at `path`; check_checksum False opens an edited manifest too (for `kd verify`)."""
         path = Path(path)
         manifest = read_manifest(path) if check_checksum else load_manifest(path)
-        task_of(manifest).check_manifest(manifest, path / "manifest.json")
+        task_of(manifest).check_manifest(manifest, path / MANIFEST_FILE)
         return cls(path, manifest)
 
     @cached_property

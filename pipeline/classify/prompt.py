@@ -46,16 +46,6 @@ class ClassifyPrompt(Settings):
     def label_names(self) -> list[str]:
         return list(self.labels)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "labels": dict(self.labels),
-            "template": self.template,
-            "system": self.system,
-            "assistant_prefix": self.assistant_prefix,
-            "chat_template": self.chat_template,
-            "scoring": self.scoring,
-        }
-
 
 def verbalizer_ids(tokenizer: Any, prompt: ClassifyPrompt) -> list[list[int]]:
     """Token ids of each label's verbalizer, checked: non-empty, distinct, and distinct first tokens for first_token scoring."""

@@ -21,14 +21,14 @@ from tqdm import tqdm
 from pipeline.backends.base import BackendName, TeacherBackend
 from pipeline.backends.registry import load_backend
 from pipeline.backends.verbalizer_scoring import normalise
-from pipeline.cache.format import CLASSIFY_TASK, TOKENIZER_DIR
+from pipeline.cache.format import CLASSIFY_TASK, tokenizer_record
 from pipeline.cache.plan import ShardSpec, plan_shards
 from pipeline.cache.reader import Cache
 from pipeline.cache.soft_labels import SOFT_LABEL_SCHEMA, mass_summary
 from pipeline.cache.writer import fill_cache, write_shard
 from pipeline.classify.prompt import ClassifyPrompt, render_prompt, verbalizer_ids
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_rows, tokenizer_sha256
+from pipeline.hashing import sha256_rows
 from pipeline.settings import Positive
 
 log = logging.getLogger(__name__)
@@ -101,14 +101,8 @@ def run_classify_teacher(
     plan = {
         "task": CLASSIFY_TASK,
         "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
-        "tokenizer": {
-            "sha256": tokenizer_sha256(tokenizer),
-            "vocab_size": backend.vocab_size,
-            "tokenizer_size": len(tokenizer),
-            "chat_template": tokenizer.chat_template if prompt.chat_template else None,
-            "files": TOKENIZER_DIR,
-        },
-        "classify": {**prompt.to_dict(), "label_names": prompt.label_names, "verbalizer_ids": verbalizers},
+        "tokenizer": tokenizer_record(tokenizer, backend.vocab_size, prompt.chat_template),
+        "classify": {**prompt.model_dump(), "label_names": prompt.label_names, "verbalizer_ids": verbalizers},
         "logprobs": "raw log-softmax of the teacher at temperature 1; sequence log-prob = sum over verbalizer tokens",
         "source": {
             "sha256": sha256_rows(row for frame in data.values() for row in frame.iter_rows(named=True)),

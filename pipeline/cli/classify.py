@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, read_params, student_folders
+from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, student_folders
+from pipeline.settings import read_section
 from pipeline.teacher_model import EMBEDDED_DIR
 
 app = typer.Typer(help="Text classification by distillation: LLM soft labels into a small classifier.", no_args_is_help=True)
@@ -35,11 +36,11 @@ def teacher(
     from pipeline.lm.teacher import TeacherSettings
     from pipeline.teacher_model import resolve_teacher
 
-    settings = read_params(params, "classify.teacher", ClassifyTeacherSettings).updated("classify.teacher", batch_size=batch_size, scoring=scoring)
-    columns = read_params(params, "classify.data", ClassifyDataSettings).updated("classify.data", text_column=text_column, label_column=label_column)
+    settings = read_section(params, "classify.teacher", ClassifyTeacherSettings).updated("classify.teacher", batch_size=batch_size, scoring=scoring)
+    columns = read_section(params, "classify.data", ClassifyDataSettings).updated("classify.data", text_column=text_column, label_column=label_column)
     files = ClassifyDataSettings.from_section({**columns.model_dump(), "train": train, "test": test}, "classify.data")
     data = read_classify_data(files, settings.prompt.label_names)
-    teacher_ref = resolve_teacher(model or read_params(params, "teacher", TeacherSettings).model, embedded_dir)
+    teacher_ref = resolve_teacher(model or read_section(params, "teacher", TeacherSettings).model, embedded_dir)
     manifest = run_classify_teacher(data, teacher_ref, out, settings, worker_index, num_workers)
     echo_fill_result(manifest, out, worker_index, "rows", "texts")
 
@@ -60,7 +61,7 @@ def student(
     """Train a BiLSTM or bag-of-embeddings classifier on the cache's train split."""
     from pipeline.classify.training import ClassifyStudentSettings, train_classifier_from_cache
 
-    section = read_params(params, "classify.student", ClassifyStudentSettings).updated("classify.student", alpha=alpha, temperature=temperature, epochs=epochs)
+    section = read_section(params, "classify.student", ClassifyStudentSettings).updated("classify.student", alpha=alpha, temperature=temperature, epochs=epochs)
     train_classifier_from_cache(cache, section.variant(arch, targets), out, loss_log)
 
 
@@ -80,6 +81,6 @@ def evaluate(
     """Accuracy, agreement, ECE, size and latency of the teacher and the classifiers."""
     from pipeline.classify.evaluate import ClassifyEvaluateSettings, evaluate_classifier_students, format_classify_table
 
-    settings = read_params(params, "classify.evaluate", ClassifyEvaluateSettings).updated("classify.evaluate", latency_examples=latency_examples, calibration_bins=calibration_bins)
+    settings = read_section(params, "classify.evaluate", ClassifyEvaluateSettings).updated("classify.evaluate", latency_examples=latency_examples, calibration_bins=calibration_bins)
     metrics = evaluate_classifier_students(cache, teacher_model, student_folders(student_dirs), split, settings, out, chart)
     typer.echo(format_classify_table(metrics))

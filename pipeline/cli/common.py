@@ -5,14 +5,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
 
 from pipeline.errors import PipelineError, setup_logging
-from pipeline.settings import Settings, read_section
-
-S = TypeVar("S", bound=Settings)
 
 # Options that `kd teacher` and `kd classify teacher` share.
 TeacherModel = Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder [default: teacher.model of --params, else embedded]")]
@@ -20,11 +17,6 @@ EmbeddedDir = Annotated[Path, typer.Option(help="where the embedded teacher is c
 NumWorkers = Annotated[int, typer.Option(help="processes filling disjoint shards of the same cache")]
 WorkerIndex = Annotated[int, typer.Option(help="which of the --num-workers processes this is, from 0")]
 ParamsFile = Annotated[Optional[Path], typer.Option("--params", help="params.yaml whose sections give the settings (options override them)")]
-
-
-def read_params(path: Optional[Path], section: str, model: type[S]) -> S:
-    """One section of the --params file, validated; every default without a file."""
-    return read_section(path, section, model)
 
 
 def clean_errors(command: Callable) -> Callable:

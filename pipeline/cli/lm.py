@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, read_params, student_folders
+from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, student_folders
 from pipeline.errors import PipelineError
+from pipeline.settings import read_section
 from pipeline.teacher_model import EMBEDDED_DIR
 
 app = typer.Typer()
@@ -55,7 +56,7 @@ def teacher(
     from pipeline.teacher_model import resolve_teacher
 
     generation = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
-    settings = read_params(params, "teacher", TeacherSettings).updated(
+    settings = read_section(params, "teacher", TeacherSettings).updated(
         "teacher", model=model, k=k, draws=draws, backend=backend, batch_size=batch_size, device=device, too_long=too_long, generation=generation
     )
     manifest = run_teacher(prepared, resolve_teacher(settings.model, embedded_dir), out, settings, worker_index, num_workers)
@@ -79,7 +80,7 @@ def student(
     """Train a student from a cache."""
     from pipeline.lm.training import StudentSettings, train_student
 
-    settings = read_params(params, "student", StudentSettings).updated("student", init=init, alpha=alpha, loss=loss, tail=tail, epochs=epochs)
+    settings = read_section(params, "student", StudentSettings).updated("student", init=init, alpha=alpha, loss=loss, tail=tail, epochs=epochs)
     train_student(cache, settings, out, tokenizer, loss_log)
 
 
@@ -96,7 +97,7 @@ def evaluate(
     """Compare students with the teacher on the cache's validation split."""
     from pipeline.lm.metrics import EvaluateSettings, evaluate_students, format_table
 
-    settings = read_params(params, "evaluate", EvaluateSettings).updated("evaluate", speed_sequences=speed_sequences)
+    settings = read_section(params, "evaluate", EvaluateSettings).updated("evaluate", speed_sequences=speed_sequences)
     metrics = evaluate_students(cache, teacher_model, student_folders(student_dirs), settings, out)
     typer.echo(format_table(metrics))
 

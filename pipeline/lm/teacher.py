@@ -26,12 +26,12 @@ from pipeline.backends.base import (
 )
 from pipeline.backends.registry import backend_class, load_backend
 from pipeline.cache.codec import CacheEncoding
-from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, TOKENIZER_DIR
+from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
 from pipeline.cache.plan import ShardSpec, plan_shards
 from pipeline.cache.writer import fill_cache, write_shard, zstd_level
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_rows, tokenizer_sha256
+from pipeline.hashing import sha256_rows
 from pipeline.lm.sequences import Encoded, encode_rows, length_limit, refuse_too_long, truncate
 from pipeline.settings import Positive, Settings
 
@@ -100,17 +100,11 @@ def run_teacher(
     plan = {
         "task": CAUSAL_LM_TASK,
         "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
-        "tokenizer": {
-            "sha256": tokenizer_sha256(tokenizer),
-            "vocab_size": backend.vocab_size,
-            "tokenizer_size": len(tokenizer),
-            "chat_template": tokenizer.chat_template if use_template else None,
-            "files": TOKENIZER_DIR,
-        },
+        "tokenizer": tokenizer_record(tokenizer, backend.vocab_size, use_template),
         "k": settings.k if settings.draws is None else min(settings.draws, backend.vocab_size),
         "logprobs": LOGPROBS_MEANING,
         "encoding": block,
-        "generation": {**settings.generation.to_dict(), "batch_size": settings.batch_size},
+        "generation": {**settings.generation.model_dump(), "batch_size": settings.batch_size},
         "source": {
             "sha256": sha256_rows(row for name in SPLITS for row in splits[name].iter_rows(named=True)),
             "rows": {name: frame.height for name, frame in splits.items()},
