@@ -22,7 +22,7 @@ class DataSettings(Settings):
 
     prompts: Path = Path("data/prompts.jsonl")  # JSONL, CSV or Parquet with a prompt column (and optional id, response)
     text_column: str = "prompt"
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.2, gt=0, le=1)  # 1: an evaluation-only prompt set (every prompt validation, train empty)
     seed: int = 0
 
 
@@ -101,15 +101,22 @@ def text_id(text: str) -> str:
 
 
 def split_prompts(prompts: pl.DataFrame, validation_fraction: float, seed: int) -> dict[str, pl.DataFrame]:
-    """Assign each id to a split by a seeded hash: adding prompts never moves existing ones."""
-    if not 0 < validation_fraction < 1:
-        raise PipelineError(f"validation_fraction must be between 0 and 1, got {validation_fraction}")
+    """Assign each id to a split by a seeded hash: adding prompts never moves existing ones.
+
+    validation_fraction 1 makes an evaluation-only prompt set: every prompt in validation, train empty
+    (with the same columns), for scoring students on prompts they were not trained on.
+    """
+    if not 0 < validation_fraction <= 1:
+        raise PipelineError(f"validation_fraction must be above 0 and at most 1 (1: an evaluation-only prompt set), got {validation_fraction}")
+    if validation_fraction == 1:
+        return {"train": prompts.clear(), "validation": prompts.sort("id")}
     bucket = prompts["id"].map_elements(lambda i: int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64, return_dtype=pl.Float64)
     is_validation = bucket < validation_fraction
     splits = {"train": prompts.filter(~is_validation).sort("id"), "validation": prompts.filter(is_validation).sort("id")}
     for name, frame in splits.items():
         if frame.height == 0:
-            raise PipelineError(f"the {name} split is empty: {prompts.height} prompts with validation_fraction={validation_fraction}")
+            hint = " (use validation_fraction 1 for an evaluation-only prompt set)" if name == "train" else ""
+            raise PipelineError(f"the {name} split is empty: {prompts.height} prompts with validation_fraction={validation_fraction}{hint}")
     return splits
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.cache.codec import manifest_encoding
-from pipeline.cache.format import MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
+from pipeline.cache.format import CAUSAL_LM_TASK, MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
 
@@ -107,10 +107,21 @@ class Cache:
             raise PipelineError(f"the cache holds task '{self.task.name}', but {consumer} needs '{task}' ({self.path})" + (f"; {hint}" if hint else ""))
 
     def shards(self, split: str) -> list[CachedShard]:
-        if split not in self.splits:
-            raise PipelineError(f"cache {self.path} has no '{split}' split (it has: {', '.join(self.splits)})")
+        """The shards of a split; a split that is absent or has no rows is a one-line error."""
+        if not self.splits.get(split, {}).get("shards"):
+            raise PipelineError(self._missing_split(split))
         schema = self.task.schema(self.manifest)
         return [CachedShard(self.path / e["file"], e["rows"], e["bytes"], schema) for e in self.splits[split]["shards"]]
+
+    def _missing_split(self, split: str) -> str:
+        """Why a split cannot be read: an evaluation-only cache has no train split (its prompt set was all validation)."""
+        rows = self.manifest.get("source", {}).get("rows", {})
+        others = [name for name, entry in self.splits.items() if entry.get("shards")]
+        if split == "train" and rows.get("train") == 0 and others and self.task.name == CAUSAL_LM_TASK:
+            return f"{self.path} has no train split: it is an evaluation-only cache (made from a prompt set with validation_fraction 1), for `kd evaluate`; train on a cache made with validation_fraction below 1"
+        if rows.get(split) == 0:
+            return f"cache {self.path} has no '{split}' split: its prepared data had no '{split}' rows (it has: {', '.join(others) or 'none'})"
+        return f"cache {self.path} has no '{split}' split (it has: {', '.join(others) or 'none'})"
 
     def check_shards(self, split: str) -> None:
         """Open every shard of a split: a damaged one stops a run now, not hours in."""

@@ -79,9 +79,10 @@ def tokens_per_second(model: torch.nn.Module, sequences: Sequence[torch.Tensor],
     return total / best
 
 
-def validation_sequences(cache: Cache, count: int) -> list[torch.Tensor]:
+def validation_sequences(cache: Cache, count: int, split: str = "validation") -> list[torch.Tensor]:
+    """The first `count` sequences of a split (the speed measurement's input)."""
     sequences: list[torch.Tensor] = []
-    for batch in stream_batches(cache, "validation", count):
+    for batch in stream_batches(cache, split, count):
         for row in range(len(batch.input_ids)):
             sequences.append(batch.input_ids[row][batch.attention_mask[row].bool()])
         break
@@ -100,10 +101,11 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(model_table(metrics["models"], columns, 12, 15))
 
 
-def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Path], speed_sequences: int = 16, batch_size: int = 8) -> dict[str, Any]:
-    """Metrics of each student against the cached teacher, with throughput measured side by side."""
+def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Path], speed_sequences: int = 16, batch_size: int = 8, split: str = "validation") -> dict[str, Any]:
+    """Metrics of each student against the cached teacher on one split (only that split is read), with throughput measured side by side."""
     cache = Cache.open(cache_dir)
-    sequences = validation_sequences(cache, speed_sequences)
+    cache.check_shards(split)  # a missing or damaged split stops the run before any model loads
+    sequences = validation_sequences(cache, speed_sequences, split)
     teacher = load_causal_lm(teacher_path)
     teacher_speed = tokens_per_second(teacher, sequences, batch_size)
     models: dict[str, dict[str, Any]] = {"teacher": {"params": count_parameters(teacher), "tokens_per_s": teacher_speed, "speedup_vs_teacher": 1.0}}
@@ -111,12 +113,12 @@ def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Pat
     tokens = 0
     for name, path in students.items():
         model = load_causal_lm(path)
-        scores = student_agreement(model, cache, "validation", batch_size)
+        scores = student_agreement(model, cache, split, batch_size)
         tokens = scores.pop("tokens")
         models["teacher"]["ce"] = scores.pop("teacher_ce")
         speed = tokens_per_second(model, sequences, batch_size)
         models[name] = {"params": count_parameters(model), **scores, "tokens_per_s": speed, "speedup_vs_teacher": speed / teacher_speed}
-    return {"split": "validation", "tokens": tokens, "models": models}
+    return {"split": split, "tokens": tokens, "models": models}
 
 
 def evaluate_students(
@@ -127,9 +129,10 @@ def evaluate_students(
     metrics_path: Path | None = None,
     chart_path: Path | None = None,
     loss_logs: dict[str, Path] | None = None,
+    split: str = "validation",
 ) -> dict[str, Any]:
     """`kd evaluate` and the evaluate stage: the metrics, written as JSON, and the training chart from the loss logs."""
-    metrics = evaluate_models(cache_dir, teacher_path, students, settings.speed_sequences, settings.batch_size)
+    metrics = evaluate_models(cache_dir, teacher_path, students, settings.speed_sequences, settings.batch_size, split)
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     if chart_path is not None and loss_logs:
