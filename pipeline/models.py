@@ -11,11 +11,16 @@ from transformers import AutoModelForCausalLM
 from pipeline.atomic import atomic_dir
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> None:
-    """save_pretrained into a temporary folder, then rename: a crash never leaves half a checkpoint."""
+def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out_dir: Path, state_dict: dict[str, torch.Tensor] | None = None, card: str | None = None) -> None:
+    """save_pretrained into a temporary folder, then rename: a crash never leaves half a checkpoint.
+
+    `state_dict` replaces the model's own weights (a sharded model's gathered ones); `card` is written as README.md.
+    """
     with atomic_dir(Path(out_dir)) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card)
 
 
 def load_causal_lm(path: Path) -> torch.nn.Module:

@@ -1,11 +1,16 @@
-"""Stage student@VARIANT: train the distilled student, or the CE-only baseline (alpha = 0) on the same cache."""
+"""Stage student@VARIANT: train the distilled student, or the CE-only baseline (alpha = 0) on the same cache.
+
+The training state is saved outside the stage's outputs (which DVC deletes before a run), so after a
+crash `dvc repro` resumes it; a state left by a run with other settings is started over. For several
+processes, run the same module under torchrun: `torchrun --nproc_per_node 2 -m stages.student distilled`.
+"""
 
 import sys
 from pathlib import Path
 
 from pipeline.errors import run_main
 from pipeline.lm.training import StudentSettings, train_student
-from stages import params
+from stages import params, teacher_ref
 
 VARIANTS = ("distilled", "ce_only")
 
@@ -17,7 +22,15 @@ def main() -> None:
     settings = params("student", StudentSettings)
     if variant == "ce_only":
         settings = settings.updated("student", alpha=0.0)
-    train_student(Path("data/cache"), settings, Path(f"models/student-{variant}"), loss_log=Path(f"reports/loss/{variant}.csv"))
+    train_student(
+        Path("data/cache"),
+        settings,
+        Path(f"models/student-{variant}"),
+        loss_log=Path(f"reports/loss/{variant}.csv"),
+        checkpoint_dir=Path(f"models/.partial/student-{variant}"),
+        teacher=Path(teacher_ref()["path"]),
+        restart_other_runs=True,
+    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,22 @@ def test_repro_runs_everything_then_nothing_then_only_the_student_side(project):
     assert changed_by_edit(project, "pipeline/classify/training.py") == CLASSIFY_STUDENTS | {"classify_evaluate"}
     assert changed_by_edit(project, "pipeline/cache/reader.py") >= {"teacher", "student@distilled", "classify_teacher", "classify_evaluate"}
 
+    # An experiment the DVC way: `dvc exp run -S` on the cached teacher output reruns the student side only.
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    output = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "student.alpha=0.5", "--name", "alpha-half"], project)
+    assert set(re.findall(r"Running stage '([^']+)'", output)) == {"student@distilled", "student@ce_only", "evaluate"}
+    shown = _json_tail(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project))
+    experiments = [e for baseline in shown for e in (baseline.get("experiments") or [])]
+    names = {run_["name"] for e in experiments for run_ in e.get("revs", [])}
+    assert "alpha-half" in names
+
+
+def _json_tail(output: str):
+    """The JSON document in a command's output (DVC may print notices before it)."""
+    start = min(i for i in (output.find("["), output.find("{")) if i >= 0)
+    return json.JSONDecoder().raw_decode(output[start:])[0]
+
 
 def changed_by_edit(project, file: str) -> set[str]:
     """The stages `dvc status` reports changed after appending a comment to `file` (the edit is undone after)."""

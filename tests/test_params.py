@@ -23,7 +23,8 @@ def test_committed_params_files_validate(path):
     params = load_params(path)
     assert isinstance(params, Params)
     raw = yaml.safe_load(path.read_text())
-    assert params.student.lr == raw["student"]["lr"] and params.teacher.k == raw["teacher"]["k"]
+    assert params.student.lr == raw["student"]["lr"]  # bench files may hold only the sections their bench reads
+    assert params.teacher.k == raw.get("teacher", {}).get("k", 20)
 
 
 def bad_params(tmp_path, section: str, key: str, value) -> Path:

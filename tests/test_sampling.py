@@ -185,7 +185,7 @@ def test_students_train_on_a_sampled_cache_with_forward_kl_only(tmp_path, sample
         train_student(sampled_cache, StudentSettings(model=student, tail="renormalize", epochs=1), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     before = student_agreement(build_student(student, 320, seed=0).eval(), Cache.open(sampled_cache))
-    log = train_student(sampled_cache, StudentSettings(model=student, alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2), tmp_path / "student")
+    log = train_student(sampled_cache, StudentSettings(model=student, alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2), tmp_path / "student").steps
     after = student_agreement(load_causal_lm(tmp_path / "student"), Cache.open(sampled_cache))
     assert after["kl_to_teacher"] < 0.7 * before["kl_to_teacher"] and log[-1]["kd"] < log[0]["kd"]
 

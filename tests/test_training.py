@@ -29,7 +29,7 @@ def test_batches_line_up_with_rows(tiny_cache):
 def test_training_lowers_kl_to_teacher_on_held_out_data(tmp_path, tiny_cache, tiny_teacher):
     settings = StudentSettings(model=STUDENT, alpha=1.0, epochs=15, batch_size=4, lr=1e-2, warmup_steps=2, seed=0)
     before = student_agreement(build_student(STUDENT, 320, seed=0).eval(), Cache.open(tiny_cache))
-    log = train_student(tiny_cache, settings, tmp_path / "student", tiny_teacher)
+    log = train_student(tiny_cache, settings, tmp_path / "student", tiny_teacher).steps
     after = student_agreement(load_causal_lm(tmp_path / "student"), Cache.open(tiny_cache))
     assert after["kl_to_teacher"] < 0.7 * before["kl_to_teacher"]
     assert log[-1]["kd"] < log[0]["kd"]
@@ -78,7 +78,7 @@ def test_padding_never_counts(tiny_cache):
 @pytest.mark.parametrize("loss,tail", [("reverse_kl", "renormalize"), ("jsd", "bucket"), ("tvd", "bucket")])
 def test_other_losses_train(tmp_path, tiny_cache, tiny_teacher, loss, tail):
     settings = StudentSettings(model=STUDENT, loss=loss, tail=tail, alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, positions="all", chunk_positions=16)
-    log = train_student(tiny_cache, settings, tmp_path / "student", tiny_teacher)
+    log = train_student(tiny_cache, settings, tmp_path / "student", tiny_teacher).steps
     assert sum(row["kd"] for row in log[-3:]) < 0.8 * sum(row["kd"] for row in log[:3])
 
 

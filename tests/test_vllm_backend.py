@@ -197,7 +197,7 @@ def test_stage_output_passes_cache_checks_and_trains_a_student(tmp_path, soft_te
         assert (batch.input_ids[batch.rows, batch.columns + 1] == batch.targets).all()
         seen += batch.num_tokens
     assert seen == manifest["splits"]["train"]["tokens"]
-    log = train_student(out, StudentSettings(model=STUDENT, alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, seed=0), tmp_path / "student", soft_teacher)
+    log = train_student(out, StudentSettings(model=STUDENT, alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, seed=0), tmp_path / "student", soft_teacher).steps
     assert log[-1]["kd"] < log[0]["kd"]
     assert load_causal_lm(tmp_path / "student").config.vocab_size == 320
 

@@ -19,7 +19,7 @@ from pipeline.classify.student import Arch, ClassifierConfig, TextClassifier, on
 from pipeline.errors import PipelineError
 from pipeline.models import count_parameters
 from pipeline.settings import Alpha, Positive, Settings, Temperature
-from pipeline.training import train_loop, write_loss_log
+from pipeline.training import backward_terms, epoch_steps, train_loop, write_loss_log
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,8 @@ def train_classifier(model: TextClassifier, train: SoftLabels, settings: Classif
         return train_loop(
             model,
             optimizer,
-            epoch_batches,
-            batch_loss,
-            epochs=settings.epochs,
+            epoch_steps(settings.epochs, epoch_batches),
+            lambda rows: backward_terms(batch_loss(rows)),
             total_steps=math.ceil(len(train) / settings.batch_size) * settings.epochs,
             peak_lr=settings.lr,
             desc=f"classify student {model.config.arch}-{settings.targets}",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +25,7 @@ def prepare(
     prompts: Path = typer.Argument(..., help="JSONL, CSV or Parquet with a prompt column"),
     out: Path = typer.Option(Path("data/prepared"), help="folder for train.parquet and validation.parquet"),
     text_column: str = "prompt",
-    validation_fraction: float = 0.2,
+    validation_fraction: float = typer.Option(0.2, help="share of prompts held out for validation; 1 makes an evaluation-only set (train empty)"),
     seed: int = 0,
 ) -> None:
     """Validate a prompt set, assign stable ids and split it."""
@@ -68,37 +71,78 @@ def teacher(
 def student(
     cache: Path = typer.Option(..., help="cache directory written by the teacher"),
     tokenizer: Optional[Path] = typer.Option(None, help="tokenizer folder (must match the cache's); default: the one shipped in the cache"),
-    out: Path = typer.Option(..., help="folder for the trained student checkpoint"),
+    out: Path = typer.Option(..., help="folder for the trained student (an HF model folder with its model card)"),
     params: ParamsFile = None,
-    init: Optional[str] = typer.Option(None, help="'scratch' (a random student from student.model) or a pretrained HF causal-LM folder to start from"),
+    init: Optional[str] = typer.Option(None, help="'scratch' (a random student from student.model), 'prune' (cut from --teacher) or a pretrained HF causal-LM folder"),
+    teacher_model: Optional[Path] = typer.Option(None, "--teacher", help="teacher model folder, for --init prune"),
     alpha: Optional[float] = typer.Option(None, help="weight of the KD term; 0 trains on CE only"),
     loss: Optional[str] = typer.Option(None, help="divergence: forward_kl, reverse_kl, jsd, skew_kl or tvd"),
     tail: Optional[str] = typer.Option(None, help="mass outside the top-k: bucket or renormalize"),
     epochs: Optional[int] = None,
-    loss_log: Optional[Path] = typer.Option(None, help="CSV file for the per-step loss log"),
+    max_steps: Optional[int] = typer.Option(None, help="optimizer steps (replaces epochs)"),
+    batch_size: Optional[int] = typer.Option(None, help="sequences per micro-batch and process"),
+    grad_accumulation: Optional[int] = typer.Option(None, help="micro-batches per optimizer step"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N"),
+    precision: Optional[str] = typer.Option(None, help="fp32, or bf16 (mixed precision, float32 master weights)"),
+    save_every: Optional[int] = typer.Option(None, help="write a resumable training state every N steps (0: none)"),
+    checkpoints: Optional[Path] = typer.Option(None, help="folder of the training state [default: .OUT-partial beside --out]; a rerun resumes from it"),
+    nproc: int = typer.Option(1, help="processes to train on (DDP, or FSDP2 with student.parallel fsdp): relaunches this command under torchrun"),
+    loss_log: Optional[Path] = typer.Option(None, help="CSV file for the per-step loss log (the validation log goes beside it)"),
 ) -> None:
-    """Train a student from a cache."""
+    """Train a student from a cache (resuming from its training state when one is there)."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(launch_torchrun(nproc))
     from pipeline.lm.training import StudentSettings, train_student
 
-    settings = read_section(params, "student", StudentSettings).updated("student", init=init, alpha=alpha, loss=loss, tail=tail, epochs=epochs)
-    train_student(cache, settings, out, tokenizer, loss_log)
+    settings = read_section(params, "student", StudentSettings).updated(
+        "student",
+        init=init,
+        alpha=alpha,
+        loss=loss,
+        tail=tail,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        grad_accumulation=grad_accumulation,
+        device=device,
+        precision=precision,
+        save_every=save_every,
+    )
+    checkpoints = checkpoints or out.parent / f".{out.name}-partial"
+    train_student(cache, settings, out, tokenizer, loss_log, checkpoint_dir=checkpoints, teacher=teacher_model)
+
+
+def launch_torchrun(nproc: int) -> int:
+    """Run this same `kd` command line in `nproc` processes under torchrun (single node); its exit code."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pipeline.cli", *args]
+    return subprocess.run(command).returncode
 
 
 @app.command()
 @clean_errors
 def evaluate(
-    cache: Path = typer.Option(..., help="cache directory with a validation split"),
+    cache: Path = typer.Option(..., help="cache directory with a validation split (an evaluation-only cache works too)"),
     teacher_model: Path = typer.Option(..., "--teacher", help="teacher checkpoint folder (for parameters and speed)"),
     student_dirs: list[str] = typer.Option(..., "--student", help="NAME=FOLDER, repeatable"),
     out: Optional[Path] = typer.Option(None, help="write metrics JSON here"),
     params: ParamsFile = None,
     speed_sequences: Optional[int] = typer.Option(None, help="validation sequences timed [default: evaluate.speed_sequences of --params, else 16]"),
+    split: str = typer.Option("validation", help="the cache split scored: validation, or train to compare with the prompts a student trained on"),
 ) -> None:
-    """Compare students with the teacher on the cache's validation split."""
+    """Compare students with the teacher on the cache's validation split (or --split)."""
     from pipeline.lm.metrics import EvaluateSettings, evaluate_students, format_table
 
     settings = read_section(params, "evaluate", EvaluateSettings).updated("evaluate", speed_sequences=speed_sequences)
-    metrics = evaluate_students(cache, teacher_model, student_folders(student_dirs), settings, out)
+    metrics = evaluate_students(cache, teacher_model, student_folders(student_dirs), settings, out, split=split)
     typer.echo(format_table(metrics))
 
 

@@ -85,12 +85,36 @@ def _logit_gradient_(
     return logprobs
 
 
-def _backprop_head(gradient: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, grads: list[torch.Tensor | None], rows: slice) -> None:
-    """Add one chunk's share of the output layer's gradients (hidden, weight, bias) from d loss / d logits."""
-    if grads[0] is not None:
-        grads[0][rows] = gradient @ weight
-    if grads[1] is not None:
-        grads[1].addmm_(gradient.T, hidden)
+def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, low: tuple[torch.Tensor, torch.Tensor | None] | None) -> torch.Tensor:
+    """Logits in float32: the matmul in the autocast dtype when `low` holds the weight (and bias) cast to it."""
+    if low is None:
+        return F.linear(hidden, weight, bias)
+    return F.linear(hidden.to(low[0].dtype), *low).float()
+
+
+def _backprop_head(
+    gradient: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    grads: list[torch.Tensor | None],
+    rows: slice,
+    low: tuple[torch.Tensor, torch.Tensor | None] | None,
+) -> None:
+    """Add one chunk's share of the output layer's gradients (hidden, weight, bias) from d loss / d logits.
+
+    Under autocast (`low`) the two matmuls run in its dtype and accumulate into the float32 gradients.
+    """
+    if low is None:
+        if grads[0] is not None:
+            grads[0][rows] = gradient @ weight
+        if grads[1] is not None:
+            grads[1].addmm_(gradient.T, hidden)
+    else:
+        low_gradient = gradient.to(low[0].dtype)
+        if grads[0] is not None:
+            grads[0][rows] = low_gradient @ low[0]
+        if grads[1] is not None:
+            grads[1] += low_gradient.T @ hidden.to(low[0].dtype)
     if grads[2] is not None:
         grads[2] += gradient.sum(0)
 
@@ -107,12 +131,13 @@ def _chunk(
     weights: tuple[float, float] | None,
     grads: list[torch.Tensor | None],
     rows: slice,
+    low: tuple[torch.Tensor, torch.Tensor | None] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed divergence and CE of one chunk; given the loss weights, also its gradients, added to `grads`.
 
     The chunk's [n, V] buffer lives only inside this call, so it is gone before the next chunk's.
     """
-    logprobs = _log_softmax_(F.linear(hidden, weight, bias))
+    logprobs = _log_softmax_(_project(hidden, weight, bias, low))
     cached = len(topk_ids)
     scratch = None if spec.temperature == 1 else logprobs.new_empty(min(ROW_BLOCK, cached), logprobs.shape[1])
     norm = None if scratch is None else _tempered_norm(logprobs[:cached], spec.temperature, scratch)
@@ -125,7 +150,7 @@ def _chunk(
         small = torch.autograd.grad(weights[0] * kd_sum + weights[1] * ce_sum, leaves, materialize_grads=True)
     tempered = None if norm is None or scratch is None else (norm, small[2], scratch)
     gradient = _logit_gradient_(logprobs, targets, topk_ids, small[0], small[1], spec.temperature, tempered)
-    _backprop_head(gradient, hidden, weight, grads, rows)
+    _backprop_head(gradient, hidden, weight, grads, rows, low)
     return kd_sum.detach(), ce_sum.detach()
 
 
@@ -140,29 +165,44 @@ def _run(
     spec: LossSpec,
     chunk: int,
     need: tuple[bool, bool, bool],
+    totals: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
     """Sums over all chunks and, where `need` asks, the gradients of the loss for hidden, weight and bias."""
-    weights = loss_weights(len(topk_ids), len(targets), spec) if any(need) else None
+    weights = loss_weights(*totals, spec) if any(need) else None
+    low = _autocast_copies(hidden, weight, bias)
     grads: list[torch.Tensor | None] = [
         None if tensor is None or not wanted else (torch.empty_like if i == 0 else torch.zeros_like)(tensor) for i, (tensor, wanted) in enumerate(zip((hidden, weight, bias), need))
     ]
-    kd_total, ce_total = hidden.new_zeros(()), hidden.new_zeros(())
+    kd_total = ce_total = torch.zeros((), device=hidden.device)
     for start in range(0, len(targets), chunk):
         rows = slice(start, start + chunk)
         chunk_counts = None if counts is None else counts[rows]
-        kd_sum, ce_sum = _chunk(hidden[rows], weight, bias, targets[rows], topk_ids[rows], topk_logprobs[rows], chunk_counts, spec, weights, grads, rows)
+        with torch.autocast(hidden.device.type, enabled=False):
+            kd_sum, ce_sum = _chunk(hidden[rows], weight, bias, targets[rows], topk_ids[rows], topk_logprobs[rows], chunk_counts, spec, weights, grads, rows, low)
         kd_total, ce_total = kd_total + kd_sum, ce_total + ce_sum
     return kd_total, ce_total, grads
+
+
+def _autocast_copies(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Under autocast (bf16 mixed precision), the output layer cast once to its dtype; None otherwise.
+
+    The matmuls then run in that dtype while log-softmax, the loss and the gradients stay float32.
+    """
+    device = hidden.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    return weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype)
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     """Loss of the output layer + divergence; gradients are computed during forward, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx: Any, hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec: LossSpec, chunk: int):  # type: ignore[override]
+    def forward(ctx: Any, hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec: LossSpec, chunk: int, totals: tuple[int, int]):  # type: ignore[override]
         need = tuple(ctx.needs_input_grad[:3])
-        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, need)
-        terms = combine_terms(kd_sum, ce_sum, len(topk_ids), len(targets), spec)
+        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, need, totals)
+        terms = combine_terms(kd_sum, ce_sum, *totals, spec)
         ctx.mark_non_differentiable(terms["kd"], terms["ce"])
         return terms["loss"], terms["kd"], terms["ce"]
 
@@ -171,7 +211,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         if grads is None:
             raise RuntimeError("the chunked distillation loss supports one backward per forward")
-        return (*(None if g is None else g.mul_(grad_loss) for g in grads), None, None, None, None, None, None)
+        return (*(None if g is None else g.mul_(grad_loss) for g in grads), None, None, None, None, None, None, None)
 
 
 def chunked_distillation_loss(
@@ -184,6 +224,7 @@ def chunked_distillation_loss(
     spec: LossSpec,
     chunk_positions: int | None = None,
     counts: torch.Tensor | None = None,
+    totals: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """`pipeline.lm.losses.distillation_loss` of logits = hidden @ weight.T + bias, never holding them whole.
 
@@ -191,10 +232,15 @@ def chunked_distillation_loss(
     are cached positions (divergence and CE), any further ones count for CE only; `counts` marks a
     sampled cache (see `pipeline.lm.losses.sampled_forward_kl`). Returns the loss
     (differentiable with respect to hidden, weight and bias) and the two mean terms.
+
+    `totals` (divergence positions, CE positions) are the counts the sums are divided by; default
+    this batch's. Several processes or accumulated micro-batches pass the whole step's, so that their
+    losses add up to the mean over the global batch.
     """
     chunk = max(1, chunk_positions or len(targets))
+    totals = totals or (len(topk_ids), len(targets))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
-        loss, kd, ce = _ChunkedHeadLoss.apply(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk)
+        loss, kd, ce = _ChunkedHeadLoss.apply(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, totals)
         return {"loss": loss, "kd": kd, "ce": ce}
-    kd_sum, ce_sum, _ = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, (False, False, False))
-    return combine_terms(kd_sum, ce_sum, len(topk_ids), len(targets), spec)
+    kd_sum, ce_sum, _ = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, (False, False, False), totals)
+    return combine_terms(kd_sum, ce_sum, *totals, spec)

@@ -7,9 +7,12 @@ id PAD_ID and log-prob -inf, which the losses treat as absent.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, fields
+from queue import Empty, Queue
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -17,12 +20,13 @@ import torch
 
 from pipeline.cache.codec import FLOAT32_BLOCK, CacheRows, decode, padded_entries
 from pipeline.cache.encoding import segment_index, segment_starts
-from pipeline.cache.reader import Cache, iter_record_batches
+from pipeline.cache.reader import Cache, CachedShard, iter_record_batches
 from pipeline.errors import PipelineError
 
 PAD_ID = 0  # padded positions are masked out and never scored
 Positions = Literal["response", "all"]
 POSITIONS = get_args(Positions)
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,6 +45,12 @@ class TopKBatch:
     @property
     def num_tokens(self) -> int:
         return len(self.targets)
+
+    def to(self, device: torch.device) -> TopKBatch:
+        """The batch on `device` (itself when already there)."""
+        if device.type == "cpu":
+            return self
+        return TopKBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
 
 def to_topk_batch(records: pa.RecordBatch | CacheRows, block: dict | None = None) -> TopKBatch:
@@ -92,19 +102,79 @@ def scored_positions(batch: TopKBatch, positions: str) -> tuple[torch.Tensor, to
     return tuple(torch.cat([cached, extra]) for cached, extra in zip((batch.rows, batch.columns, batch.targets), prompt))  # type: ignore[return-value]
 
 
-def stream_batches(cache: Cache, split: str, batch_size: int, seed: int | None = None, shuffle_rows: int = 256) -> Iterator[TopKBatch]:
-    """Yield TopKBatch of `batch_size` sequences; with a seed, shards and rows come shuffled.
-
-    Shuffling is within windows of `shuffle_rows` rows of a shard, so memory stays bounded.
-    """
-    block = cache.encoding
+def process_shards(cache: Cache, split: str, rng: np.random.Generator | None, rank: int = 0, world: int = 1) -> list[CachedShard]:
+    """The shards one process streams: all of them, shuffled by `rng` when given, dealt round-robin to `world` processes."""
     shards = cache.shards(split)
-    rng = np.random.default_rng(seed) if seed is not None else None
     if rng is not None:
         shards = [shards[i] for i in rng.permutation(len(shards))]
+    return shards[rank::world]
+
+
+def window_batches(rows: int, batch_size: int, window: int) -> int:
+    """Batches `stream_batches` makes of a shard of `rows` rows read in windows of `window` rows."""
+    return sum(math.ceil(min(window, rows - start) / batch_size) for start in range(0, rows, window))
+
+
+def count_batches(cache: Cache, split: str, batch_size: int, seed: int, shuffle_rows: int = 256, rank: int = 0, world: int = 1) -> int:
+    """How many batches `stream_batches` yields with these arguments, from the manifest alone."""
+    shards = process_shards(cache, split, np.random.default_rng(seed), rank, world)
+    return sum(window_batches(shard.rows, batch_size, shuffle_rows) for shard in shards)
+
+
+def stream_batches(cache: Cache, split: str, batch_size: int, seed: int | None = None, shuffle_rows: int = 256, rank: int = 0, world: int = 1, skip: int = 0) -> Iterator[TopKBatch]:
+    """Yield TopKBatch of `batch_size` sequences; with a seed, shards and rows come shuffled.
+
+    Shuffling is within windows of `shuffle_rows` rows of a shard, so memory stays bounded. With
+    `world` processes, process `rank` streams its own disjoint share of the shards. `skip` batches
+    are passed over without being decoded: where a resumed run picks the stream up again.
+    """
+    block = cache.encoding
+    rng = np.random.default_rng(seed) if seed is not None else None
     window = shuffle_rows if rng is not None else batch_size
-    for records in iter_record_batches(shards, window):
-        if rng is not None:
-            records = records.take(pa.array(rng.permutation(records.num_rows)))
-        for start in range(0, records.num_rows, batch_size):
+    for records in iter_record_batches(process_shards(cache, split, rng, rank, world), window):
+        order = None if rng is None else rng.permutation(records.num_rows)  # drawn even when skipped: the stream stays the same
+        batches = math.ceil(records.num_rows / batch_size)
+        if skip >= batches:
+            skip -= batches
+            continue
+        if order is not None:
+            records = records.take(pa.array(order))
+        for start in range(skip * batch_size, records.num_rows, batch_size):
             yield to_topk_batch(records.slice(start, batch_size), block)
+        skip = 0
+
+
+def prefetched(batches: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """Iterate `batches` with up to `depth` items made ahead in a background thread.
+
+    Decoding shards (numpy, pyarrow and zstd release the GIL) then overlaps the training step; an
+    exception in the thread is raised in the consumer.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                queue.put(item)
+            queue.put(done)
+        except BaseException as error:  # handed to the consumer
+            queue.put(error)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get_nowait()
+            except Empty:
+                thread.join(timeout=0.01)

@@ -1,4 +1,5 @@
-"""Student models: a small Llama built from a config, or a pretrained causal LM from a folder; the teacher's vocabulary."""
+"""Student models over the teacher's vocabulary: a small Llama built from a config, a pretrained causal LM from a folder,
+or one pruned from the teacher itself (`student.init: prune`, see pipeline.lm.prune)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pipeline.errors import PipelineError
+from pipeline.lm.prune import PruneSettings, pruned_student
 from pipeline.models import load_causal_lm
 
 SCRATCH = "scratch"
+PRUNE = "prune"
 
 DEFAULT_STUDENT = {
     "hidden_size": 128,
@@ -44,10 +47,18 @@ def pretrained_student(folder: Path, vocab_size: int) -> torch.nn.Module:
     return model
 
 
-def initial_student(init: str, config: dict[str, Any], vocab_size: int, seed: int) -> torch.nn.Module:
-    """`student.init`: 'scratch' (a random Llama from `config`) or the path of a pretrained model folder."""
+def initial_student(init: str, config: dict[str, Any], vocab_size: int, seed: int, *, prune: PruneSettings | None = None, teacher: Path | None = None) -> torch.nn.Module:
+    """`student.init`: 'scratch' (a random Llama from `config`), 'prune' (cut from the `teacher` folder as `prune` says)
+    or the path of a pretrained model folder."""
     if init == SCRATCH:
         return build_student(config, vocab_size, seed)
+    if init == PRUNE:
+        if teacher is None:
+            raise PipelineError("student.init prune needs the teacher model folder")
+        if prune is None:
+            raise PipelineError("student.init prune needs student.prune settings")
+        torch.manual_seed(seed)  # dropout and the shuffle stay seeded as in a scratch run
+        return pruned_student(Path(teacher), prune, vocab_size)
     torch.manual_seed(seed)  # dropout and the shuffle stay seeded as in a scratch run
     return pretrained_student(Path(init), vocab_size)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,11 @@ from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
 from pipeline.lm.chunked_loss import chunked_distillation_loss
 from pipeline.lm.losses import LossSpec
-from pipeline.lm.streaming import Positions, TopKBatch, scored_positions, stream_batches
+from pipeline.lm.model_card import model_card
+from pipeline.lm.parallel import DEVICE_PATTERN, Parallel, Precision, Processes, autocast, training_processes
+from pipeline.lm.prune import PruneSettings
+from pipeline.lm.resume import OtherRunError, check_same_run, full_model_state, load_training_state, restore_training_state, save_training_state
+from pipeline.lm.streaming import Positions, TopKBatch, count_batches, prefetched, scored_positions, stream_batches
 from pipeline.lm.student import SCRATCH, initial_student, position_hidden
 from pipeline.models import count_parameters, save_checkpoint
 from pipeline.settings import Positive
@@ -27,19 +35,40 @@ log = logging.getLogger(__name__)
 
 
 class StudentSettings(LossSpec):
-    """The `student` section: the student's architecture, the loss (LossSpec's fields) and the optimisation."""
+    """The `student` section: the starting point, the loss (LossSpec's fields), the optimisation and where it runs."""
 
-    init: str = "scratch"  # scratch: a random student built from `model`; or the path of a pretrained HF causal-LM folder to start from
+    init: str = "scratch"  # scratch: a random student built from `model`; prune: cut from the teacher (`prune`); or the path of a pretrained HF causal-LM folder
     model: dict[str, Any] = {}  # LlamaConfig fields of a scratch student; the vocabulary comes from the cache
+    prune: PruneSettings | None = None  # init prune: which teacher layers (and MLP width) the student keeps
     positions: Positions = "response"  # or "all": CE also on prompt tokens
     chunk_positions: Positive = 256
     epochs: Positive = 4
-    batch_size: Positive = 8
+    max_steps: Positive | None = None  # optimizer steps; when set it replaces `epochs` (the stream wraps around as needed)
+    batch_size: Positive = 8  # sequences per micro-batch and process; global batch = batch_size x processes x grad_accumulation
+    grad_accumulation: Positive = 1
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(10, ge=0)
     seed: int = 0
     shuffle_rows: Positive = 256
+    device: str = Field("auto", pattern=DEVICE_PATTERN)  # auto (a GPU when there is one), cpu, cuda, cuda:N
+    precision: Precision = "fp32"  # or bf16: mixed precision, float32 master weights
+    parallel: Parallel = "ddp"  # with several processes (torchrun): ddp, or fsdp (FSDP2, for students that do not fit one GPU)
+    eval_every: int = Field(0, ge=0)  # validation KL every N steps (0: at the end only)
+    save_every: int = Field(0, ge=0)  # a resumable training state every N steps (0: none)
+
+
+# Settings a resumed run may change: they decide when things happen or where, not what is computed.
+RESUMABLE_CHANGES = {"eval_every", "save_every", "device"}
+VALIDATION_SPEC = LossSpec(loss="forward_kl", tail="bucket", alpha=1.0, temperature=1.0)  # the KL `kd evaluate` reports
+
+
+@dataclass
+class StudentRun:
+    """What training returns: one row per optimizer step, and one per validation."""
+
+    steps: list[dict[str, float]]
+    validation: list[dict[str, float]]
 
 
 def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, settings: StudentSettings) -> None:
@@ -68,52 +97,244 @@ def student_tokenizer_path(cache: Cache, tokenizer_path: Path | None, init: str 
     return path
 
 
-def estimated_steps(cache: Cache, split: str, settings: StudentSettings) -> int:
-    shards = cache.splits[split]["shards"]
-    per_epoch = sum(math.ceil(min(settings.shuffle_rows, s["rows"] - w) / settings.batch_size) for s in shards for w in range(0, s["rows"], settings.shuffle_rows))
-    return per_epoch * settings.epochs
+def batch_loss(model: torch.nn.Module, batch: TopKBatch, settings: StudentSettings, totals: tuple[int, int] | None = None, validation: bool = False) -> dict[str, torch.Tensor]:
+    """The training loss of one batch, with the output layer applied chunk by chunk inside the loss.
 
-
-def batch_loss(model: torch.nn.Module, batch: TopKBatch, settings: StudentSettings) -> dict[str, torch.Tensor]:
-    """The training loss of one batch, with the output layer applied chunk by chunk inside the loss."""
-    rows, columns, targets = scored_positions(batch, settings.positions)
+    `totals` (divergence positions, CE positions of the whole step) turn sums into the step's means;
+    `validation` scores the KL `kd evaluate` reports instead of the training loss.
+    """
+    spec, positions = (VALIDATION_SPEC, "response") if validation else (settings, settings.positions)
+    rows, columns, targets = scored_positions(batch, positions)
     hidden = position_hidden(model, batch.input_ids, batch.attention_mask, rows, columns)
     head = model.get_output_embeddings()
-    return chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, settings, settings.chunk_positions, batch.counts)
+    return chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, spec, settings.chunk_positions, batch.counts, totals)
 
 
-def train_student(cache_dir: Path, settings: StudentSettings, out_dir: Path, tokenizer_path: Path | None = None, loss_log: Path | None = None) -> list[dict[str, float]]:
-    """Train a student on the cache's train split, save it (with the tokenizer) to out_dir; returns the step log.
+def scored_counts(batch: TopKBatch, positions: str) -> tuple[int, int]:
+    """(divergence positions, CE positions) of a batch."""
+    return batch.num_tokens, len(scored_positions(batch, positions)[0])
 
-    tokenizer_path None means the tokenizer shipped in the cache; `loss_log` also writes the log as CSV.
+
+class DistillationStep(torch.nn.Module):
+    """The student and its loss as one module, so that DDP and FSDP2 see (and synchronise) the whole step."""
+
+    def __init__(self, student: torch.nn.Module, settings: StudentSettings) -> None:
+        super().__init__()
+        self.student = student
+        self.settings = settings
+
+    def forward(self, batch: TopKBatch, totals: tuple[int, int], validation: bool = False) -> dict[str, torch.Tensor]:
+        return batch_loss(self.student, batch, self.settings, totals, validation)
+
+
+class StepPlan:
+    """Which micro-batches make each optimizer step of each process, from the manifest alone.
+
+    Every process must run the same number of steps (DDP and FSDP wait for each other at every
+    step), so with several processes an epoch has as many steps as the process with the fewest
+    micro-batches can fill, and the few sequences beyond are left for that epoch.
+    """
+
+    def __init__(self, cache: Cache, settings: StudentSettings, processes: Processes) -> None:
+        self.cache, self.settings, self.processes = cache, settings, processes
+        self._steps: dict[int, int] = {}
+
+    def batches(self, epoch: int, rank: int) -> int:
+        s = self.settings
+        return count_batches(self.cache, "train", s.batch_size, s.seed + epoch, s.shuffle_rows, rank, self.processes.world)
+
+    def steps_in(self, epoch: int) -> int:
+        if epoch not in self._steps:
+            accumulation, world = self.settings.grad_accumulation, self.processes.world
+            counts = [self.batches(epoch, rank) for rank in range(world)]
+            steps = math.ceil(counts[0] / accumulation) if world == 1 else min(counts) // accumulation
+            if steps == 0:
+                raise PipelineError(
+                    f"the train split is too small for {world} process(es) x {accumulation} accumulated batches of {self.settings.batch_size}: a process gets {min(counts)} batch(es) per epoch"
+                )
+            self._steps[epoch] = steps
+        return self._steps[epoch]
+
+    @property
+    def total(self) -> int:
+        return self.settings.max_steps or sum(self.steps_in(epoch) for epoch in range(self.settings.epochs))
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, steps done in it) before optimizer step `step`."""
+        epoch = 0
+        while step >= self.steps_in(epoch):
+            step -= self.steps_in(epoch)
+            epoch += 1
+        return epoch, step
+
+    def steps(self, start: int) -> Iterator[tuple[int, list[TopKBatch]]]:
+        """(epoch, micro-batches) of this process for steps start .. total - 1, decoded ahead in a thread."""
+        s, accumulation = self.settings, self.settings.grad_accumulation
+        epoch, done = self.position(start)
+        step = start
+        while step < self.total:
+            stream = stream_batches(self.cache, "train", s.batch_size, s.seed + epoch, s.shuffle_rows, self.processes.rank, self.processes.world, skip=done * accumulation)
+            batches = prefetched(stream)
+            for _ in range(done, self.steps_in(epoch)):
+                if step == self.total:
+                    break
+                group = list(itertools.islice(batches, accumulation))
+                if not group:
+                    raise PipelineError(f"the train split of {self.cache.path} ended before the planned step {step}: its shards do not match the manifest")
+                yield epoch, group
+                step += 1
+            batches.close()
+            epoch, done = epoch + 1, 0
+
+
+def validation_kl(model: torch.nn.Module, cache: Cache, settings: StudentSettings, processes: Processes) -> float | None:
+    """Mean KL(teacher || student) over the cache's validation split (top-k + tail, or the sampled estimate).
+
+    Every process scores the whole split, so FSDP's collectives line up and no reduction is needed.
+    """
+    if not cache.splits.get("validation", {}).get("shards"):
+        return None
+    kl, positions = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast(processes.device, settings.precision):
+        for batch in stream_batches(cache, "validation", settings.batch_size):
+            kl += model(batch.to(processes.device), (1, 1), validation=True)["kd"].item()  # totals (1, 1): sums, not means
+            positions += batch.num_tokens
+    model.train(was_training)
+    return kl / max(positions, 1)
+
+
+def accumulated_step(model: torch.nn.Module, group: list[TopKBatch], settings: StudentSettings, processes: Processes) -> dict[str, float]:
+    """Forward and backward over this process's micro-batches of one optimizer step; the step's loss terms.
+
+    Each micro-batch's loss is its share of the mean over the global batch (all processes, all
+    micro-batches), so the gradients add up to that mean's: the same step as one process with one
+    batch of all those sequences. Gradients are synchronised on the last micro-batch only.
+    """
+    totals = processes.all_sum([sum(scored_counts(batch, settings.positions)[i] for batch in group) for i in (0, 1)])
+    sums = torch.zeros(3, dtype=torch.float64)
+    for i, batch in enumerate(group):
+        with processes.gradient_sync(model, sync=i == len(group) - 1), autocast(processes.device, settings.precision):
+            terms = model(batch.to(processes.device), (int(totals[0]), int(totals[1])))
+        (terms["loss"] * processes.world).backward()  # DDP and FSDP average the processes' gradients
+        sums += torch.tensor([terms[name].item() for name in ("loss", "kd", "ce")], dtype=torch.float64)
+    return dict(zip(("loss", "kd", "ce"), processes.all_sum(sums.tolist()))) | {"positions": int(totals[0])}
+
+
+def run_identity(cache: Cache, settings: StudentSettings, processes: Processes) -> dict[str, Any]:
+    """What a saved training state must share with this run to be resumed by it."""
+    dump = settings.model_dump(mode="json", exclude=RESUMABLE_CHANGES)
+    return {f"student.{key}": value for key, value in dump.items()} | {"cache": cache.manifest["manifest_sha256"], "processes": processes.world}
+
+
+def train_student(
+    cache_dir: Path,
+    settings: StudentSettings,
+    out_dir: Path,
+    tokenizer_path: Path | None = None,
+    loss_log: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    teacher: Path | None = None,
+    restart_other_runs: bool = False,
+) -> StudentRun:
+    """Train a student on the cache's train split, save it (HF folder, tokenizer, model card) to out_dir.
+
+    tokenizer_path None means the tokenizer shipped in the cache. `loss_log` also writes the step log
+    as CSV (and the validation log beside it). `checkpoint_dir` holds the training state every
+    `save_every` steps: a rerun resumes from it (refusing one from a run with other settings unless
+    `restart_other_runs`), and it is deleted once the student is saved. `teacher` is the teacher's
+    folder, needed by init prune. Run under torchrun, each process trains on its share of the shards.
     """
     cache = Cache.open(cache_dir)
     tokenizer_path = student_tokenizer_path(cache, tokenizer_path, settings.init)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     check_compatibility(cache, tokenizer, tokenizer_path, settings)
     cache.check_shards("train")
-    model = initial_student(settings.init, settings.model, cache.vocab_size, settings.seed)
-    tokens = [0]
+    with training_processes(settings.device) as processes:
+        return _train(cache, settings, out_dir, tokenizer, loss_log, checkpoint_dir, teacher, restart_other_runs, processes)
 
-    def count_tokens(batch: TopKBatch) -> int:
-        tokens[0] += batch.num_tokens
-        return batch.num_tokens
 
+def _train(
+    cache: Cache,
+    settings: StudentSettings,
+    out_dir: Path,
+    tokenizer: Any,
+    loss_log: Path | None,
+    checkpoint_dir: Path | None,
+    teacher: Path | None,
+    restart_other_runs: bool,
+    processes: Processes,
+) -> StudentRun:
+    student = initial_student(settings.init, settings.model, cache.vocab_size, settings.seed, prune=settings.prune, teacher=teacher).to(processes.device)
+    model = processes.wrap(DistillationStep(student, settings), settings.parallel, student.model.layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    plan, identity = StepPlan(cache, settings, processes), run_identity(cache, settings, processes)
+    state = load_training_state(checkpoint_dir)
+    if state is not None and checkpoint_dir is not None:
+        try:
+            check_same_run(state, identity, checkpoint_dir)
+        except OtherRunError as error:
+            if not restart_other_runs:
+                raise
+            log.warning("%s; starting over", str(error).split(":")[0])
+            state = None
+    steps, validation = [], []
+    if state is not None:
+        restore_training_state(state, model, optimizer)
+        steps, validation = state["steps"], state["validation"]
+        log.info("resuming from step %d of %d (%s)", len(steps), plan.total, checkpoint_dir)
+    del state
+
+    def after_step(rows: list[dict[str, float]]) -> None:
+        step = len(rows)
+        if settings.eval_every and step % settings.eval_every == 0 and step < plan.total:
+            validation.append({"step": step, "val_kl": validation_kl(model, cache, settings, processes)})
+        if checkpoint_dir is not None and settings.save_every and step % settings.save_every == 0 and step < plan.total:
+            epoch, done = plan.position(step)
+            save_training_state(checkpoint_dir, model, optimizer, {"identity": identity, "steps": rows, "validation": validation, "position": {"epoch": epoch, "steps_done": done}}, processes)
+
     steps = train_loop(
         model,
         optimizer,
-        lambda epoch: stream_batches(cache, "train", settings.batch_size, seed=settings.seed + epoch, shuffle_rows=settings.shuffle_rows),
-        lambda batch: batch_loss(model, batch, settings),
-        epochs=settings.epochs,
-        total_steps=estimated_steps(cache, "train", settings),
+        plan.steps(len(steps)),
+        lambda group: accumulated_step(model, group, settings, processes),
+        total_steps=plan.total,
         peak_lr=settings.lr,
         warmup_steps=settings.warmup_steps,
         desc=f"student {settings.loss} a={settings.alpha}",
-        count_tokens=count_tokens,
+        count_tokens=lambda group: sum(batch.num_tokens for batch in group) * processes.world,
+        log=steps,
+        after_step=after_step,
+        show_progress=processes.main,
     )
-    save_checkpoint(model.eval(), tokenizer, out_dir)
-    log.info("student: %.2fM parameters, %d steps, %d tokens, saved to %s", count_parameters(model) / 1e6, len(steps), tokens[0], out_dir)
-    if loss_log is not None:
-        write_loss_log(steps, loss_log)
-    return steps
+    final_kl = validation_kl(model, cache, settings, processes)
+    if final_kl is not None:
+        validation.append({"step": len(steps), "val_kl": final_kl})
+    model_state = full_model_state(model)
+    if processes.main:
+        student_state = {key.removeprefix("student."): value for key, value in model_state.items()}
+        card = model_card(
+            cache,
+            settings.model_dump(mode="json"),
+            count_parameters(student),
+            len(steps),
+            sum(row["positions"] for row in steps),
+            {"val_kl": final_kl} if final_kl is not None else None,
+            type(student).__name__,
+        )
+        save_checkpoint(student.eval(), tokenizer, out_dir, student_state, card)
+        log.info("student: %.2fM parameters, %d steps, saved to %s", count_parameters(student) / 1e6, len(steps), out_dir)
+        if loss_log is not None:
+            write_loss_log(steps, loss_log)
+            if validation:
+                write_loss_log(validation, validation_log_path(loss_log))
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    processes.barrier()
+    return StudentRun(steps, validation)
+
+
+def validation_log_path(loss_log: Path) -> Path:
+    """Where the validation log goes beside the step log: distilled.csv -> distilled-validation.csv."""
+    return loss_log.with_name(f"{loss_log.stem}-validation{loss_log.suffix}")
