@@ -113,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("bench/params/student_throughput.yaml"))
     parser.add_argument("--cache", type=Path, default=Path("data/cache"))
-    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per measurement (within one epoch of the cache)")
+    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak at the training precision, for MFU")
     args = parser.parse_args()
@@ -123,8 +123,8 @@ def main() -> None:
     device = resolve_device(settings.device)
     processes = Processes(0, 1, device)
     plan = StepPlan(cache, settings, processes)
-    if args.steps > plan.steps_in(0):
-        raise SystemExit(f"--steps {args.steps}: the cache has {plan.steps_in(0)} steps in an epoch at these settings")
+    if args.steps > plan.total:
+        raise SystemExit(f"--steps {args.steps}: the cache gives {plan.total} steps at these settings (student.epochs)")
     groups = [[batch.to(device) for batch in group] for _, group in itertools.islice(plan.steps(0), args.steps)]
     positions = sum(batch.num_tokens for group in groups for batch in group)
     micro_batches = sum(map(len, groups))
