@@ -253,3 +253,12 @@ def test_saved_student_is_served_by_vllm(tmp_path, tiny_cache):
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
     expected = hf.generate(torch.tensor([[1, 5, 9, 12]]), max_new_tokens=6, do_sample=False, min_new_tokens=6)[0, 4:].tolist()
     assert generated == expected
+
+
+def test_one_named_gpu_for_several_processes_is_refused(monkeypatch):
+    from pipeline.lm.parallel import training_processes
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PipelineError, match=r"cuda:1 names one GPU, but 2 processes"):
+        with training_processes("cuda:1"):
+            pass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -91,7 +90,7 @@ def student(
 ) -> None:
     """Train a student from a cache (resuming from its training state when one is there)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(launch_torchrun(nproc))
+        launch_torchrun(nproc)
     from pipeline.lm.training import StudentSettings, train_student
 
     settings = read_section(params, "student", StudentSettings).updated(
@@ -112,8 +111,11 @@ def student(
     train_student(cache, settings, out, tokenizer, loss_log, checkpoint_dir=checkpoints, teacher=teacher_model)
 
 
-def launch_torchrun(nproc: int) -> int:
-    """Run this same `kd` command line in `nproc` processes under torchrun (single node); its exit code."""
+def launch_torchrun(nproc: int) -> None:
+    """Replace this process by torchrun running the same `kd` command line in `nproc` processes (single node).
+
+    exec, not a child: a scheduler's SIGTERM or SIGKILL then reaches torchrun, which stops its workers.
+    """
     args, skip = [], False
     for arg in sys.argv[1:]:
         if skip or arg.startswith("--nproc="):
@@ -124,7 +126,9 @@ def launch_torchrun(nproc: int) -> int:
             continue
         args.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pipeline.cli", *args]
-    return subprocess.run(command).returncode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 @app.command()

@@ -97,6 +97,8 @@ def training_processes(device: str) -> Iterator[Processes]:
     """The processes of this run: a process group when torchrun started several (and none is open yet)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and ":" in device:
+        raise PipelineError(f"student.device {device} names one GPU, but {world} processes were started: use cuda (each process takes the GPU of its local rank) or auto")
     resolved = resolve_device(device, local_rank)
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)

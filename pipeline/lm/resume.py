@@ -16,16 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, remove_temp_files
 from pipeline.errors import PipelineError
 from pipeline.lm.parallel import Processes
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "training-state.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # rng: one entry per process, by rank
 
 
 class OtherRunError(PipelineError):
@@ -59,12 +60,26 @@ def full_model_state(model: torch.nn.Module) -> dict[str, Any]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def all_rng_states(processes: Processes) -> list[dict[str, Any]]:
+    """Every process's RNG states, by rank (a collective)."""
+    if processes.world == 1:
+        return [rng_states()]
+    states: list[Any] = [None] * processes.world
+    dist.all_gather_object(states, rng_states())
+    return states
+
+
 def save_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: dict[str, Any], processes: Processes) -> None:
-    """Write the state (all processes call this; the first one writes) and wait until it is on disk."""
+    """Write the state (all processes call this; the first one writes) and wait until it is on disk.
+
+    What writers killed mid-save left (a full-size temporary file) is removed first.
+    """
     model_state, optimizer_state = full_state(model, optimizer)
+    rng = all_rng_states(processes)
     if processes.main:
         folder.mkdir(parents=True, exist_ok=True)
-        state = {"format_version": FORMAT_VERSION, "model": model_state, "optimizer": optimizer_state, "rng": rng_states(), **run}
+        remove_temp_files(folder, [STATE_FILE])
+        state = {"format_version": FORMAT_VERSION, "model": model_state, "optimizer": optimizer_state, "rng": rng, **run}
         with atomic_path(folder / STATE_FILE) as tmp:
             torch.save(state, tmp)
     processes.barrier()
@@ -93,7 +108,7 @@ def check_same_run(state: dict[str, Any], identity: dict[str, Any], folder: Path
             )
 
 
-def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load the saved model, optimizer and RNG states into this run (every process)."""
+def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, processes: Processes) -> None:
+    """Load the saved model, optimizer and this process's RNG states into this run (every process)."""
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
-    set_rng_states(state["rng"])
+    set_rng_states(state["rng"][processes.rank])

@@ -85,9 +85,9 @@ def prompt_positions(batch: TopKBatch) -> tuple[torch.Tensor, torch.Tensor, torc
     The cache has no teacher data for them; CE may still train on them (`student.positions: all`).
     """
     counts = (batch.response_start - 1).clamp(min=0)
-    rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    rows = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
     offsets = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    columns = torch.arange(int(counts.sum())) - offsets
+    columns = torch.arange(int(counts.sum()), device=counts.device) - offsets
     return rows, columns, batch.input_ids[rows, columns + 1]
 
 

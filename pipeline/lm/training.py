@@ -155,6 +155,18 @@ class StepPlan:
             self._steps[epoch] = steps
         return self._steps[epoch]
 
+    def report_unused(self) -> None:
+        """Warn when equal steps per process leave a noticeable share of the first epoch's batches unused."""
+        world, accumulation = self.processes.world, self.settings.grad_accumulation
+        batches = sum(self.batches(0, rank) for rank in range(world))
+        unused = 1 - self.steps_in(0) * world * accumulation / batches
+        if world > 1 and unused > 0.05 and self.processes.main:
+            log.warning(
+                "%d processes: the shards split unevenly (whole shards per process), so %.0f%% of an epoch's batches go unused; write the cache in more, smaller shards (teacher.shard_rows)",
+                world,
+                100 * unused,
+            )
+
     @property
     def total(self) -> int:
         return self.settings.max_steps or sum(self.steps_in(epoch) for epoch in range(self.settings.epochs))
@@ -175,15 +187,17 @@ class StepPlan:
         while step < self.total:
             stream = stream_batches(self.cache, "train", s.batch_size, s.seed + epoch, s.shuffle_rows, self.processes.rank, self.processes.world, skip=done * accumulation)
             batches = prefetched(stream)
-            for _ in range(done, self.steps_in(epoch)):
-                if step == self.total:
-                    break
-                group = list(itertools.islice(batches, accumulation))
-                if not group:
-                    raise PipelineError(f"the train split of {self.cache.path} ended before the planned step {step}: its shards do not match the manifest")
-                yield epoch, group
-                step += 1
-            batches.close()
+            try:
+                for _ in range(done, self.steps_in(epoch)):
+                    if step == self.total:
+                        break
+                    group = list(itertools.islice(batches, accumulation))
+                    if not group:
+                        raise PipelineError(f"the train split of {self.cache.path} ended before the planned step {step}: its shards do not match the manifest")
+                    yield epoch, group
+                    step += 1
+            finally:
+                batches.close()
             epoch, done = epoch + 1, 0
 
 
@@ -191,13 +205,14 @@ def validation_kl(model: torch.nn.Module, cache: Cache, settings: StudentSetting
     """Mean KL(teacher || student) over the cache's validation split (top-k + tail, or the sampled estimate).
 
     Every process scores the whole split, so FSDP's collectives line up and no reduction is needed.
+    None when the cache has no validation split.
     """
     if not cache.splits.get("validation", {}).get("shards"):
         return None
     kl, positions = 0.0, 0
     was_training = model.training
     model.eval()
-    with torch.no_grad(), autocast(processes.device, settings.precision):
+    with torch.no_grad():  # float32 even when training in bf16: the figure `kd evaluate` reports
         for batch in stream_batches(cache, "validation", settings.batch_size):
             kl += model(batch.to(processes.device), (1, 1), validation=True)["kd"].item()  # totals (1, 1): sums, not means
             positions += batch.num_tokens
@@ -251,6 +266,8 @@ def train_student(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     check_compatibility(cache, tokenizer, tokenizer_path, settings)
     cache.check_shards("train")
+    if cache.splits.get("validation", {}).get("shards"):
+        cache.check_shards("validation")  # a damaged shard stops the run now, not at the first validation
     with training_processes(settings.device) as processes:
         return _train(cache, settings, out_dir, tokenizer, loss_log, checkpoint_dir, teacher, restart_other_runs, processes)
 
@@ -270,6 +287,8 @@ def _train(
     model = processes.wrap(DistillationStep(student, settings), settings.parallel, student.model.layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     plan, identity = StepPlan(cache, settings, processes), run_identity(cache, settings, processes)
+    has_validation = bool(cache.splits.get("validation", {}).get("shards"))
+    plan.report_unused()
     state = load_training_state(checkpoint_dir)
     if state is not None and checkpoint_dir is not None:
         try:
@@ -281,14 +300,14 @@ def _train(
             state = None
     steps, validation = [], []
     if state is not None:
-        restore_training_state(state, model, optimizer)
+        restore_training_state(state, model, optimizer, processes)
         steps, validation = state["steps"], state["validation"]
         log.info("resuming from step %d of %d (%s)", len(steps), plan.total, checkpoint_dir)
     del state
 
     def after_step(rows: list[dict[str, float]]) -> None:
         step = len(rows)
-        if settings.eval_every and step % settings.eval_every == 0 and step < plan.total:
+        if settings.eval_every and step % settings.eval_every == 0 and step < plan.total and has_validation:
             validation.append({"step": step, "val_kl": validation_kl(model, cache, settings, processes)})
         if checkpoint_dir is not None and settings.save_every and step % settings.save_every == 0 and step < plan.total:
             epoch, done = plan.position(step)
