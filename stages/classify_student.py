@@ -6,7 +6,7 @@ from pathlib import Path
 from pipeline.classify.student import ARCHS
 from pipeline.classify.training import TARGETS, ClassifyStudentSettings, train_classifier_from_cache
 from pipeline.errors import run_main
-from stages import params
+from stages import params, teacher_ref
 
 VARIANTS = tuple(f"{arch}-{targets}" for arch in ARCHS for targets in TARGETS)
 
@@ -17,7 +17,7 @@ def main() -> None:
         raise SystemExit(f"usage: python -m stages.classify_student {{{','.join(VARIANTS)}}}")
     arch, targets = variant.split("-")
     settings = params("classify.student", ClassifyStudentSettings).variant(arch, targets)
-    train_classifier_from_cache(Path("data/classify-cache"), settings, Path(f"models/classify-{variant}"), Path(f"reports/classify/loss-{variant}.csv"))
+    train_classifier_from_cache(Path("data/classify-cache"), settings, Path(f"models/classify-{variant}"), Path(f"reports/classify/loss-{variant}.csv"), Path(teacher_ref()["path"]))
 
 
 if __name__ == "__main__":

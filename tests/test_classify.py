@@ -305,3 +305,54 @@ def test_module_entry_point_runs_with_the_classify_commands(tmp_path):
 
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "classify", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0 and "evaluate" in result.stdout, result.stderr[-2000:]
+
+
+def numpy_pca_rows(table: np.ndarray, ids: np.ndarray, dim: int) -> np.ndarray:
+    """The reference projection, by SVD: top right-singular vectors, each signed so its largest-magnitude entry is positive."""
+    centred = table.astype(np.float64) - table.astype(np.float64).mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    components = vt[:dim].T
+    components *= np.sign(components[np.abs(components).argmax(0), np.arange(dim)])
+    projected = centred @ components
+    return centred[ids] @ components / projected.std(ddof=1)
+
+
+def test_teacher_embedding_rows_are_the_pca_projection():
+    from pipeline.classify.student import teacher_embedding_rows
+
+    table = torch.randn(300, 32, generator=torch.Generator().manual_seed(0)) @ torch.randn(32, 32, generator=torch.Generator().manual_seed(1))
+    ids = torch.tensor([0, 5, 17, 299])
+    got = teacher_embedding_rows(table, ids, 8)
+    np.testing.assert_allclose(got.numpy(), numpy_pca_rows(table.numpy(), ids.numpy(), 8), atol=1e-5)
+    with pytest.raises(PipelineError, match="embedding_dim 64 is wider than the teacher's embeddings \\(32\\)"):
+        teacher_embedding_rows(table, ids, 64)
+
+
+@pytest.mark.parametrize("vocab", ["train", "full"])
+def test_embedding_init_teacher_starts_every_kept_row_from_the_teacher(classify_cache, tiny_teacher, vocab):
+    from pipeline.cache import Cache
+    from pipeline.cache.soft_labels import read_soft_labels
+    from pipeline.classify.student import UNK, ClassifierConfig
+    from pipeline.classify.training import build_classifier
+
+    cache = Cache.open(classify_cache)
+    train = read_soft_labels(cache, "train")
+    config = ClassifierConfig(embedding_dim=16, vocab=vocab, embedding_init="teacher")
+    model = build_classifier(config, train, cache, seed=0, teacher=tiny_teacher)
+    table = AutoModelForCausalLM.from_pretrained(tiny_teacher).get_input_embeddings().weight.detach().numpy()
+    expected = numpy_pca_rows(table, model.vocab_ids.numpy(), 16)
+    np.testing.assert_allclose(model.embedding.weight[2:].detach().numpy(), expected, atol=1e-5)
+    assert not model.embedding.weight[UNK].any() and not model.embedding.weight[0].any()
+    with pytest.raises(PipelineError, match="needs the teacher model folder"):
+        build_classifier(config, train, cache, seed=0)
+
+
+def test_a_teacher_initialised_classifier_trains_saves_and_loads(tmp_path, classify_cache, tiny_teacher):
+    from pipeline.classify.student import load_classifier
+    from pipeline.classify.training import ClassifyStudentSettings, train_classifier_from_cache
+
+    settings = ClassifyStudentSettings(models={"bag": {"embedding_dim": 16, "hidden_size": 0, "vocab": "full", "embedding_init": "teacher"}}, epochs=2).variant("bag", "soft")
+    steps = train_classifier_from_cache(classify_cache, settings, tmp_path / "bag", teacher=tiny_teacher)
+    model, meta = load_classifier(tmp_path / "bag")
+    assert meta["config"]["embedding_init"] == "teacher" and model.embedding.num_embeddings == 320 + 2
+    assert steps[-1]["loss"] < steps[0]["loss"]

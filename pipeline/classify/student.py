@@ -40,6 +40,7 @@ class ClassifierConfig(Settings):
     dropout: float = Field(0.2, ge=0, lt=1)
     vocab: Literal["train", "full"] = "train"  # train: rows for token ids seen in the training texts only; full: the teacher's vocabulary
     max_tokens: Positive = 128  # texts are cut to this many tokens
+    embedding_init: Literal["random", "teacher"] = "random"  # teacher: rows from the teacher's token embeddings, PCA-projected to embedding_dim
 
 
 class TextClassifier(nn.Module):
@@ -89,6 +90,27 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def teacher_embedding_rows(table: torch.Tensor, ids: torch.Tensor, dim: int) -> torch.Tensor:
+    """The teacher's embedding rows of `ids` [n, H] projected onto the table's top `dim` principal directions [n, dim].
+
+    PCA over all rows of the table (float64): centred rows times the eigenvectors of their covariance
+    with the largest eigenvalues, each signed so that its largest-magnitude coordinate is positive
+    (the result is then unique), and one scalar that gives the projected table standard deviation 1,
+    the scale of a default embedding initialisation. Ids the student never saw in training thus still
+    get rows that place them near the words the teacher treats alike.
+    """
+    rows, width = table.shape
+    if dim > width:
+        raise PipelineError(f"classify.student embedding_dim {dim} is wider than the teacher's embeddings ({width}): embedding_init teacher needs embedding_dim <= {width}")
+    centred = table.double() - table.double().mean(0)
+    _, vectors = torch.linalg.eigh(centred.T @ centred / rows)
+    components = vectors[:, -dim:].flip(1)  # largest eigenvalue first
+    signs = torch.sign(components.gather(0, components.abs().argmax(0, keepdim=True)))
+    components = components * signs
+    scale = 1.0 / (centred @ components).std()
+    return (centred[ids] @ components * scale).float()
+
+
 def student_vocab(config: ClassifierConfig, texts: Sequence[Sequence[int]], vocab_size: int) -> torch.Tensor:
     if config.vocab == "full":
         return torch.arange(vocab_size)
@@ -118,6 +140,15 @@ def save_classifier(model: TextClassifier, meta: dict[str, Any], tokenizer_dir: 
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+
+
+def init_embeddings_from_teacher(model: TextClassifier, table: torch.Tensor) -> None:
+    """`embedding_init: teacher`: every kept id's row from `teacher_embedding_rows`; UNK starts at the mean (zero), PAD stays zero."""
+    if int(model.vocab_ids.max()) >= len(table):
+        raise PipelineError(f"the teacher's embedding table has {len(table)} rows, but the classifier keeps token ids up to {int(model.vocab_ids.max())}")
+    with torch.no_grad():
+        model.embedding.weight[2:] = teacher_embedding_rows(table, model.vocab_ids, model.config.embedding_dim)
+        model.embedding.weight[UNK] = 0.0
 
 
 def load_classifier(model_dir: Path) -> tuple[TextClassifier, dict[str, Any]]:

@@ -15,9 +15,9 @@ from pydantic import Field, field_validator
 from pipeline.cache.reader import Cache
 from pipeline.cache.soft_labels import SoftLabels, read_soft_labels
 from pipeline.classify.loss import fit_label_temperature, hard_targets, hinton_loss, label_kl, scaled_label_logprobs
-from pipeline.classify.student import Arch, ClassifierConfig, TextClassifier, one_thread, pad_batch, save_classifier, student_vocab
+from pipeline.classify.student import Arch, ClassifierConfig, TextClassifier, init_embeddings_from_teacher, one_thread, pad_batch, save_classifier, student_vocab
 from pipeline.errors import PipelineError
-from pipeline.models import count_parameters
+from pipeline.models import count_parameters, load_causal_lm
 from pipeline.settings import Alpha, Positive, Settings, Temperature
 from pipeline.training import backward_terms, epoch_steps, train_loop, write_loss_log
 
@@ -65,10 +65,16 @@ class ClassifyStudentSettings(ClassifierTraining):
         return ClassifyTrainSettings.from_section({**shared, "model": {"arch": arch, **self.models.get(arch, {})}, "targets": targets}, "classify.student")
 
 
-def build_classifier(config: ClassifierConfig, train: SoftLabels, cache: Cache, seed: int) -> TextClassifier:
+def build_classifier(config: ClassifierConfig, train: SoftLabels, cache: Cache, seed: int, teacher: Path | None = None) -> TextClassifier:
+    """A fresh classifier; with `embedding_init: teacher`, its embedding rows come from the teacher model at `teacher`."""
     torch.manual_seed(seed)
     vocab = student_vocab(config, train.input_ids, cache.vocab_size)
-    return TextClassifier(config, len(cache.manifest["classify"]["label_names"]), vocab)
+    model = TextClassifier(config, len(cache.manifest["classify"]["label_names"]), vocab)
+    if config.embedding_init == "teacher":
+        if teacher is None:
+            raise PipelineError("classify.student embedding_init teacher needs the teacher model folder (kd classify student --teacher)")
+        init_embeddings_from_teacher(model, load_causal_lm(teacher).get_input_embeddings().weight.detach())
+    return model
 
 
 @torch.inference_mode()
@@ -110,13 +116,16 @@ def train_classifier(model: TextClassifier, train: SoftLabels, settings: Classif
         )
 
 
-def train_classifier_from_cache(cache_dir: Path, settings: ClassifyTrainSettings, out_dir: Path, loss_log: Path | None = None) -> list[dict[str, float]]:
-    """Train on the cache's train split and save the classifier (with the cache's tokenizer) to out_dir."""
+def train_classifier_from_cache(cache_dir: Path, settings: ClassifyTrainSettings, out_dir: Path, loss_log: Path | None = None, teacher: Path | None = None) -> list[dict[str, float]]:
+    """Train on the cache's train split and save the classifier (with the cache's tokenizer) to out_dir.
+
+    `teacher` is the teacher model's folder, read only for `embedding_init: teacher`.
+    """
     cache = Cache.open(cache_dir)
     train = read_soft_labels(cache, "train")
     label_temperature = fit_label_temperature(train.label_logprobs, train.label) if settings.label_temperature == "fit" else float(settings.label_temperature)
     train = replace(train, label_logprobs=scaled_label_logprobs(train.label_logprobs, label_temperature))
-    model = build_classifier(settings.model, train, cache, settings.seed)
+    model = build_classifier(settings.model, train, cache, settings.seed, teacher)
     steps = train_classifier(model, train, settings)
     meta = {
         "labels": cache.manifest["classify"]["label_names"],

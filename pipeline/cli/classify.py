@@ -57,12 +57,13 @@ def student(
     temperature: Optional[float] = None,
     epochs: Optional[int] = None,
     loss_log: Optional[Path] = typer.Option(None, help="CSV file for the per-step loss log"),
+    teacher_model: Optional[Path] = typer.Option(None, "--teacher", help="teacher model folder, for embedding_init teacher"),
 ) -> None:
     """Train a BiLSTM or bag-of-embeddings classifier on the cache's train split."""
     from pipeline.classify.training import ClassifyStudentSettings, train_classifier_from_cache
 
     section = read_section(params, "classify.student", ClassifyStudentSettings).updated("classify.student", alpha=alpha, temperature=temperature, epochs=epochs)
-    train_classifier_from_cache(cache, section.variant(arch, targets), out, loss_log)
+    train_classifier_from_cache(cache, section.variant(arch, targets), out, loss_log, teacher_model)
 
 
 @app.command()
