@@ -197,34 +197,37 @@ def start_student(tmp_path: Path, cache: Path, params: Path, out: Path) -> subpr
 
 @pytest.mark.slow
 def test_sigkill_at_random_steps_then_the_same_command_finishes_the_same_student(tmp_path, tiny_cache):
-    params = params_file(tmp_path, epochs=6, batch_size=2, save_every=2)
+    params = params_file(tmp_path, epochs=10, batch_size=2, save_every=2)
     reference = tmp_path / "reference"
     reference.mkdir()
     subprocess.run(kd("student", "--cache", tiny_cache, "--out", reference / "student", "--params", params, "--loss-log", reference / "loss.csv"), cwd=tmp_path, check=True, capture_output=True)
+    total = len(read_loss_log(reference / "loss.csv"))
 
     out, state = tmp_path / "student", tmp_path / ".student-partial" / STATE_FILE
-    rng, kills = random.Random(0), 0
-    while kills < 3:
+    rng = random.Random(0)
+    targets = sorted(rng.sample(range(4, total - 24, 2), 3))  # kill once the saved state reaches each of these steps
+    for kill, target in enumerate(targets, 1):
         process = start_student(tmp_path, tiny_cache, params, out)
-        seen = state.stat().st_mtime_ns if state.exists() else None
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:  # wait for a new saved state, then kill a moment later
-            if state.exists() and state.stat().st_mtime_ns != seen:
-                time.sleep(rng.uniform(0.0, 0.4))
-                break
-            time.sleep(0.02)
+        seen, deadline = None, time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            written = state.stat().st_mtime_ns if state.exists() else None
+            if written is not None and written != seen:
+                seen = written
+                if len(torch.load(state, weights_only=False)["steps"]) >= target:  # the file is only ever replaced whole
+                    time.sleep(rng.uniform(0.0, 0.05))  # land somewhere inside the next steps
+                    break
+            time.sleep(0.01)
         if process.poll() is not None:
-            pytest.fail(f"the run ended before kill {kills + 1}: " + (tmp_path / "student.log").read_text()[-2000:])
+            pytest.fail(f"the run ended before kill {kill} (at step {target} of {total}): " + (tmp_path / "student.log").read_text()[-2000:])
         process.send_signal(signal.SIGKILL)
         process.wait()
-        kills += 1
     assert not out.exists()
     finish = start_student(tmp_path, tiny_cache, params, out)
     assert finish.wait(timeout=300) == 0, (tmp_path / "student.log").read_text()[-2000:]
     assert "resuming from step" in (tmp_path / "student.log").read_text()
     assert_same_weights(reference / "student", out)
     steps = read_loss_log(tmp_path / "loss.csv")
-    assert [row["step"] for row in steps] == list(range(len(read_loss_log(reference / "loss.csv"))))
+    assert [row["step"] for row in steps] == list(range(total))
     assert steps == read_loss_log(reference / "loss.csv")
     assert not state.parent.exists()
 
