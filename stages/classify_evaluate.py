@@ -1,4 +1,4 @@
-"""Stage classify_evaluate: teacher and students on the test split; metrics JSON and a reliability diagram."""
+"""Stage classify_evaluate: teacher and students on every test split; metrics JSON and the headline split's reliability diagram."""
 
 from pathlib import Path
 
@@ -12,7 +12,7 @@ def main() -> None:
     students = {variant: Path(f"models/classify-{variant}") for variant in VARIANTS}
     settings = params("classify.evaluate", ClassifyEvaluateSettings)
     metrics = evaluate_classifier_students(
-        Path("data/classify-cache"), Path(teacher_ref()["path"]), students, "test", settings, Path("reports/classify_metrics.json"), Path("reports/classify_reliability.png")
+        Path("data/classify-cache"), Path(teacher_ref()["path"]), students, None, settings, Path("reports/classify_metrics.json"), Path("reports/classify_reliability.png")
     )
     print(format_classify_table(metrics))
 

@@ -171,13 +171,14 @@ def project(tmp_path, tiny_teacher, small_prompts) -> Path:
 
 
 def small_classify_path(root: Path, classify: dict) -> None:
-    """The classification stages on a slice of the shipped reviews with tiny students (edits `classify` in place)."""
-    reviews = root / "data" / "reviews"
-    reviews.mkdir(parents=True)
-    for split, count in (("train", 40), ("test", 20)):
-        lines = (REPO / "data" / "reviews" / f"{split}.jsonl").read_text().splitlines(keepends=True)
-        (reviews / f"{split}.jsonl").write_text("".join(lines[:count]))
+    """The classification stages on small samples of the shipped text sets with tiny students (edits `classify` in place)."""
+    for folder in ("reviews", "real-reviews"):
+        shutil.copytree(REPO / "data" / folder, root / "data" / folder)
+    classify["data"]["train"]["sample"] = 40
+    for name, count in (("imdb", 20), ("in_domain", 10), ("generated", 10)):
+        classify["data"]["tests"][name]["sample"] = count
     classify["teacher"].update(batch_size=8, shard_rows=16)
     classify["student"].update(epochs=2, batch_size=8)
-    classify["student"]["models"] = {name: {"embedding_dim": 8, "hidden_size": 8} for name in ("bilstm", "bag")}
+    for model in classify["student"]["models"].values():
+        model.update(embedding_dim=8, hidden_size=8)  # the rest as params.yaml has it (teacher embeddings, vocab_lowest_ids)
     classify["evaluate"]["latency_examples"] = 2

@@ -163,6 +163,7 @@ def classify_cache(tmp_path_factory, tiny_teacher) -> Path:
     data = {
         "train": read_labelled(reviews(root / "train.jsonl", "train", 120), LABELS),
         "test": read_labelled(reviews(root / "test.jsonl", "test", 40), LABELS),
+        "imdb": read_labelled(REPO / "data" / "real-reviews" / "imdb.jsonl", LABELS, repeated_texts="keep_first").head(30),  # real text: tokens the train texts lack
     }
     settings = ClassifyTeacherSettings(labels={"negative": " no", "positive": " yes"}, batch_size=16, shard_rows=50)
     out = root / "cache"
@@ -182,7 +183,7 @@ def test_classify_cache_is_complete_verified_and_resumable(classify_cache, tiny_
 
     manifest = read_manifest(classify_cache)
     assert manifest["task"] == "classify_soft_labels" and manifest["classify"]["label_names"] == LABELS
-    assert {name: s["rows"] for name, s in manifest["splits"].items()} == {"train": 120, "test": 40}
+    assert {name: s["rows"] for name, s in manifest["splits"].items()} == {"train": 120, "test": 40, "imdb": 30}
     assert verify_cache(classify_cache) == []
     assert "teacher accuracy" in format_summary(summarize_cache(classify_cache))
     test = read_soft_labels(Cache.open(classify_cache), "test")
@@ -194,7 +195,11 @@ def test_classify_cache_is_complete_verified_and_resumable(classify_cache, tiny_
     shard = classify_cache / "train" / "shard-00000.parquet"
     written = shard.stat().st_mtime_ns
     settings = ClassifyTeacherSettings(labels={"negative": " no", "positive": " yes"}, batch_size=16, shard_rows=50)
-    data = {"train": read_labelled(REVIEWS / "train.jsonl", LABELS).head(120), "test": read_labelled(REVIEWS / "test.jsonl", LABELS).head(40)}
+    data = {
+        "train": read_labelled(REVIEWS / "train.jsonl", LABELS).head(120),
+        "test": read_labelled(REVIEWS / "test.jsonl", LABELS).head(40),
+        "imdb": read_labelled(REPO / "data" / "real-reviews" / "imdb.jsonl", LABELS, repeated_texts="keep_first").head(30),
+    }
     shard.unlink()
     run_classify_teacher(data, resolve_teacher(str(tiny_teacher), tiny_teacher), classify_cache, settings)
     assert verify_cache(classify_cache) == []  # the missing shard was made again, the others kept
@@ -274,10 +279,53 @@ def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
     assert "accuracy" in out and (tmp_path / "r.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     fitted = load_classifier(tmp_path / "soft")[1]["train"]["label_temperature"]
-    assert list(metrics["models"]) == ["teacher", f"teacher T={fitted:.2f}", "soft", "hard"]  # the teacher as the students saw it, fitted by default
-    assert all(0 <= m["ece"] <= 1 and m["ms_per_example"] > 0 for m in metrics["models"].values())
+    assert metrics["headline"] == "test" and list(metrics["splits"]) == ["test", "imdb"]  # every split but train, the first one the headline
+    for split in metrics["splits"].values():
+        assert list(split["models"]) == ["teacher", f"teacher T={fitted:.2f}", "soft", "hard"]  # the teacher as the students saw it, fitted by default
+        assert all(0 <= m["ece"] <= 1 and m["ms_per_example"] > 0 for m in split["models"].values())
+    assert out.index("\nimdb (") > out.index("\ntest (")  # the headline's table first
+
+    only = json.loads(_evaluate_one_split(classify_cache, tiny_teacher, tmp_path, "imdb").read_text())
+    assert list(only["splits"]) == ["imdb"] and only["headline"] == "imdb"
+    assert only["splits"]["imdb"]["models"]["soft"]["accuracy"] == metrics["splits"]["imdb"]["models"]["soft"]["accuracy"]
     assert "verbalizer" in invoke(["inspect", str(classify_cache)])
     assert "ok:" in invoke(["verify", str(classify_cache)])
+
+
+def _evaluate_one_split(cache: Path, teacher: Path, tmp_path: Path, split: str) -> Path:
+    out = tmp_path / f"{split}.json"
+    invoke(["classify", "evaluate", "--cache", str(cache), "--teacher", str(teacher), "--student", f"soft={tmp_path / 'soft'}", "--split", split, "--out", str(out), "--latency-examples", "2"])
+    return out
+
+
+def test_vocabulary_coverage_counts_test_tokens_seen_in_train(classify_cache):
+    from pipeline.cache import Cache
+    from pipeline.cache.soft_labels import read_soft_labels
+    from pipeline.classify.evaluate import vocabulary_coverage
+
+    cache = Cache.open(classify_cache)
+    train, imdb = read_soft_labels(cache, "train"), read_soft_labels(cache, "imdb")
+    seen = set().union(*map(set, train.input_ids))
+    unseen = sum(token not in seen for text in imdb.input_ids for token in text)
+    total = sum(map(len, imdb.input_ids))
+    assert 0 < unseen < total  # real sentences have words the phrase bank lacks
+    assert vocabulary_coverage(train, imdb) == pytest.approx(1 - unseen / total)
+    assert vocabulary_coverage(train, train) == 1.0
+
+
+def test_cli_classify_teacher_takes_named_test_sets(tmp_path, tiny_teacher):
+    from pipeline.cache import read_manifest
+
+    train, a, b = (tmp_path / f"{name}.jsonl" for name in ("train", "a", "b"))
+    train.write_text('{"text": "A fine film.", "label": "positive"}\n{"text": "Dull.", "label": "negative"}\n')
+    a.write_text('{"text": "Great.", "label": "positive"}\n')
+    b.write_text('{"text": "Boring.", "label": "negative"}\n{"text": "Lovely.", "label": "positive"}\n')
+    invoke(["classify", "teacher", "--train", str(train), "--test", f"first={a}", "--test", f"second={b}", "--model", str(tiny_teacher), "--out", str(tmp_path / "c")])
+    assert {name: s["rows"] for name, s in read_manifest(tmp_path / "c")["splits"].items()} == {"train": 2, "first": 1, "second": 2}
+    result = run_kd_failing(["classify", "teacher", "--train", str(train), "--test", f"x={a}", "--test", f"x={b}", "--model", str(tiny_teacher), "--out", str(tmp_path / "d")], tmp_path)
+    assert result.startswith("error: two files are named 'x'") and not (tmp_path / "d").exists()
+    result = run_kd_failing(["classify", "teacher", "--train", str(train), "--test", f"train={a}", "--model", str(tiny_teacher), "--out", str(tmp_path / "d")], tmp_path)
+    assert "test set name 'train' must be" in result and result.count("\n") == 1 and not (tmp_path / "d").exists()
 
 
 def test_cli_refuses_unknown_labels_with_one_line(tmp_path, tiny_teacher):
@@ -356,3 +404,35 @@ def test_a_teacher_initialised_classifier_trains_saves_and_loads(tmp_path, class
     model, meta = load_classifier(tmp_path / "bag")
     assert meta["config"]["embedding_init"] == "teacher" and model.embedding.num_embeddings == 320 + 2
     assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_vocab_lowest_ids_adds_the_lowest_teacher_ids_to_the_train_vocabulary(classify_cache):
+    from pipeline.cache import Cache
+    from pipeline.cache.soft_labels import read_soft_labels
+    from pipeline.classify.student import ClassifierConfig
+    from pipeline.classify.training import build_classifier
+
+    cache = Cache.open(classify_cache)
+    train = read_soft_labels(cache, "train")
+    seen = {t for text in train.input_ids for t in text}
+    model = build_classifier(ClassifierConfig(embedding_dim=8, hidden_size=8, vocab_lowest_ids=100), train, cache, seed=0)
+    assert model.vocab_ids.tolist() == sorted(seen | set(range(100)))
+    assert model.embedding.num_embeddings == len(seen | set(range(100))) + 2
+    with pytest.raises(PipelineError, match="vocab_lowest_ids adds rows to vocab: train"):
+        ClassifierConfig(vocab="full", vocab_lowest_ids=100)
+
+
+def test_frozen_embeddings_stay_as_initialised_while_the_rest_trains(classify_cache, tiny_teacher):
+    from pipeline.cache import Cache
+    from pipeline.cache.soft_labels import read_soft_labels
+    from pipeline.classify.student import ClassifierConfig
+    from pipeline.classify.training import ClassifyTrainSettings, build_classifier, train_classifier
+
+    cache = Cache.open(classify_cache)
+    train = read_soft_labels(cache, "train")
+    config = ClassifierConfig(embedding_dim=16, hidden_size=8, vocab="full", embedding_init="teacher", freeze_embeddings=True)
+    model = build_classifier(config, train, cache, seed=0, teacher=tiny_teacher)
+    embedding, lstm = model.embedding.weight.detach().clone(), model.lstm.weight_ih_l0.detach().clone()
+    train_classifier(model, train, ClassifyTrainSettings(model=config, epochs=2, batch_size=16))
+    assert torch.equal(model.embedding.weight, embedding)
+    assert not torch.equal(model.lstm.weight_ih_l0, lstm)

@@ -36,8 +36,12 @@ def test_repro_runs_everything_then_nothing_then_only_the_student_side(project):
     assert shard.stat().st_mtime_ns == written
 
     classify_metrics = yaml.safe_load((project / "reports" / "classify_metrics.json").read_text())
-    fitted = [name for name in classify_metrics["models"] if name.startswith("teacher T=")]  # the teacher at the fitted label temperature
-    assert len(fitted) == 1 and set(classify_metrics["models"]) - set(fitted) == {"teacher", "bilstm-soft", "bilstm-hard", "bag-soft", "bag-hard"}
+    assert classify_metrics["headline"] == "imdb" and set(classify_metrics["splits"]) == {"imdb", "in_domain", "generated"}  # every test set of params.yaml
+    assert {name: split["gold_labels"] for name, split in classify_metrics["splits"].items()} == {"imdb": 20, "in_domain": 10, "generated": 10}
+    for split in classify_metrics["splits"].values():
+        fitted = [name for name in split["models"] if name.startswith("teacher T=")]  # the teacher at the fitted label temperature
+        assert len(fitted) == 1 and set(split["models"]) - set(fitted) == {"teacher", "bilstm-soft", "bilstm-hard", "bag-soft", "bag-hard"}
+        assert 0 < split["vocabulary_coverage"] <= 1
     assert (project / "reports" / "classify_reliability.png").stat().st_size > 0
     classify_shard = project / "data" / "classify-cache" / "train" / "shard-00000.parquet"
     written = classify_shard.stat().st_mtime_ns

@@ -21,7 +21,7 @@ from pipeline.cache.soft_labels import SoftLabels, read_soft_labels
 from pipeline.classify.charts import plot_reliability
 from pipeline.classify.loss import label_kl, scaled_label_logprobs
 from pipeline.classify.prompt import ClassifyPrompt, render_prompt
-from pipeline.classify.student import load_classifier, one_thread, pad_batch
+from pipeline.classify.student import TextClassifier, load_classifier, one_thread, pad_batch
 from pipeline.classify.training import predict_logits
 from pipeline.errors import PipelineError
 from pipeline.models import count_parameters, load_causal_lm
@@ -32,7 +32,8 @@ from pipeline.settings import Positive, Settings
 class ClassifyEvaluateSettings(Settings):
     """The `classify.evaluate` section."""
 
-    latency_examples: Positive = 32  # test texts timed one by one, teacher and students
+    headline: str | None = None  # the test split reported first (README's figure); null: the first test split
+    latency_examples: Positive = 32  # texts of the headline split timed one by one, teacher and students
     calibration_bins: Positive = 10
 
 
@@ -85,63 +86,112 @@ def per_example_ms(run: Callable[[int], Any], count: int, repeats: int = 2) -> f
     return 1000 * best / count
 
 
-def evaluate_classifiers(cache_dir: Path, teacher_path: Path, students: dict[str, Path], split: str = "test", latency_examples: int = 32, bins: int = 10) -> dict[str, Any]:
-    """Metrics of the teacher (from the cache) and of each student on `split`; latency on its first texts."""
+def test_splits(cache: Cache) -> list[str]:
+    """The cache's splits other than train, in manifest order: the test sets."""
+    return [split for split in cache.manifest["splits"] if split != "train"]
+
+
+def vocabulary_coverage(train: SoftLabels, test: SoftLabels) -> float | None:
+    """Share of the test texts' tokens (teacher ids) that occur in the train texts; None when either is empty."""
+    seen = {token for text in train.input_ids for token in text}
+    tokens = [token for text in test.input_ids for token in text]
+    return sum(token in seen for token in tokens) / len(tokens) if tokens and seen else None
+
+
+def evaluate_classifiers(
+    cache_dir: Path, teacher_path: Path, students: dict[str, Path], splits: list[str] | None = None, latency_examples: int = 32, bins: int = 10, headline: str | None = None
+) -> dict[str, Any]:
+    """Metrics of the teacher (from the cache) and of each student on each test split (default: all but train).
+
+    Latency is measured once, on the first texts of the headline split (default: the first split).
+    """
     cache = Cache.open(cache_dir)
     manifest = cache.manifest
-    data = read_soft_labels(cache, split)
-    if not (data.label >= 0).any():
-        raise PipelineError(f"the '{split}' split of {cache_dir} has no gold labels to evaluate against")
-    count = min(latency_examples, len(data))
+    splits = splits or test_splits(cache)
+    if not splits:
+        raise PipelineError(f"{cache_dir} has no test split to evaluate on (only {', '.join(manifest['splits'])})")
+    headline = headline or splits[0]
+    if headline not in splits:
+        raise PipelineError(f"headline split '{headline}' is not among the evaluated splits ({', '.join(splits)})")
+    for split in splits:
+        if split not in manifest["splits"]:
+            raise PipelineError(f"{cache_dir} has no '{split}' split (it has {', '.join(manifest['splits'])})")
+    data = {split: read_soft_labels(cache, split) for split in splits}
+    for split, labels in data.items():
+        if not (labels.label >= 0).any():
+            raise PipelineError(f"the '{split}' split of {cache_dir} has no gold labels to evaluate against")
+    train = read_soft_labels(cache, "train") if "train" in manifest["splits"] else None
     classify = manifest["classify"]
+    timed = data[headline]
+    count = min(latency_examples, len(timed))
     prompt = ClassifyPrompt(**{key: classify[key] for key in ClassifyPrompt.model_fields})
     teacher = load_causal_lm(teacher_path)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts = [tokenizer.decode(ids) for ids in data.input_ids[:count]]
-    prompts = [render_prompt(tokenizer, prompt, text) for text in texts]
+    prompts = [render_prompt(tokenizer, prompt, tokenizer.decode(ids)) for ids in timed.input_ids[:count]]
     with one_thread():  # every model on one core: comparable, and immune to other jobs' thread contention
         teacher_ms = per_example_ms(lambda i, model=teacher: verbalizer_logprobs(model, pad_id, [prompts[i]], classify["verbalizer_ids"], 1), count)
     teacher_params = count_parameters(teacher)
     del teacher
-    models: dict[str, dict[str, Any]] = {}
+    loaded: dict[str, tuple[TextClassifier, float]] = {}
     label_temperatures = set()
     for name, path in students.items():
         model, meta = load_classifier(path)
         label_temperatures.add(meta.get("train", {}).get("label_temperature", 1.0))
         if meta.get("tokenizer_sha256") != manifest["tokenizer"]["sha256"]:
             raise PipelineError(f"student {name} at {path} was trained on another tokenizer than the cache's")
-        probs = torch.softmax(predict_logits(model, data.input_ids), -1).double().numpy()
-        inputs = [pad_batch([ids], model.config.max_tokens) for ids in data.input_ids[:count]]
+        inputs = [pad_batch([ids], model.config.max_tokens) for ids in timed.input_ids[:count]]
         with one_thread():
             ms = per_example_ms(lambda i, model=model, inputs=inputs: model(*inputs[i]), count)
-        models[name] = {"params": count_parameters(model), **prediction_metrics(probs, data, bins), "ms_per_example": ms}
+        loaded[name] = (model, ms)
     teachers = {"teacher": 1.0} | {f"teacher T={t:.2f}": t for t in sorted(label_temperatures - {1.0})}  # as the students saw it
-    for name, temperature in teachers.items():
-        probs = np.exp(scaled_label_logprobs(data.label_logprobs, temperature).astype(np.float64))
-        models[name] = {"params": teacher_params, **prediction_metrics(probs, data, bins), "ms_per_example": teacher_ms}
-        del models[name]["agreement_with_teacher"], models[name]["kl_to_teacher"]
-    models = {name: models[name] for name in [*teachers, *students]}
-    for values in models.values():
-        values["params_ratio_vs_teacher"] = models["teacher"]["params"] / values["params"]
-        values["speedup_vs_teacher"] = teacher_ms / values["ms_per_example"]
-        values["accuracy_retained"] = values["accuracy"] / models["teacher"]["accuracy"]
-    mass = data.verbalizer_mass
+    results = {}
+    for split, labels in data.items():
+        models: dict[str, dict[str, Any]] = {}
+        for name, (model, ms) in loaded.items():
+            probs = torch.softmax(predict_logits(model, labels.input_ids), -1).double().numpy()
+            models[name] = {"params": count_parameters(model), **prediction_metrics(probs, labels, bins), "ms_per_example": ms}
+        for name, temperature in teachers.items():
+            probs = np.exp(scaled_label_logprobs(labels.label_logprobs, temperature).astype(np.float64))
+            models[name] = {"params": teacher_params, **prediction_metrics(probs, labels, bins), "ms_per_example": teacher_ms}
+            del models[name]["agreement_with_teacher"], models[name]["kl_to_teacher"]
+        models = {name: models[name] for name in [*teachers, *students]}
+        for values in models.values():
+            values["params_ratio_vs_teacher"] = models["teacher"]["params"] / values["params"]
+            values["speedup_vs_teacher"] = teacher_ms / values["ms_per_example"]
+            values["accuracy_retained"] = values["accuracy"] / models["teacher"]["accuracy"]
+        mass = labels.verbalizer_mass
+        results[split] = {
+            "examples": len(labels),
+            "gold_labels": int((labels.label >= 0).sum()),
+            "vocabulary_coverage": vocabulary_coverage(train, labels) if train is not None else None,
+            "verbalizer_mass": {"mean": float(mass.mean()), "p10": float(np.percentile(mass, 10))},
+            "models": models,
+        }
     return {
         "task": "classify",
-        "split": split,
-        "examples": len(data),
-        "gold_labels": int((data.label >= 0).sum()),
         "labels": classify["label_names"],
-        "verbalizer_mass": {"mean": float(mass.mean()), "p10": float(np.percentile(mass, 10))},
+        "headline": headline,
+        "train_examples": len(train) if train is not None else 0,
         "latency_examples": count,
-        "models": models,
+        "splits": results,
     }
 
 
 def format_classify_table(metrics: dict[str, Any]) -> str:
+    """A summary (accuracy on every test split side by side), then the full table of each split, the headline first."""
+    splits = metrics["splits"]
+    order = [metrics["headline"], *(s for s in splits if s != metrics["headline"])]
+    first = splits[order[0]]["models"]
+    summary = {name: {f"{split} accuracy": splits[split]["models"][name]["accuracy"] for split in order} | {"params": first[name]["params"]} for name in first}
+    summary_columns = [(f"{split} acc.", f"{split} accuracy", "{:.3f}") for split in order] + [("params", "params", "{:,}")]
+    coverage = ", ".join(f"{split} {_share(splits[split]['vocabulary_coverage'])}" for split in order)
+    lines = [
+        f"classification: accuracy on each test set against gold labels (headline: {metrics['headline']}; {metrics['train_examples']} train texts; vocabulary coverage of the test tokens: {coverage})",
+        *model_table(summary, summary_columns, 14, 18),
+    ]
     columns = [
         ("accuracy", "accuracy", "{:.3f}"),
         ("% of teacher", "accuracy_retained", "{:.1%}"),
@@ -153,17 +203,24 @@ def format_classify_table(metrics: dict[str, Any]) -> str:
         ("ms/example", "ms_per_example", "{:.2f}"),
         ("speed-up", "speedup_vs_teacher", "{:,.0f}x"),
     ]
-    title = f"classification on the {metrics['split']} split ({metrics['gold_labels']} gold labels; mean verbalizer mass {metrics['verbalizer_mass']['mean']:.3f})"
-    return "\n".join([title, *model_table(metrics["models"], columns, 14, 14)])
+    for split in order:
+        values = splits[split]
+        title = f"\n{split} ({values['gold_labels']} gold labels; vocabulary coverage {_share(values['vocabulary_coverage'])}; mean verbalizer mass {values['verbalizer_mass']['mean']:.3f})"
+        lines += [title, *model_table(values["models"], columns, 14, 14)]
+    return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def evaluate_classifier_students(
-    cache_dir: Path, teacher_path: Path, students: dict[str, Path], split: str, settings: ClassifyEvaluateSettings, metrics_path: Path | None = None, chart_path: Path | None = None
+    cache_dir: Path, teacher_path: Path, students: dict[str, Path], splits: list[str] | None, settings: ClassifyEvaluateSettings, metrics_path: Path | None = None, chart_path: Path | None = None
 ) -> dict[str, Any]:
-    """`kd classify evaluate` and the classify_evaluate stage: the metrics, written as JSON, and the reliability diagram."""
-    metrics = evaluate_classifiers(cache_dir, teacher_path, students, split, settings.latency_examples, settings.calibration_bins)
+    """`kd classify evaluate` and the classify_evaluate stage: the metrics, written as JSON, and the reliability diagram of the headline split."""
+    metrics = evaluate_classifiers(cache_dir, teacher_path, students, splits, settings.latency_examples, settings.calibration_bins, settings.headline)
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     if chart_path is not None:
-        plot_reliability(metrics, chart_path)
+        plot_reliability(metrics["splits"][metrics["headline"]]["models"], metrics["headline"], chart_path)
     return metrics

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -39,8 +39,16 @@ class ClassifierConfig(Settings):
     num_layers: Positive = 1  # bilstm only
     dropout: float = Field(0.2, ge=0, lt=1)
     vocab: Literal["train", "full"] = "train"  # train: rows for token ids seen in the training texts only; full: the teacher's vocabulary
+    vocab_lowest_ids: int = Field(0, ge=0)  # vocab train: also rows for teacher ids below this (a BPE vocabulary numbers its merges roughly by frequency: its commonest tokens)
     max_tokens: Positive = 128  # texts are cut to this many tokens
     embedding_init: Literal["random", "teacher"] = "random"  # teacher: rows from the teacher's token embeddings, PCA-projected to embedding_dim
+    freeze_embeddings: bool = False  # keep the embedding rows as initialised (with embedding_init teacher: seen and unseen words stay in one space)
+
+    @model_validator(mode="after")
+    def _lowest_ids_need_train_vocab(self) -> ClassifierConfig:
+        if self.vocab_lowest_ids and self.vocab != "train":
+            raise ValueError("vocab_lowest_ids adds rows to vocab: train; vocab: full already has every id")
+        return self
 
 
 class TextClassifier(nn.Module):
@@ -52,6 +60,7 @@ class TextClassifier(nn.Module):
         self.num_labels = num_labels
         self.register_buffer("vocab_ids", vocab_ids.to(torch.long).sort().values, persistent=True)
         self.embedding = nn.Embedding(len(vocab_ids) + 2, config.embedding_dim, padding_idx=PAD)
+        self.embedding.weight.requires_grad_(not config.freeze_embeddings)
         self.dropout = nn.Dropout(config.dropout)
         if config.arch == "bilstm":
             self.lstm = nn.LSTM(config.embedding_dim, config.hidden_size, config.num_layers, batch_first=True, bidirectional=True)
@@ -112,9 +121,11 @@ def teacher_embedding_rows(table: torch.Tensor, ids: torch.Tensor, dim: int) -> 
 
 
 def student_vocab(config: ClassifierConfig, texts: Sequence[Sequence[int]], vocab_size: int) -> torch.Tensor:
+    """The teacher ids the classifier keeps rows for, sorted."""
     if config.vocab == "full":
         return torch.arange(vocab_size)
-    return torch.tensor(sorted({t for text in texts for t in text[: config.max_tokens]}), dtype=torch.long)
+    seen = {t for text in texts for t in text[: config.max_tokens]}
+    return torch.tensor(sorted(seen | set(range(min(config.vocab_lowest_ids, vocab_size)))), dtype=torch.long)
 
 
 def pad_batch(texts: Sequence[Sequence[int]], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

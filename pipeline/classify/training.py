@@ -103,7 +103,7 @@ def train_classifier(model: TextClassifier, train: SoftLabels, settings: Classif
         logits = model(*pad_batch([train.input_ids[i] for i in rows], model.config.max_tokens))
         return hinton_loss(logits, targets[rows], gold[rows], settings.alpha, settings.temperature)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay)
     with one_thread():
         return train_loop(
             model,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, student_folders
+from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, named_files, student_folders
 from pipeline.settings import read_section
 from pipeline.teacher_model import EMBEDDED_DIR
 
@@ -17,8 +17,10 @@ app = typer.Typer(help="Text classification by distillation: LLM soft labels int
 @app.command()
 @clean_errors
 def teacher(
-    train: Path = typer.Option(..., help="JSONL, CSV or Parquet with a text column (and optionally a label column)"),
-    test: Optional[Path] = typer.Option(None, help="held-out texts with gold labels, for `kd classify evaluate`"),
+    train: Optional[Path] = typer.Option(None, help="JSONL, CSV or Parquet with a text column (and optionally a label column) [default: classify.data.train of --params]"),
+    tests: Optional[list[str]] = typer.Option(
+        None, "--test", help="NAME=FILE (or FILE, named test), repeatable: held-out texts with gold labels, each a split for `kd classify evaluate` [default: classify.data.tests of --params]"
+    ),
     out: Path = typer.Option(Path("data/classify-cache"), help="cache directory (resumed if it exists with the same settings)"),
     params: ParamsFile = None,
     model: TeacherModel = None,
@@ -37,8 +39,10 @@ def teacher(
     from pipeline.teacher_model import resolve_teacher
 
     settings = read_section(params, "classify.teacher", ClassifyTeacherSettings).updated("classify.teacher", batch_size=batch_size, scoring=scoring)
-    columns = read_section(params, "classify.data", ClassifyDataSettings).updated("classify.data", text_column=text_column, label_column=label_column)
-    files = ClassifyDataSettings.from_section({**columns.model_dump(), "train": train, "test": test}, "classify.data")
+    files = read_section(params, "classify.data", ClassifyDataSettings).updated("classify.data", text_column=text_column, label_column=label_column)
+    if train is not None or tests:  # files on the command line replace the params file's (a --train alone: no test set)
+        given = {"train": {"path": train} if train is not None else files.train.model_dump(), "tests": named_files(tests or [], "test")}
+        files = ClassifyDataSettings.from_section({**files.model_dump(), **given}, "classify.data")
     data = read_classify_data(files, settings.prompt.label_names)
     teacher_ref = resolve_teacher(model or read_section(params, "teacher", TeacherSettings).model, embedded_dir)
     manifest = run_classify_teacher(data, teacher_ref, out, settings, worker_index, num_workers)
@@ -72,16 +76,60 @@ def evaluate(
     cache: Path = typer.Option(Path("data/classify-cache"), help="soft-label cache with a split that has gold labels"),
     teacher_model: Path = typer.Option(..., "--teacher", help="teacher checkpoint folder (for parameters and latency)"),
     student_dirs: list[str] = typer.Option(..., "--student", help="NAME=FOLDER, repeatable"),
-    split: str = "test",
+    splits: Optional[list[str]] = typer.Option(None, "--split", help="test split to score, repeatable [default: every split but train]"),
     out: Optional[Path] = typer.Option(None, help="write metrics JSON here"),
     chart: Optional[Path] = typer.Option(None, help="write the reliability diagram PNG here"),
     params: ParamsFile = None,
-    latency_examples: Optional[int] = typer.Option(None, help="test texts timed one by one [default: classify.evaluate of --params, else 32]"),
+    headline: Optional[str] = typer.Option(None, help="split printed first and drawn in the chart [default: classify.evaluate.headline of --params, else the first split]"),
+    latency_examples: Optional[int] = typer.Option(None, help="texts of the headline split timed one by one [default: classify.evaluate of --params, else 32]"),
     calibration_bins: Optional[int] = typer.Option(None, help="confidence bins of ECE and the diagram [default: classify.evaluate of --params, else 10]"),
 ) -> None:
     """Accuracy, agreement, ECE, size and latency of the teacher and the classifiers."""
     from pipeline.classify.evaluate import ClassifyEvaluateSettings, evaluate_classifier_students, format_classify_table
 
-    settings = read_section(params, "classify.evaluate", ClassifyEvaluateSettings).updated("classify.evaluate", latency_examples=latency_examples, calibration_bins=calibration_bins)
-    metrics = evaluate_classifier_students(cache, teacher_model, student_folders(student_dirs), split, settings, out, chart)
+    settings = read_section(params, "classify.evaluate", ClassifyEvaluateSettings).updated("classify.evaluate", headline=headline, latency_examples=latency_examples, calibration_bins=calibration_bins)
+    metrics = evaluate_classifier_students(cache, teacher_model, student_folders(student_dirs), splits or None, settings, out, chart)
     typer.echo(format_classify_table(metrics))
+
+
+@app.command()
+@clean_errors
+def augment(
+    texts: Path = typer.Option(..., "--texts", help="JSONL, CSV or Parquet with a text column: the transfer set to augment"),
+    out: Path = typer.Option(..., help="JSONL of the new texts (no labels: `kd classify teacher` labels them)"),
+    sample: Optional[int] = typer.Option(None, help="augment this seeded sample of --texts (as classify.data.train.sample picks it)"),
+    sample_seed: int = typer.Option(0, help="seed of the sample (classify.data.seed)"),
+    lexicon: Optional[Path] = typer.Option(None, help="word -> part-of-speech tags (JSON, or lexicon.js of npm `pos`); without it nothing is substituted"),
+    copies: int = typer.Option(20, help="augmentation passes over each text"),
+    mask: float = typer.Option(0.1, help="probability that a word becomes [MASK]"),
+    substitute: float = typer.Option(0.1, help="probability that a word becomes a corpus word of the same part of speech"),
+    ngram: float = typer.Option(0.25, help="probability that only a random 1- to 5-gram is kept"),
+    seed: int = typer.Option(0, help="seed of the augmentation"),
+    text_column: str = "text",
+) -> None:
+    """Tang et al.'s augmentation (masking, same-class word substitution, n-gram sampling): unlabelled texts for the teacher to label."""
+    from pipeline.classify.augment import AugmentSettings, augment_texts, read_lexicon
+    from pipeline.classify.data import TextSet, read_text_set
+    from pipeline.classify.generated import write_jsonl
+
+    settings = AugmentSettings(copies=copies, mask=mask, substitute=substitute, ngram=ngram, seed=seed)
+    source = read_text_set(TextSet(path=texts, sample=sample), [], text_column, label_column="", seed=sample_seed)
+    new = augment_texts(source["text"].to_list(), settings, read_lexicon(lexicon) if lexicon else None)
+    write_jsonl([{"text": text} for text in new], out)
+    typer.echo(f"{len(new)} augmented texts from {source.height} in {out}")
+
+
+@app.command()
+@clean_errors
+def answers(
+    cache: Path = typer.Argument(..., help="language-model cache that `kd teacher` wrote from text-writing prompts"),
+    out: Path = typer.Option(..., help="JSONL of the answers as texts (no labels: `kd classify teacher` labels them)"),
+    split: str = typer.Option("validation", help="cache split (an evaluation-only prompt set puts every prompt in validation)"),
+    min_words: int = typer.Option(3, help="drop answers shorter than this"),
+) -> None:
+    """The teacher's answers in a cache as texts: what the LLM wrote, for a generated transfer set."""
+    from pipeline.classify.generated import answers_as_texts, write_jsonl
+
+    rows = answers_as_texts(cache, split, min_words)
+    write_jsonl(rows, out)
+    typer.echo(f"{len(rows)} texts in {out}")

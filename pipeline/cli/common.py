@@ -45,6 +45,18 @@ def student_folders(items: list[str]) -> dict[str, Path]:
     return students
 
 
+def named_files(items: list[str], default_name: str) -> dict[str, Path]:
+    """`NAME=FILE` options (a bare FILE is named `default_name`) as {name: file}; a name given twice is an error."""
+    files: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (default_name, item)
+        if name in files:
+            raise PipelineError(f"two files are named '{name}' ({files[name]} and {path}); give each NAME=FILE a different name")
+        files[name] = Path(path)
+    return files
+
+
 def echo_fill_result(manifest: Optional[dict[str, Any]], out: Path, worker_index: int, count: str, unit: str) -> None:
     """What a teacher worker leaves behind: a complete cache (`count` summed over splits), or its share of one."""
     if manifest is None:
