@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, student_folders
+from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, RayAddress, TeacherModel, UseRay, WorkerIndex, cache_location, clean_errors, echo_fill_result, ray_runner, student_folders
 from pipeline.settings import read_section
 from pipeline.teacher_model import EMBEDDED_DIR
 
@@ -19,7 +19,7 @@ app = typer.Typer(help="Text classification by distillation: LLM soft labels int
 def teacher(
     train: Path = typer.Option(..., help="JSONL, CSV or Parquet with a text column (and optionally a label column)"),
     test: Optional[Path] = typer.Option(None, help="held-out texts with gold labels, for `kd classify evaluate`"),
-    out: Path = typer.Option(Path("data/classify-cache"), help="cache directory (resumed if it exists with the same settings)"),
+    out: Path = typer.Option(Path("data/classify-cache"), parser=cache_location, help="cache directory or object-store URL (s3://bucket/prefix), resumed if it exists with the same settings"),
     params: ParamsFile = None,
     model: TeacherModel = None,
     text_column: Optional[str] = typer.Option(None, help="text column [default: classify.data.text_column of --params, else 'text']"),
@@ -29,6 +29,8 @@ def teacher(
     embedded_dir: EmbeddedDir = EMBEDDED_DIR,
     num_workers: NumWorkers = 1,
     worker_index: WorkerIndex = 0,
+    use_ray: UseRay = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Label texts zero-shot with the teacher and write the soft-label cache."""
     from pipeline.classify.data import ClassifyDataSettings, read_classify_data
@@ -36,7 +38,7 @@ def teacher(
     from pipeline.lm.teacher import TeacherSettings
     from pipeline.teacher_model import resolve_teacher
 
-    settings = read_section(params, "classify.teacher", ClassifyTeacherSettings).updated("classify.teacher", batch_size=batch_size, scoring=scoring)
+    settings = read_section(params, "classify.teacher", ClassifyTeacherSettings).updated("classify.teacher", batch_size=batch_size, scoring=scoring, **ray_runner(use_ray, ray_address))
     columns = read_section(params, "classify.data", ClassifyDataSettings).updated("classify.data", text_column=text_column, label_column=label_column)
     files = ClassifyDataSettings.from_section({**columns.model_dump(), "train": train, "test": test}, "classify.data")
     data = read_classify_data(files, settings.prompt.label_names)
@@ -48,7 +50,7 @@ def teacher(
 @app.command()
 @clean_errors
 def student(
-    cache: Path = typer.Option(Path("data/classify-cache"), help="soft-label cache written by `kd classify teacher`"),
+    cache: Path = typer.Option(Path("data/classify-cache"), parser=cache_location, help="soft-label cache written by `kd classify teacher` (a directory or an object-store URL)"),
     out: Path = typer.Option(..., help="folder for the trained classifier"),
     params: ParamsFile = None,
     arch: str = typer.Option("bilstm", help="bilstm or bag"),
@@ -69,7 +71,7 @@ def student(
 @app.command()
 @clean_errors
 def evaluate(
-    cache: Path = typer.Option(Path("data/classify-cache"), help="soft-label cache with a split that has gold labels"),
+    cache: Path = typer.Option(Path("data/classify-cache"), parser=cache_location, help="soft-label cache (a directory or an object-store URL) with a split that has gold labels"),
     teacher_model: Path = typer.Option(..., "--teacher", help="teacher checkpoint folder (for parameters and latency)"),
     student_dirs: list[str] = typer.Option(..., "--student", help="NAME=FOLDER, repeatable"),
     split: str = "test",
