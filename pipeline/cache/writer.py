@@ -99,8 +99,8 @@ def ship_tokenizer(cache_dir: Path, save: Callable[[Path], Any]) -> None:
     target = cache_dir / TOKENIZER_DIR
     if is_remote(target):
         with tempfile.TemporaryDirectory() as folder:
-            save(Path(folder))
-            upload_folder(Path(folder), target)
+            save(Path(folder) / TOKENIZER_DIR)  # a path that does not exist yet, as atomic_dir gives
+            upload_folder(Path(folder) / TOKENIZER_DIR, target)
         return
     if target.exists():
         return
