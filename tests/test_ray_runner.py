@@ -295,3 +295,40 @@ def test_ray_with_a_manual_worker_split_is_one_clear_error(tmp_path, tiny_teache
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and result.output.startswith("error: --num-workers/--worker-index split the shards by hand (Slurm arrays); the Ray runner schedules them itself")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_bad_request_on_ray_is_the_local_runners_one_line_and_creates_nothing(ray_cluster, tmp_path, tiny_teacher, prepared):
+    from pipeline.errors import PipelineError
+
+    messages = []
+    for runner in ("local", "ray"):
+        with pytest.raises(PipelineError) as error:
+            run_teacher(prepared, teacher_ref(tiny_teacher), tmp_path / runner, tiny_settings(k=1000, runner=runner))
+        messages.append(str(error.value))
+        assert not (tmp_path / runner).exists()
+    assert messages[0] == messages[1] == "k=1000 must be between 1 and the teacher's vocabulary size 320"
+
+
+@pytest.mark.slow
+def test_a_classify_cache_on_s3_verifies_and_trains_the_same_classifier(ray_cluster, s3_server, tmp_path, tiny_teacher):
+    from test_classify import LABELS, reviews
+
+    from pipeline.classify.data import read_labelled
+    from pipeline.classify.teacher import ClassifyTeacherSettings, run_classify_teacher
+    from pipeline.storage import location
+
+    data = {"train": read_labelled(reviews(tmp_path / "train.jsonl", "train", 40), LABELS), "test": read_labelled(reviews(tmp_path / "test.jsonl", "test", 20), LABELS)}
+    settings = ClassifyTeacherSettings(labels={"negative": " no", "positive": " yes"}, batch_size=8, shard_rows=16)
+    remote = location(f"s3://{BUCKET}/classify-cache")
+    run_classify_teacher(data, teacher_ref(tiny_teacher), tmp_path / "local", settings)
+    run_classify_teacher(data, teacher_ref(tiny_teacher), remote, settings)
+    assert_same_cache(remote, tmp_path / "local")
+    runner = CliRunner()
+    assert runner.invoke(app, ["verify", str(remote)]).exit_code == 0
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"classify": {"student": {"epochs": 1, "batch_size": 8, "models": {arch: {"embedding_dim": 8, "hidden_size": 8} for arch in ("bilstm", "bag")}}}}))
+    for name, cache in (("s3", remote), ("local", tmp_path / "local")):
+        result = runner.invoke(app, ["classify", "student", "--cache", str(cache), "--out", str(tmp_path / f"student-{name}"), "--params", str(params)])
+        assert result.exit_code == 0, result.output
+    got, want = (sorted(p.relative_to(tmp_path / f"student-{n}") for p in (tmp_path / f"student-{n}").rglob("*") if p.is_file()) for n in ("s3", "local"))
+    assert got == want and all((tmp_path / "student-s3" / f).read_bytes() == (tmp_path / "student-local" / f).read_bytes() for f in want)
