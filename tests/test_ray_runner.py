@@ -284,6 +284,7 @@ def test_vllm_backend_inside_a_ray_actor_scores_like_transformers(ray_cluster, t
     engine = EngineSettings(kv_cache_gib=1, enforce_eager=True)
     on_ray = tiny_settings(backend="vllm", cache=EXACT, engine=engine, runner="ray", ray=RaySettings(actors=1, cpus_per_actor=2))
     run_teacher(tmp_path / "prepared", teacher, tmp_path / "vllm", on_ray)
+    assert read_manifest(tmp_path / "vllm")["teacher"]["backend"] == "vllm"
     got, want = cache_records(tmp_path / "vllm"), cache_records(tmp_path / "transformers")
     assert len(got) == len(want) == 20
     for index, (g, w) in enumerate(zip(got, want)):
