@@ -1,8 +1,8 @@
 """What the Ray runner costs against the local runner: the same teacher on the same prompts, in one run.
 
-Runs the teacher stage twice on one prepared prompt set: the local runner (this process), then the
-Ray runner with the actors of the params file's `teacher.ray` on a local Ray cluster started here
-(on loopback, 4 logical CPUs). From each cache's shard files (their modification times) and the
+Runs the teacher stage on one prepared prompt set with the local runner (this process) and the Ray
+runner (the actors of the params file's `teacher.ray`, on a local Ray cluster started here on
+loopback with 4 logical CPUs), alternating `--repeats` times. From each cache's shard files (their modification times) and the
 manifest's tokens per shard it prints, side by side, the start-up seconds (from the call to the first
 shard, less that shard's steady-state time: model load, and for Ray the actor start) and the cached
 tokens per second after start-up, with the ratios; the cluster's own start (ray.init) is printed apart.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -55,36 +56,39 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("bench/params/ray_overhead.yaml"))
     parser.add_argument("--model", type=Path, default=None, help="teacher folder [default: teacher.model of --params]")
     parser.add_argument("--rows", type=int, default=24, help="prompts used (the first N of data.prompts)")
+    parser.add_argument("--repeats", type=int, default=2, help="local and Ray runs alternate this many times (a shared machine's load moves between runs)")
     args = parser.parse_args()
     import ray
 
     data = read_section(args.params, "data", DataSettings)
     settings = read_section(args.params, "teacher", TeacherSettings)
     teacher = resolve_teacher(str(args.model) if args.model else settings.model, EMBEDDED_DIR)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    cluster_started = time.time()
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
+    cluster_s = time.time() - cluster_started
+    pairs, identical = [], True
     with tempfile.TemporaryDirectory() as folder:
         prepared = Path(folder) / "prepared"
         write_splits(split_prompts(read_prompts(data.prompts, data.text_column).head(args.rows), data.validation_fraction, data.seed), prepared)
-        local = timed_run(prepared, teacher, Path(folder) / "local", settings)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        cluster_started = time.time()
-        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
-        cluster_s = time.time() - cluster_started
-        on_ray = timed_run(prepared, teacher, Path(folder) / "ray", settings.model_copy(update={"runner": "ray"}))
-        ray.shutdown()
-        identical = all(
-            (Path(folder) / "local" / e["file"]).read_bytes() == (Path(folder) / "ray" / e["file"]).read_bytes()
-            for split in read_manifest(Path(folder) / "local")["splits"].values()
-            for e in split["shards"]
-        )
-        manifest = read_manifest(Path(folder) / "local")
+        for repeat in range(args.repeats):
+            local_dir, ray_dir = Path(folder) / f"local-{repeat}", Path(folder) / f"ray-{repeat}"
+            local = timed_run(prepared, teacher, local_dir, settings)
+            on_ray = timed_run(prepared, teacher, ray_dir, settings.model_copy(update={"runner": "ray"}))
+            pairs.append((local, on_ray))
+            manifest = read_manifest(local_dir)
+            files = [e["file"] for split in manifest["splits"].values() for e in split["shards"]]
+            identical &= all((local_dir / f).read_bytes() == (ray_dir / f).read_bytes() for f in files)
+    ray.shutdown()
     shards = sum(len(s["shards"]) for s in manifest["splits"].values())
     tokens = sum(s["tokens"] for s in manifest["splits"].values())
     print(f"{args.rows} prompts, {shards} shards, {tokens} cached tokens; Ray: {settings.ray.actors or 'auto'} actor(s), {settings.ray.cpus_per_actor} CPU each; caches byte-identical: {identical}")
-    print(f"{'':28}{'local':>10}{'ray':>10}{'ray/local':>11}")
-    print(f"{'start-up s':28}{local['startup_s']:10.1f}{on_ray['startup_s']:10.1f}{on_ray['startup_s'] / local['startup_s']:11.2f}")
-    print(f"{'tokens/s after start-up':28}{local['tokens_per_s']:10.1f}{on_ray['tokens_per_s']:10.1f}{on_ray['tokens_per_s'] / local['tokens_per_s']:11.3f}")
-    print(f"{'whole run s':28}{local['total_s']:10.1f}{on_ray['total_s']:10.1f}{on_ray['total_s'] / local['total_s']:11.2f}")
-    print(f"Ray cluster start (ray.init, not in the figures above): {cluster_s:.1f} s")
+    print(f"{'':28}" + "".join(f"{f'local {i + 1}':>10}{f'ray {i + 1}':>10}{'ray/local':>11}" for i in range(len(pairs))) + f"{'median ratio':>14}")
+    for label, key, digits in (("start-up s", "startup_s", 1), ("tokens/s after start-up", "tokens_per_s", 1), ("whole run s", "total_s", 1)):
+        ratios = [on_ray[key] / local[key] for local, on_ray in pairs]
+        cells = "".join(f"{local[key]:10.{digits}f}{on_ray[key]:10.{digits}f}{ratio:11.2f}" for (local, on_ray), ratio in zip(pairs, ratios))
+        print(f"{label:28}{cells}{statistics.median(ratios):14.2f}")
+    print(f"Ray cluster start (ray.init, once, before the runs; not in the figures above): {cluster_s:.1f} s")
 
 
 if __name__ == "__main__":
