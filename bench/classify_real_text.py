@@ -35,19 +35,20 @@ from pipeline.errors import PipelineError, run_main
 from pipeline.models import count_parameters
 from pipeline.settings import read_section
 
-TEACHER_EMBEDDINGS = {"embedding_init": "teacher", "vocab_lowest_ids": 16000}
-VARIANTS = {  # name: (arch, targets, ClassifierConfig fields)
-    "bilstm-soft": ("bilstm", "soft", {}),
-    "bilstm-hard": ("bilstm", "hard", {}),
-    "bag-soft": ("bag", "soft", {}),
-    "bag-hard": ("bag", "hard", {}),
-    "bilstm-soft-temb-full": ("bilstm", "soft", {"vocab": "full", "embedding_init": "teacher"}),
+RANDOM = {"vocab": "train", "vocab_lowest_ids": 0, "embedding_init": "random", "freeze_embeddings": False}  # the first version's students: every field set, whatever --params says
+TEACHER_EMBEDDINGS = {**RANDOM, "embedding_init": "teacher", "vocab_lowest_ids": 16000}  # the default of params.yaml since issue 15
+VARIANTS = {  # name: (arch, targets, ClassifierConfig fields over classify.student.models.<arch> of --params)
+    "bilstm-soft": ("bilstm", "soft", RANDOM),
+    "bilstm-hard": ("bilstm", "hard", RANDOM),
+    "bag-soft": ("bag", "soft", RANDOM),
+    "bag-hard": ("bag", "hard", RANDOM),
+    "bilstm-soft-random-16k": ("bilstm", "soft", {**RANDOM, "vocab_lowest_ids": 16000}),
+    "bilstm-soft-temb-full": ("bilstm", "soft", {**RANDOM, "vocab": "full", "embedding_init": "teacher"}),
     "bilstm-soft-temb-16k": ("bilstm", "soft", TEACHER_EMBEDDINGS),
     "bilstm-hard-temb-16k": ("bilstm", "hard", TEACHER_EMBEDDINGS),
     "bag-soft-temb-16k": ("bag", "soft", TEACHER_EMBEDDINGS),
     "bag-hard-temb-16k": ("bag", "hard", TEACHER_EMBEDDINGS),
     "bilstm-soft-temb-16k-frozen": ("bilstm", "soft", {**TEACHER_EMBEDDINGS, "freeze_embeddings": True}),
-    "bilstm-soft-random-16k": ("bilstm", "soft", {"vocab_lowest_ids": 16000}),
 }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.storage import is_remote
 
 TEMP_MARK = ".tmp-"
 
@@ -38,7 +39,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary name beside `path`; when the body succeeds, fsync it and rename it into place.
 
     A file at `path` is therefore always whole; a failed write leaves nothing and says why in one line.
+    On an object store the body writes `path` itself: an object PUT is atomic already.
     """
+    if is_remote(path):
+        try:
+            yield path
+        except OSError as error:
+            raise write_error(path, error) from error
+        return
     path = Path(path)
     tmp = temp_path(path)
     try:
@@ -88,7 +96,7 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, value: Any) -> None:
     """Indented UTF-8 JSON, written atomically (the parent folder is created)."""
-    path = Path(path)
+    path = path if is_remote(path) else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
 
@@ -97,7 +105,10 @@ def remove_temp_files(folder: Path, files: Sequence[str] | None = None) -> None:
     """Delete what killed writers of these files left behind; only the files' owner may call this.
 
     files None: every temporary file or folder below `folder`, for a caller that owns all of it.
+    An object store has none: its files are written directly.
     """
+    if is_remote(folder):
+        return
     folder = Path(folder)
     if files is None:
         leftovers = list(folder.rglob(f".*{TEMP_MARK}*"))

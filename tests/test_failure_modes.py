@@ -4,6 +4,7 @@ and leaves nothing that claims to be a complete output."""
 import errno
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -221,3 +222,14 @@ def test_dvc_stages_print_one_error_line(capsys):
         run_main(stage)
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == "error: prompt file not found: data/prompts.jsonl\n"
+
+
+def test_ray_and_object_storage_without_their_extras_are_one_line_each(tmp_path, tiny_teacher, prepared, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    monkeypatch.setitem(sys.modules, "upath", None)
+    teacher = ["teacher", "--model", tiny_teacher, "--prepared", prepared]
+    assert error_line([*teacher, "--out", tmp_path / "cache", "--ray"]) == "error: the Ray runner needs Ray: pip install 'kd-pipeline[ray]'"
+    assert not (tmp_path / "cache").exists()
+    message = "error: s3://bucket/cache: caches on object storage need universal_pathlib and the store's fsspec package: pip install 'kd-pipeline[s3]'"
+    assert error_line([*teacher, "--out", "s3://bucket/cache"]) == message
+    assert error_line(["verify", "s3://bucket/cache"]) == message

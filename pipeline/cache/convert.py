@@ -21,6 +21,7 @@ from pipeline.cache.plan import ShardSpec, planned_shards
 from pipeline.cache.reader import Cache, CachedShard, open_shard
 from pipeline.cache.writer import fill_cache, write_shard, zstd_level
 from pipeline.errors import PipelineError
+from pipeline.storage import location, same_location
 
 
 def conversion_plan(manifest: dict[str, Any], encoding: CacheEncoding) -> dict[str, Any]:
@@ -40,11 +41,11 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding) -> dict[str, An
     """Write `dst`, the cache at `src` in `encoding`; returns the new manifest."""
     source = Cache.open(src)
     source.require_task(CAUSAL_LM_TASK, "kd convert", "a classification cache has one encoding, there is nothing to convert")
-    dst = Path(dst)
-    if dst.resolve() == source.path.resolve():
+    dst = location(dst)
+    if same_location(dst, source.path):
         raise PipelineError(f"convert writes a new cache: {dst} is the source itself")
     plan = conversion_plan(source.manifest, encoding)
-    shards = {shard.path.relative_to(source.path).as_posix(): shard for split in source.splits for shard in source.shards(split)}
+    shards = {entry["file"]: shard for split in source.splits for entry, shard in zip(source.splits[split]["shards"], source.shards(split))}
     copy_tokenizer = partial(shutil.copytree, source.tokenizer_dir) if source.tokenizer_dir.is_dir() else None
     fill = partial(_convert_shards, shards, dst, source.encoding, plan["encoding"])
     return fill_cache(dst, plan, planned_shards(source.manifest), fill, copy_tokenizer)

@@ -16,6 +16,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_json, tokenizer_sha256
+from pipeline.storage import location
 
 FORMAT_NAME = "kd-topk-cache"
 FORMAT_VERSION = 2  # what new caches are; version 1 (float32 columns, no encoding block) is still read
@@ -50,9 +51,10 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
 
 def load_manifest(cache_dir: Path) -> dict[str, Any]:
     """The manifest, with its format and version checked but not its checksum (see read_manifest)."""
-    path = Path(cache_dir) / MANIFEST_FILE
+    cache_dir = location(cache_dir)
+    path = cache_dir / MANIFEST_FILE
     if not path.exists():
-        hint = " (incomplete: run the teacher stage again to resume it)" if (Path(cache_dir) / PLAN_FILE).exists() else ""
+        hint = " (incomplete: run the teacher stage again to resume it)" if (cache_dir / PLAN_FILE).exists() else ""
         raise PipelineError(f"no cache at {cache_dir}: {MANIFEST_FILE} not found{hint}")
     try:
         manifest = json.loads(path.read_text())
@@ -69,9 +71,9 @@ def load_manifest(cache_dir: Path) -> dict[str, Any]:
 
 def checksum_problem(cache_dir: Path, manifest: dict[str, Any]) -> str | None:
     if MANIFEST_CHECKSUM not in manifest:
-        return f"{Path(cache_dir) / MANIFEST_FILE} has no {MANIFEST_CHECKSUM} (written before kd-pipeline checked manifests); `kd finalize {cache_dir}` rewrites it"
+        return f"{location(cache_dir) / MANIFEST_FILE} has no {MANIFEST_CHECKSUM} (written before kd-pipeline checked manifests); `kd finalize {cache_dir}` rewrites it"
     if manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
-        return f"{Path(cache_dir) / MANIFEST_FILE} was changed after the teacher wrote it ({MANIFEST_CHECKSUM} does not match)"
+        return f"{location(cache_dir) / MANIFEST_FILE} was changed after the teacher wrote it ({MANIFEST_CHECKSUM} does not match)"
     return None
 
 

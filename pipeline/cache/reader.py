@@ -20,6 +20,7 @@ from pipeline.cache.codec import manifest_encoding
 from pipeline.cache.format import CAUSAL_LM_TASK, MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
+from pipeline.storage import local_folder, location, open_for_reading
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def open_shard(shard: CachedShard) -> pq.ParquetFile:
     if size != shard.bytes:
         raise PipelineError(f"shard {path} is {size} bytes but the manifest says {shard.bytes} (truncated or rewritten); run `kd verify`")
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(open_for_reading(path))
     except (OSError, pa.ArrowInvalid) as error:
         raise PipelineError(f"shard {path} cannot be read: {str(error).splitlines()[0]}") from error
     if not parquet.schema_arrow.remove_metadata().equals(shard.schema.remove_metadata()):
@@ -71,7 +72,7 @@ class Cache:
     @classmethod
     def open(cls, path: Path, check_checksum: bool = True) -> Cache:
         """The cache at `path`; check_checksum False opens an edited manifest too (for `kd verify`)."""
-        path = Path(path)
+        path = location(path)
         manifest = read_manifest(path) if check_checksum else load_manifest(path)
         task_of(manifest).check_manifest(manifest, path / MANIFEST_FILE)
         return cls(path, manifest)
@@ -93,9 +94,10 @@ class Cache:
     def vocab_size(self) -> int:
         return self.manifest["tokenizer"]["vocab_size"]
 
-    @property
+    @cached_property
     def tokenizer_dir(self) -> Path:
-        return self.path / TOKENIZER_DIR
+        """The shipped tokenizer as a local folder (downloaded once from an object store)."""
+        return local_folder(self.path / TOKENIZER_DIR)
 
     @property
     def splits(self) -> dict[str, Any]:

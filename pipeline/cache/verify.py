@@ -19,11 +19,12 @@ from pipeline.cache.reader import Cache
 from pipeline.cache.tasks import task_of
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
+from pipeline.storage import location, open_for_reading
 
 
 def verify_cache(cache_dir: Path) -> list[str]:
     """One line per problem; an empty list means the cache is exactly what its manifest says."""
-    cache_dir = Path(cache_dir)
+    cache_dir = location(cache_dir)
     try:
         manifest = Cache.open(cache_dir, check_checksum=False).manifest
     except PipelineError as error:
@@ -92,7 +93,7 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
     if sha256_file(path) != entry["sha256"]:
         problems.append(f"{file}: sha256 differs from the manifest (the file changed after it was written)")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(open_for_reading(path))
     except (OSError, pa.ArrowInvalid) as error:
         return problems + [f"{file}: cannot be read as Parquet ({str(error).splitlines()[0]})"]
     task = task_of(manifest)

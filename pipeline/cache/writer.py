@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from pipeline.cache.plan import ShardSpec, planned_shards, worker_shards
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
+from pipeline.storage import is_remote, location, open_for_reading, remove_tree, upload_folder
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,16 @@ def write_shard(table: pa.Table, path: Path, zstd_level: int | None = None) -> N
     zstd_level None is pyarrow's default (the float32 encoding, byte-identical to version 1 shards).
     Compact shards skip column statistics (min/max of byte streams are noise, and cost about 3 bytes
     per token) and the embedded Arrow schema (Parquet's own types say uint16 and string already).
+    On an object store the shard is serialised in memory and PUT whole (the same bytes).
     """
     with atomic_path(path) as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, **parquet_options(len(table), zstd_level))
+        if is_remote(tmp):
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, **parquet_options(len(table), zstd_level))
+            tmp.write_bytes(sink.getvalue().to_pybytes())
+        else:
+            pq.write_table(table, tmp, **parquet_options(len(table), zstd_level))
 
 
 def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:
@@ -83,13 +92,37 @@ def ship_tokenizer(cache_dir: Path, save: Callable[[Path], Any]) -> None:
     """Ship the tokenizer with the cache, so a consumer can train a student without the teacher.
 
     `save` writes it into a temporary folder (tokenizer.save_pretrained, or a copy), renamed into place.
-    Parallel workers may all save one; the first rename wins and the others drop theirs.
+    Parallel workers may all save one; the first rename wins and the others drop theirs. On an
+    object store it is uploaded on every run (the same files again), so one a killed run left half
+    uploaded is completed.
     """
     target = cache_dir / TOKENIZER_DIR
+    if is_remote(target):
+        with tempfile.TemporaryDirectory() as folder:
+            save(Path(folder) / TOKENIZER_DIR)  # a path that does not exist yet, as atomic_dir gives
+            upload_folder(Path(folder) / TOKENIZER_DIR, target)
+        return
     if target.exists():
         return
     with atomic_dir(target, replace=False) as tmp:
         save(tmp)
+
+
+@dataclass(frozen=True)
+class CacheJob:
+    """What a task needs to fill a cache once its backend is loaded: the plan, a shard writer, the tokenizer's saver.
+
+    The local runner calls `fill` with its worker's missing shards; the Ray runner builds one in each
+    actor and calls it with one shard at a time.
+    """
+
+    plan: dict[str, Any]
+    fill: Callable[[list[ShardSpec]], None]
+    save_tokenizer: Callable[[Path], Any] | None
+
+    @property
+    def shards(self) -> list[ShardSpec]:
+        return planned_shards(self.plan)
 
 
 def pending_shards(cache_dir: Path, shards: Sequence[ShardSpec]) -> list[ShardSpec]:
@@ -124,7 +157,7 @@ def fill_cache(
             fill(todo)
     except BaseException:
         if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
-            shutil.rmtree(out_dir, ignore_errors=True)
+            remove_tree(out_dir)
         raise
     if pending_shards(out_dir, shards):
         return None
@@ -135,7 +168,7 @@ def fill_cache(
 
 def shard_entry(cache_dir: Path, shard: ShardSpec, task: CacheTask) -> dict[str, Any]:
     path = cache_dir / shard.file
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(open_for_reading(path))
     return {
         "file": shard.file,
         "rows": parquet.metadata.num_rows,
@@ -175,11 +208,12 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
 
 def finalize_from_plan(cache_dir: Path) -> dict[str, Any]:
     """`kd finalize`: write the manifest of a cache that parallel workers filled."""
-    plan_path = Path(cache_dir) / PLAN_FILE
+    cache_dir = location(cache_dir)
+    plan_path = cache_dir / PLAN_FILE
     if not plan_path.exists():
         raise PipelineError(f"nothing to finalize in {cache_dir}: {PLAN_FILE} not found (run the teacher stage first)")
-    remove_temp_files(Path(cache_dir))
-    return finalize_cache(Path(cache_dir), planned_shards(json.loads(plan_path.read_text())))
+    remove_temp_files(cache_dir)
+    return finalize_cache(cache_dir, planned_shards(json.loads(plan_path.read_text())))
 
 
 def publish(fill: Callable[[Path], dict[str, Any] | None], work_dir: Path, final_dir: Path, name: str = "teacher") -> dict[str, Any]:

@@ -11,7 +11,7 @@ import logging
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -22,14 +22,16 @@ from pipeline.backends.base import BackendName, TeacherBackend
 from pipeline.backends.registry import load_backend
 from pipeline.backends.verbalizer_scoring import normalise
 from pipeline.cache.format import CLASSIFY_TASK, tokenizer_record
-from pipeline.cache.plan import ShardSpec, plan_shards
+from pipeline.cache.plan import ShardSpec
+from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
 from pipeline.cache.reader import Cache
 from pipeline.cache.soft_labels import SOFT_LABEL_SCHEMA, mass_summary
-from pipeline.cache.writer import fill_cache, write_shard
+from pipeline.cache.writer import CacheJob, fill_cache, write_shard
 from pipeline.classify.prompt import ClassifyPrompt, render_prompt, verbalizer_ids
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows
 from pipeline.settings import Positive
+from pipeline.storage import location
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class ClassifyTeacherSettings(ClassifyPrompt):
     device: str = "cpu"
     batch_size: Positive = 16
     shard_rows: Positive = 128
+    runner: Literal["local", "ray"] = "local"  # local: this process (and --num-workers/--worker-index); ray: a pool of Ray actors (docs/ray.md)
+    ray: RaySettings = RaySettings()
 
     @property
     def prompt(self) -> ClassifyPrompt:
@@ -85,13 +89,28 @@ def run_classify_teacher(
     num_workers: int = 1,
     backend: TeacherBackend | None = None,
 ) -> dict[str, Any] | None:
-    """Fill this worker's shards; returns the manifest once every shard exists.
+    """Fill this worker's shards (runner local) or all of them on Ray; returns the manifest once every shard exists.
 
     `data` maps split names to read_labelled frames; `teacher` is {name, path, weights_sha256}.
     Every check runs before the directory is created.
     """
-    prompt = settings.prompt
     check_ids_across_splits(data)
+    out_dir = location(out_dir)
+    make_job = partial(classify_teacher_job, data, teacher, out_dir, settings)
+    if settings.runner == "ray":
+        check_ray_run(worker_index, num_workers, backend)
+        manifest = fill_cache_on_ray(out_dir, make_job, settings.ray, gpus_per_actor(settings.device))
+    else:
+        job = make_job(backend)
+        manifest = fill_cache(out_dir, job.plan, job.shards, job.fill, job.save_tokenizer, worker_index, num_workers)
+    if manifest is not None:
+        report_mass(mass_summary(Cache(out_dir, manifest)))
+    return manifest
+
+
+def classify_teacher_job(data: dict[str, pl.DataFrame], teacher: dict[str, Any], out_dir: Path, settings: ClassifyTeacherSettings, backend: TeacherBackend | None = None) -> CacheJob:
+    """Load the backend (unless given), check the prompts fit and make the plan: what a classify teacher process needs to write shards."""
+    prompt = settings.prompt
     backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, len(prompt.labels))
     tokenizer = backend.tokenizer
     verbalizers = verbalizer_ids(tokenizer, prompt)
@@ -111,12 +130,8 @@ def run_classify_teacher(
         "batch_size": settings.batch_size,
         "shard_rows": settings.shard_rows,
     }
-    shards = plan_shards({name: frame.height for name, frame in data.items()}, settings.shard_rows)
     fill = partial(_fill_shards, backend, data, out_dir=out_dir, settings=settings, verbalizers=verbalizers)
-    manifest = fill_cache(out_dir, plan, shards, fill, tokenizer.save_pretrained, worker_index, num_workers)
-    if manifest is not None:
-        report_mass(mass_summary(Cache(out_dir, manifest)))
-    return manifest
+    return CacheJob(plan, fill, tokenizer.save_pretrained)
 
 
 def _fill_shards(backend: TeacherBackend, data: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: ClassifyTeacherSettings, verbalizers: list[list[int]]) -> None:

@@ -8,14 +8,14 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import clean_errors, echo_fill_result
+from pipeline.cli.common import cache_location, clean_errors, echo_fill_result
 
 app = typer.Typer()
 
 
 @app.command()
 @clean_errors
-def finalize(path: Path = typer.Argument(..., help="cache directory that parallel workers filled")) -> None:
+def finalize(path: Path = typer.Argument(..., parser=cache_location, help="cache directory (or object-store URL) that parallel workers filled")) -> None:
     """Write manifest.json once every shard exists (the worker that finishes last does this itself)."""
     from pipeline.cache import finalize_from_plan
 
@@ -24,7 +24,7 @@ def finalize(path: Path = typer.Argument(..., help="cache directory that paralle
 
 @app.command()
 @clean_errors
-def verify(path: Path = typer.Argument(..., help="cache directory")) -> None:
+def verify(path: Path = typer.Argument(..., parser=cache_location, help="cache directory or object-store URL")) -> None:
     """Check a cache against its manifest: checksums, schema, counts, value sanity, ids in the vocabulary."""
     from pipeline.cache import read_manifest
     from pipeline.cache.verify import verify_cache
@@ -41,7 +41,7 @@ def verify(path: Path = typer.Argument(..., help="cache directory")) -> None:
 
 @app.command()
 @clean_errors
-def inspect(path: Path = typer.Argument(..., help="cache directory"), as_json: bool = typer.Option(False, "--json")) -> None:
+def inspect(path: Path = typer.Argument(..., parser=cache_location, help="cache directory or object-store URL"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Print what a cache holds: rows, tokens, bytes per token, k, retained top-k mass, provenance."""
     from pipeline.cache.summary import format_summary, summarize_cache
 
@@ -52,8 +52,8 @@ def inspect(path: Path = typer.Argument(..., help="cache directory"), as_json: b
 @app.command()
 @clean_errors
 def convert(
-    src: Path = typer.Argument(..., help="cache directory to read"),
-    dst: Path = typer.Argument(..., help="new cache directory (resumed if it holds the same conversion)"),
+    src: Path = typer.Argument(..., parser=cache_location, help="cache directory (or object-store URL) to read"),
+    dst: Path = typer.Argument(..., parser=cache_location, help="new cache directory or object-store URL (resumed if it holds the same conversion)"),
     encoding: str = typer.Option("compact", help="compact (version 2 default) or float32 (exact, the version 1 columns)"),
     sqrt_step: Optional[float] = typer.Option(None, help="compact: probability step in sqrt(p); error <= step / 2"),
     drop_zero_level: Optional[bool] = typer.Option(None, help="compact: top-k entries that quantise to level 0 join the tail"),

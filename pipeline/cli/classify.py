@@ -7,7 +7,21 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, named_files, student_folders
+from pipeline.cli.common import (
+    EmbeddedDir,
+    NumWorkers,
+    ParamsFile,
+    RayAddress,
+    TeacherModel,
+    UseRay,
+    WorkerIndex,
+    cache_location,
+    clean_errors,
+    echo_fill_result,
+    named_files,
+    ray_runner,
+    student_folders,
+)
 from pipeline.settings import read_section
 from pipeline.teacher_model import EMBEDDED_DIR
 
@@ -21,7 +35,7 @@ def teacher(
     tests: Optional[list[str]] = typer.Option(
         None, "--test", help="NAME=FILE (or FILE, named test), repeatable: held-out texts with gold labels, each a split for `kd classify evaluate` [default: classify.data.tests of --params]"
     ),
-    out: Path = typer.Option(Path("data/classify-cache"), help="cache directory (resumed if it exists with the same settings)"),
+    out: Path = typer.Option(Path("data/classify-cache"), parser=cache_location, help="cache directory or object-store URL (s3://bucket/prefix), resumed if it exists with the same settings"),
     params: ParamsFile = None,
     model: TeacherModel = None,
     text_column: Optional[str] = typer.Option(None, help="text column [default: classify.data.text_column of --params, else 'text']"),
@@ -31,6 +45,8 @@ def teacher(
     embedded_dir: EmbeddedDir = EMBEDDED_DIR,
     num_workers: NumWorkers = 1,
     worker_index: WorkerIndex = 0,
+    use_ray: UseRay = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Label texts zero-shot with the teacher and write the soft-label cache."""
     from pipeline.classify.data import ClassifyDataSettings, read_classify_data
@@ -38,7 +54,7 @@ def teacher(
     from pipeline.lm.teacher import TeacherSettings
     from pipeline.teacher_model import resolve_teacher
 
-    settings = read_section(params, "classify.teacher", ClassifyTeacherSettings).updated("classify.teacher", batch_size=batch_size, scoring=scoring)
+    settings = read_section(params, "classify.teacher", ClassifyTeacherSettings).updated("classify.teacher", batch_size=batch_size, scoring=scoring, **ray_runner(use_ray, ray_address))
     files = read_section(params, "classify.data", ClassifyDataSettings).updated("classify.data", text_column=text_column, label_column=label_column)
     if train is not None or tests:  # files on the command line replace the params file's (a --train alone: no test set)
         given = {"train": {"path": train} if train is not None else files.train.model_dump(), "tests": named_files(tests or [], "test")}
@@ -52,7 +68,7 @@ def teacher(
 @app.command()
 @clean_errors
 def student(
-    cache: Path = typer.Option(Path("data/classify-cache"), help="soft-label cache written by `kd classify teacher`"),
+    cache: Path = typer.Option(Path("data/classify-cache"), parser=cache_location, help="soft-label cache written by `kd classify teacher` (a directory or an object-store URL)"),
     out: Path = typer.Option(..., help="folder for the trained classifier"),
     params: ParamsFile = None,
     arch: str = typer.Option("bilstm", help="bilstm or bag"),
@@ -73,7 +89,7 @@ def student(
 @app.command()
 @clean_errors
 def evaluate(
-    cache: Path = typer.Option(Path("data/classify-cache"), help="soft-label cache with a split that has gold labels"),
+    cache: Path = typer.Option(Path("data/classify-cache"), parser=cache_location, help="soft-label cache (a directory or an object-store URL) with a split that has gold labels"),
     teacher_model: Path = typer.Option(..., "--teacher", help="teacher checkpoint folder (for parameters and latency)"),
     student_dirs: list[str] = typer.Option(..., "--student", help="NAME=FOLDER, repeatable"),
     splits: Optional[list[str]] = typer.Option(None, "--split", help="test split to score, repeatable [default: every split but train]"),

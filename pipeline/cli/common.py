@@ -10,12 +10,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pipeline.errors import PipelineError, setup_logging
+from pipeline.storage import URL
 
 # Options that `kd teacher` and `kd classify teacher` share.
 TeacherModel = Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder [default: teacher.model of --params, else embedded]")]
 EmbeddedDir = Annotated[Path, typer.Option(help="where the embedded teacher is converted")]
 NumWorkers = Annotated[int, typer.Option(help="processes filling disjoint shards of the same cache")]
 WorkerIndex = Annotated[int, typer.Option(help="which of the --num-workers processes this is, from 0")]
+UseRay = Annotated[bool, typer.Option("--ray", help="run on a Ray cluster: a pool of actors fills the shards (runner ray; docs/ray.md)")]
+RayAddress = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address for --ray [default: ray.address of --params, else $RAY_ADDRESS or a local cluster]")]
 ParamsFile = Annotated[Optional[Path], typer.Option("--params", help="params.yaml whose sections give the settings (options override them)")]
 
 
@@ -32,6 +35,22 @@ def clean_errors(command: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def cache_location(value: Any) -> Path:
+    """A cache directory option: a local path, or an object-store URL (s3://bucket/prefix) kept as text.
+
+    The library turns a URL into its storage handle (pipeline.storage.location) inside the command, so a
+    missing extra is a one-line error there, not a usage error here; Path() would fold '//'.
+    """
+    return value if isinstance(value, str) and URL.match(value) else Path(value)
+
+
+def ray_runner(use_ray: bool, address: Optional[str]) -> dict[str, Any]:
+    """Settings overrides for --ray/--address: the runner, and the address in its `ray` block."""
+    if address is not None and not use_ray:
+        raise PipelineError("--address is the Ray cluster's: give it with --ray")
+    return {"runner": "ray" if use_ray else None, "ray": {"address": address} if address is not None else None}
 
 
 def student_folders(items: list[str]) -> dict[str, Path]:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, TeacherModel, WorkerIndex, clean_errors, echo_fill_result, student_folders
+from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, RayAddress, TeacherModel, UseRay, WorkerIndex, cache_location, clean_errors, echo_fill_result, ray_runner, student_folders
 from pipeline.errors import PipelineError
 from pipeline.settings import read_section
 from pipeline.teacher_model import EMBEDDED_DIR
@@ -40,7 +40,7 @@ def prepare(
 def teacher(
     model: TeacherModel = None,
     prepared: Path = typer.Option(Path("data/prepared"), help="output of `kd prepare`"),
-    out: Path = typer.Option(Path("data/cache"), help="cache directory (resumed if it exists with the same settings)"),
+    out: Path = typer.Option(Path("data/cache"), parser=cache_location, help="cache directory or object-store URL (s3://bucket/prefix), resumed if it exists with the same settings"),
     params: ParamsFile = None,
     k: Optional[int] = typer.Option(None, help="top-k log-probs per position"),
     draws: Optional[int] = typer.Option(None, help="write a sampled cache: this many ids drawn per position (transformers backend)"),
@@ -52,6 +52,8 @@ def teacher(
     embedded_dir: EmbeddedDir = EMBEDDED_DIR,
     num_workers: NumWorkers = 1,
     worker_index: WorkerIndex = 0,
+    use_ray: UseRay = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Run the teacher over prepared prompts and write the top-k (or sampled) cache."""
     from pipeline.lm.teacher import TeacherSettings, run_teacher
@@ -59,7 +61,7 @@ def teacher(
 
     generation = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     settings = read_section(params, "teacher", TeacherSettings).updated(
-        "teacher", model=model, k=k, draws=draws, backend=backend, batch_size=batch_size, device=device, too_long=too_long, generation=generation
+        "teacher", model=model, k=k, draws=draws, backend=backend, batch_size=batch_size, device=device, too_long=too_long, generation=generation, **ray_runner(use_ray, ray_address)
     )
     manifest = run_teacher(prepared, resolve_teacher(settings.model, embedded_dir), out, settings, worker_index, num_workers)
     echo_fill_result(manifest, out, worker_index, "tokens", "tokens")
@@ -68,7 +70,7 @@ def teacher(
 @app.command()
 @clean_errors
 def student(
-    cache: Path = typer.Option(..., help="cache directory written by the teacher"),
+    cache: Path = typer.Option(..., parser=cache_location, help="cache directory written by the teacher, or its object-store URL"),
     tokenizer: Optional[Path] = typer.Option(None, help="tokenizer folder (must match the cache's); default: the one shipped in the cache"),
     out: Path = typer.Option(..., help="folder for the trained student (an HF model folder with its model card)"),
     params: ParamsFile = None,
@@ -134,7 +136,7 @@ def launch_torchrun(nproc: int) -> None:
 @app.command()
 @clean_errors
 def evaluate(
-    cache: Path = typer.Option(..., help="cache directory with a validation split (an evaluation-only cache works too)"),
+    cache: Path = typer.Option(..., parser=cache_location, help="cache directory (or object-store URL) with a validation split (an evaluation-only cache works too)"),
     teacher_model: Path = typer.Option(..., "--teacher", help="teacher checkpoint folder (for parameters and speed)"),
     student_dirs: list[str] = typer.Option(..., "--student", help="NAME=FOLDER, repeatable"),
     out: Optional[Path] = typer.Option(None, help="write metrics JSON here"),

@@ -27,13 +27,15 @@ from pipeline.backends.base import (
 from pipeline.backends.registry import backend_class, load_backend
 from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
-from pipeline.cache.plan import ShardSpec, plan_shards
-from pipeline.cache.writer import fill_cache, write_shard, zstd_level
+from pipeline.cache.plan import ShardSpec
+from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
+from pipeline.cache.writer import CacheJob, fill_cache, write_shard, zstd_level
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows
 from pipeline.lm.sequences import Encoded, encode_rows, length_limit, refuse_too_long, truncate
 from pipeline.settings import Positive, Settings
+from pipeline.storage import location
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class TeacherSettings(Settings):
     engine: EngineSettings = EngineSettings()
     cache: CacheEncoding = CacheEncoding()  # how the shards store what the teacher said
     draws: int | None = Field(None, ge=1, le=65535)  # None: cache the top-k; N: a sampled cache of N ids drawn per position
+    runner: Literal["local", "ray"] = "local"  # local: this process (and --num-workers/--worker-index); ray: a pool of Ray actors (docs/ray.md)
+    ray: RaySettings = RaySettings()
 
 
 def shard_seed(seed: int, split: str, index: int) -> int:
@@ -70,13 +74,25 @@ def run_teacher(
     num_workers: int = 1,
     backend: TeacherBackend | None = None,
 ) -> dict[str, Any] | None:
-    """Fill this worker's shards of `out_dir`; returns the manifest once every shard exists.
+    """Fill this worker's shards of `out_dir` (teacher.runner local) or all of them on Ray; returns the manifest once every shard exists.
 
     `teacher` is {name, path, weights_sha256} from resolve_teacher. Every check that can fail
     runs before the directory is created; a single-worker run that fails before its first shard
     removes the directory it created, so no half-made cache is left behind.
     """
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
+    out_dir = location(out_dir)
+    make_job = partial(teacher_job, splits, teacher, out_dir, settings)
+    if settings.runner == "ray":
+        check_ray_run(worker_index, num_workers, backend)
+        gpus = gpus_per_actor(settings.device, settings.engine.tensor_parallel_size if settings.backend == "vllm" else 1)
+        return fill_cache_on_ray(out_dir, make_job, settings.ray, gpus)
+    job = make_job(backend)
+    return fill_cache(out_dir, job.plan, job.shards, job.fill, job.save_tokenizer, worker_index, num_workers)
+
+
+def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_dir: Path, settings: TeacherSettings, backend: TeacherBackend | None = None) -> CacheJob:
+    """Load the backend (unless given), check the request against it and make the plan: what a teacher process needs to write shards."""
     engine = backend or backend_class(settings.backend)  # before any model loads, what it can do is known from its class
     if settings.draws is not None and not engine.can_sample:
         raise PipelineError(SAMPLING_UNSUPPORTED.format(backend=engine.name))
@@ -112,9 +128,8 @@ def run_teacher(
         "prompt_length": {"limit": limit, "too_long": settings.too_long, "truncated": truncated},
         "shard_rows": settings.shard_rows,
     }
-    shards = plan_shards({name: frame.height for name, frame in splits.items()}, settings.shard_rows)
     fill = partial(_fill_shards, backend, splits, out_dir=out_dir, settings=settings, limit=limit, block=block)
-    return fill_cache(out_dir, plan, shards, fill, tokenizer.save_pretrained, worker_index, num_workers)
+    return CacheJob(plan, fill, tokenizer.save_pretrained)
 
 
 def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]) -> None:
