@@ -103,9 +103,10 @@ def main() -> None:
     parser.add_argument("--test", action="append", required=True, help="NAME=CACHE:SPLIT (the first is the headline)")
     parser.add_argument("--run", action="append", required=True, help="TRAIN=VARIANT")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--label-temperature", type=float, help="instead of classify.student.label_temperature of --params (a transfer set without gold labels cannot fit one)")
     args = parser.parse_args()
 
-    section = read_section(args.params, "classify.student", ClassifyStudentSettings)
+    section = read_section(args.params, "classify.student", ClassifyStudentSettings).updated("classify.student", label_temperature=args.label_temperature)
     train_sets = {name: (data, cache) for name, data, cache in map(read_train_set, args.train)}
     tests = dict(map(read_test_set, args.test))
     headline = next(iter(tests))
