@@ -292,6 +292,13 @@ def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
     assert "ok:" in invoke(["verify", str(classify_cache)])
 
 
+def test_report_refuses_classification_metrics_from_before_named_test_sets(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"models": {}}))  # the language-model table (empty) prints first
+    (tmp_path / "classify.json").write_text(json.dumps({"task": "classify", "split": "test", "models": {}}))
+    result = run_kd_failing(["report", "metrics.json", "--classify-metrics", "classify.json"], tmp_path)
+    assert result.startswith("error: classify.json was written before issue 15") and result.count("\n") == 1
+
+
 def _evaluate_one_split(cache: Path, teacher: Path, tmp_path: Path, split: str) -> Path:
     out = tmp_path / f"{split}.json"
     invoke(["classify", "evaluate", "--cache", str(cache), "--teacher", str(teacher), "--student", f"soft={tmp_path / 'soft'}", "--split", split, "--out", str(out), "--latency-examples", "2"])

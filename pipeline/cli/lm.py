@@ -167,5 +167,8 @@ def report(
     if classify_metrics.exists():
         from pipeline.classify.evaluate import format_classify_table
 
+        classification = json.loads(classify_metrics.read_text())
+        if "splits" not in classification:
+            raise PipelineError(f"{classify_metrics} was written before issue 15 (one test split, no 'splits' key): rerun classify_evaluate (`dvc repro`)")
         typer.echo("")
-        typer.echo(format_classify_table(json.loads(classify_metrics.read_text())))
+        typer.echo(format_classify_table(classification))
