@@ -4,11 +4,14 @@ The teacher rescores the sequences of an existing cache with one full forward ea
 whole distribution at every answer position in memory. The same student (params.yaml, same seed,
 same batches) is then trained once per variant: from the full distribution (the online reference),
 from top-k caches cut from it with the tail bucket and renormalised, from sampled caches (N ids
-drawn per position from the full distribution, once, as the teacher stage would store them), and
-on CE alone. Each is scored
+drawn per position from the full distribution, once, as the teacher stage would store them), from
+hybrid caches (the exact top-h plus N draws from the rest), from the peers' cache schemes
+(bench/peers.py: DistillKit's, axolotl's renormalised top-k), and on CE alone. Each is scored
 on held-out sequences against the FULL teacher distribution: KL(teacher || student) per token,
 top-1 agreement, and recovery = (KL_ce - KL_variant) / (KL_ce - KL_full), the share of full-logit
-distillation's improvement over CE that the variant keeps.
+distillation's improvement over CE that the variant keeps. Every cache variant is also sized: its
+train split written as the compact encoding stores it (Parquet, zstd, shards of the cache's
+`shard_rows`), bytes per answer position; a peer's size is its own format's, counted by bench/peers.py.
 
     python -m bench.loss_quality --cache data/cache --teacher models/smollm2-135m-instruct
 
@@ -31,6 +34,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from bench.cache_size import write_bytes
+from bench.peers import PEER_SCHEMES, encode_peer, peer_loss
 from pipeline.backends import TeacherOutput, outputs_to_table
 from pipeline.backends.sampling import SampledIds, draw_teacher_samples
 from pipeline.cache import Cache, read_manifest
@@ -53,7 +58,7 @@ class Split:
 
     table: pa.Table  # in the cache format, top-K_MAX from the rescoring
     full: list[torch.Tensor]
-    samples: dict[int, list[SampledIds]]  # per number of draws, per sequence
+    samples: dict[tuple[int, int], list[SampledIds]]  # per (head, draws), per sequence
     compact: dict[int, tuple[pa.Table, dict]]  # per k, the top-k in the default compact encoding and its block
 
 
@@ -64,6 +69,8 @@ class Variant:
     settings: StudentSettings
     draws: int | None = None  # a sampled cache with this many draws per position instead of the top-k
     compact: bool = False  # the top-k as the default compact encoding stores it (decoded), not exact
+    head: int = 0  # with draws: a hybrid cache, the exact top-`head` plus the draws from the rest
+    peer: str | None = None  # a peer tool's cache scheme and loss (bench/peers.py)
 
 
 def extra_train_sequences(cache: Path, extra: list[Path], validation_ids: set[str]) -> list[tuple[str, list[int], int, list[list[int]]]]:
@@ -131,26 +138,51 @@ def encode_compact(split: Split, ks: list[int], vocab_size: int) -> None:
         top = replace(
             rows,
             entries=np.full(len(rows.entries), k),
-            entry_ids=rows.entry_ids.reshape(-1, K_MAX)[:, :k].reshape(-1),
-            entry_logprobs=rows.entry_logprobs.reshape(-1, K_MAX)[:, :k].reshape(-1),
+            entry_ids=top_k(rows.entry_ids, k),
+            entry_logprobs=top_k(rows.entry_logprobs, k),
         )
         split.compact[k] = (encode(top, block), block)
 
 
-def draw(split: Split, draws: list[int], seed: int) -> None:
-    """The sampled caches: N draws per position from the full distribution, fixed for all epochs."""
-    for n in draws:
+def draw(split: Split, specs: list[tuple[int, int]], seed: int) -> None:
+    """The sampled (head 0) and hybrid caches: per (head, N), N draws per position, fixed for all epochs."""
+    for head, n in specs:
         generator = torch.Generator().manual_seed(seed)
-        split.samples[n] = [draw_teacher_samples(full, n, generator) for full in split.full]
+        split.samples[head, n] = [draw_teacher_samples(full, n, generator, head) for full in split.full]
+
+
+def bytes_per_token(split: Split, variant: Variant, vocab_size: int, shard_rows: int) -> float | None:
+    """The variant's cache as the compact encoding stores it: Parquet bytes per answer position (None: no cache)."""
+    if variant.peer is not None:
+        return peer_bytes(split, variant.peer)
+    if variant.k is None or variant.settings.alpha == 0:
+        return None
+    rows = decode(split.table, FLOAT32_BLOCK)
+    if variant.draws is not None:
+        drawn = concatenated(split.samples[variant.head, variant.draws])
+        rows = replace(rows, entries=drawn.entries.astype(np.int64), entry_ids=drawn.ids.astype(np.int64), entry_logprobs=drawn.logprobs, entry_counts=drawn.counts.astype(np.int64))
+        block = CacheEncoding().block(vocab_size, variant.k, variant.draws, variant.head)
+    else:
+        rows = replace(rows, entries=np.full(len(rows.entries), variant.k), entry_ids=top_k(rows.entry_ids, variant.k), entry_logprobs=top_k(rows.entry_logprobs, variant.k))
+        block = CacheEncoding().block(vocab_size, variant.k)
+        if variant.settings.tail == "renormalize" and not variant.compact:
+            return None  # the same cache as the bucket row
+    table = encode(rows, block)
+    size = sum(len(write_bytes(table.slice(start, shard_rows), block["zstd_level"])) for start in range(0, table.num_rows, shard_rows))
+    return size / len(rows.entries)
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    return values.reshape(-1, K_MAX)[:, :k].reshape(-1)
 
 
 def concatenated(samples: list[SampledIds]) -> SampledIds:
     return SampledIds(*(np.concatenate([getattr(s, name) for s in samples]) for name in ("entries", "ids", "counts", "logprobs")))
 
 
-def batches(split: Split, batch_size: int, seed: int | None, draws: int | None = None, compact_k: int | None = None) -> Iterator[tuple[TopKBatch, torch.Tensor]]:
-    """Batches in the streaming format (top-K_MAX, the sampled cache with `draws`, or the compact top-`compact_k`)
-    with the full teacher log-probs of the same positions."""
+def batches(split: Split, batch_size: int, seed: int | None, sample: tuple[int, int] | None = None, compact_k: int | None = None) -> Iterator[tuple[TopKBatch, torch.Tensor]]:
+    """Batches in the streaming format (top-K_MAX, the sampled or hybrid cache of `sample` = (head, draws), or the
+    compact top-`compact_k`) with the full teacher log-probs of the same positions."""
     order = np.arange(split.table.num_rows) if seed is None else np.random.default_rng(seed).permutation(split.table.num_rows)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -159,8 +191,8 @@ def batches(split: Split, batch_size: int, seed: int | None, draws: int | None =
         if compact_k is not None:
             table, block = split.compact[compact_k]
             batch = to_topk_batch(table.take(rows).combine_chunks().to_batches()[0], block)
-        if draws is not None:
-            drawn = concatenated([split.samples[draws][i] for i in rows])
+        if sample is not None:
+            drawn = concatenated([split.samples[sample][i] for i in rows])
             ids, logprobs, counts = (torch.from_numpy(a) for a in pad_entries(drawn.entries, drawn.ids, drawn.logprobs, drawn.counts))
             batch = replace(batch, topk_ids=ids, topk_logprobs=logprobs, counts=counts)
         yield batch, torch.cat([split.full[i] for i in rows])
@@ -186,11 +218,14 @@ def train(variant: Variant, train_split: Split, model_config: dict, vocab_size: 
     total = -(-train_split.table.num_rows // settings.batch_size) * settings.epochs
     step = 0
     for epoch in range(settings.epochs):
-        for batch, teacher in batches(train_split, settings.batch_size, settings.seed + epoch, variant.draws, variant.k if variant.compact else None):
+        sample = None if variant.draws is None else (variant.head, variant.draws)
+        for batch, teacher in batches(train_split, settings.batch_size, settings.seed + epoch, sample, variant.k if variant.compact else None):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, settings.lr, settings.warmup_steps)
             if variant.k is None:
                 loss = full_logit_loss(model, batch, teacher, settings)
+            elif variant.peer is not None:
+                loss = peer_training_loss(model, batch, teacher, variant.peer, settings)
             else:
                 loss = batch_loss(model, batch if variant.draws or variant.compact else truncated(batch, variant.k), settings)["loss"]
             optimizer.zero_grad(set_to_none=True)
@@ -216,12 +251,16 @@ def score(model: torch.nn.Module, split: Split, batch_size: int, seen_k: int) ->
     return {"kl": kl / tokens, "seen_kl": seen / tokens, "top1": agree / tokens}
 
 
-def variants(settings: StudentSettings, ks: list[int], divergences: list[str], draws: list[int], tails: list[str], compact: list[int]) -> list[Variant]:
+def variants(
+    settings: StudentSettings, ks: list[int], divergences: list[str], draws: list[int], tails: list[str], compact: list[int], hybrid: list[tuple[int, int]], peers: list[str]
+) -> list[Variant]:
     table = [Variant("full logits (online)", None, settings)]
     for tail in tails:
         table += [Variant(f"{settings.loss} {tail} k={k}", k, settings.updated("student", tail=tail)) for k in ks]
     table += [Variant(f"{settings.loss} bucket k={k} compact", k, settings, compact=True) for k in compact]
     table += [Variant(f"sampled N={n}", K_MAX, settings, draws=n) for n in draws]
+    table += [Variant(f"hybrid h={h} N={n}", h + n, settings, draws=n, head=h) for h, n in hybrid]
+    table += [Variant(f"peer {name}", K_MAX, settings, peer=name) for name in peers]
     table += [Variant(f"{name} bucket k={ks[len(ks) // 2]}", ks[len(ks) // 2], settings.updated("student", loss=name, tail="bucket")) for name in divergences]
     return table + [Variant("ce only", K_MAX, settings.updated("student", alpha=0.0))]
 
@@ -242,6 +281,8 @@ def main() -> None:
     parser.add_argument("--compact", type=int, nargs="*", default=[], help="also train on the top-k of these k as the default compact encoding stores it")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="student seeds; each variant is trained once per seed (default: params.yaml's)")
     parser.add_argument("--extra-train", type=Path, nargs="*", default=[], help="caches of the same prompts whose train split joins the training set")
+    parser.add_argument("--hybrid", type=head_and_draws, nargs="*", default=[], help="hybrid caches as HEADxDRAWS, e.g. 8x24: the exact top-HEAD plus DRAWS ids drawn from the rest")
+    parser.add_argument("--peers", nargs="*", default=[], help=f"peer tools' cache schemes and losses (bench/peers.py): {', '.join(PEER_SCHEMES)}")
     args = parser.parse_args()
     if max(args.k) > K_MAX:
         parser.error(f"k above {K_MAX}")
@@ -260,11 +301,11 @@ def main() -> None:
     validation, validation_match = rescore(teacher, validation_sequences)
     vocab_size = teacher.config.vocab_size
     del teacher
-    draw(train_split, args.draws, settings.seed)
+    draw(train_split, [(0, n) for n in args.draws] + args.hybrid, settings.seed)
     encode_compact(train_split, args.compact, vocab_size)
-    for n in args.draws:
-        unique = sum(len(s.ids) for s in train_split.samples[n]) / sum(len(s.entries) for s in train_split.samples[n])
-        print(f"sampled N={n}: {unique:.1f} unique ids per position on average")
+    for (head, n), samples in train_split.samples.items():
+        listed = sum(len(s.ids) for s in samples) / sum(len(s.entries) for s in samples)
+        print(f"{f'hybrid h={head}' if head else 'sampled'} N={n}: {listed:.1f} listed ids per position on average")
     positions = (sum(len(f) for f in train_split.full), sum(len(f) for f in validation.full))
     print(
         f"teacher rescored {train_split.table.num_rows} train / {validation.table.num_rows} validation sequences "
@@ -274,18 +315,41 @@ def main() -> None:
     print(f"student: {settings.model}, {settings.epochs} epochs, batch {settings.batch_size}, alpha {settings.alpha}, T {settings.temperature}, seeds {seeds}")
     seen_k = args.k[len(args.k) // 2]
     results: dict[str, list[dict[str, float]]] = {}
+    shard_rows = read_manifest(args.cache)["shard_rows"]
+    sizes = {v.name: bytes_per_token(train_split, v, vocab_size, shard_rows) for v in variants(settings, args.k, args.divergences, args.draws, args.tails, args.compact, args.hybrid, args.peers)}
     for seed in seeds:
-        for variant in variants(settings.updated("student", seed=seed), args.k, args.divergences, args.draws, args.tails, args.compact):
+        for variant in variants(settings.updated("student", seed=seed), args.k, args.divergences, args.draws, args.tails, args.compact, args.hybrid, args.peers):
             begun = time.perf_counter()
             model = train(variant, train_split, settings.model, vocab_size)
             results.setdefault(variant.name, []).append(score(model, validation, settings.batch_size, seen_k))
             print(f"  {variant.name} seed {seed}: {results[variant.name][-1]}, trained in {time.perf_counter() - begun:.0f} s", flush=True)
-    print_table(results, seen_k)
+    print_table(results, seen_k, sizes)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
-def print_table(results: dict[str, list[dict[str, float]]], seen_k: int) -> None:
-    """One row per variant; with several seeds, means and (after ±) the standard deviation over seeds.
+def head_and_draws(text: str) -> tuple[int, int]:
+    head, _, draws = text.partition("x")
+    if not (head.isdigit() and draws.isdigit() and int(head) > 0 and int(draws) > 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not HEADxDRAWS with two positive numbers, e.g. 8x24")
+    return int(head), int(draws)
+
+
+def peer_bytes(split: Split, name: str) -> float:
+    """Bytes per position of a peer's own storage format over the train split (bench/peers.py counts them)."""
+    caches = [encode_peer(PEER_SCHEMES[name], full, full.shape[-1]) for full in split.full]
+    return sum(c.bytes_per_position * len(full) for c, full in zip(caches, split.full)) / sum(len(full) for full in split.full)
+
+
+def peer_training_loss(model: torch.nn.Module, batch: TopKBatch, teacher: torch.Tensor, name: str, settings: StudentSettings) -> torch.Tensor:
+    """A peer tool's loss on what its cache would give the student: encoded from the full teacher log-probs, decoded as it decodes."""
+    logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns)
+    scheme = PEER_SCHEMES[name]
+    kd = peer_loss(scheme, logits, encode_peer(scheme, teacher, teacher.shape[-1]), settings.temperature).mean()
+    return settings.alpha * settings.temperature**2 * kd + (1 - settings.alpha) * F.cross_entropy(logits, batch.targets)
+
+
+def print_table(results: dict[str, list[dict[str, float]]], seen_k: int, sizes: dict[str, float | None]) -> None:
+    """One row per variant; with several seeds, means and (after ±) the standard deviation over seeds; its cache's bytes per token.
 
     Recovery is computed per seed against that seed's full-logit and CE students, then averaged.
     """
@@ -296,7 +360,7 @@ def print_table(results: dict[str, list[dict[str, float]]], seen_k: int) -> None
     spread = len(ce) > 1
     width = 16 if spread else 10
     columns = [("kl", "KL to teacher", 3), ("top1", "top-1 agree", 3), ("recovery", "recovery %", 1), ("seen_kl", f"KL top-{seen_k}+tail", 3)]
-    header = f"{'student trained on':<32}" + "".join(f"{title:>{width + 4}}" for _, title, _ in columns)
+    header = f"{'student trained on':<32}" + "".join(f"{title:>{width + 4}}" for _, title, _ in columns) + f"{'bytes/token':>14}"
     print(header + "\n" + "-" * len(header))
     for name, runs in results.items():
         cells = []
@@ -304,7 +368,8 @@ def print_table(results: dict[str, list[dict[str, float]]], seen_k: int) -> None
             values = np.array([run[key] for run in runs])
             cell = f"{values.mean():.{digits}f}" + (f" ± {values.std(ddof=1):.{digits}f}" if spread else "")
             cells.append(f"{cell:>{width + 4}}")
-        print(f"{name:<32}" + "".join(cells))
+        size = sizes.get(name)
+        print(f"{name:<32}" + "".join(cells) + (f"{size:>14.1f}" if size is not None else f"{'-':>14}"))
     if spread:
         mean = {name: np.mean([run["kl"] for run in runs]) for name, runs in results.items()}
         kl_ce, kl_full = mean["ce only"], mean["full logits (online)"]

@@ -7,7 +7,14 @@ The same token sequences (the input_ids of an existing cache) go through each ba
   Parquet shard writer, as the teacher stage does.
 Prints tokens/s of both, their ratio, and how far the two backends' caches are apart.
 
-    python bench/teacher_throughput.py --model models/smollm2-135m-instruct --cache data/cache --rows 120
+With `--hybrid HxN` each backend also captures a hybrid cache (the exact top-H plus N draws from the
+rest; `--hybrid 0xN` a sampled cache) of the same inputs, and the ratio of its tokens/s to the
+top-k capture's is printed. vLLM makes it through its pooling engine (final hidden states, the
+output layer applied here: pipeline.backends.vllm_backend); the route it replaced, vLLM returning
+the full-vocabulary log-probs (`prompt_logprobs=-1`) and the draws made from them, is timed too on
+`--full-vocab-rows` of the inputs, so the choice stays a measurement.
+
+    python bench/teacher_throughput.py --model models/smollm2-135m-instruct --cache data/cache --rows 120 --hybrid 4x8
 
 Needs the vLLM extra (see README, "Teacher backends"). Not a test: numbers depend on the machine.
 """
@@ -26,7 +33,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.backends import EngineSettings, TeacherOutput, load_backend, outputs_to_table
+from pipeline.backends import EngineSettings, SampledOutput, TeacherOutput, load_backend, outputs_to_table
+from pipeline.backends.sampling import sequence_generator
 from pipeline.cache import read_manifest, write_shard
 from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.writer import zstd_level
@@ -42,12 +50,13 @@ def read_inputs(cache_dir: Path, rows: int) -> tuple[list[list[int]], list[int]]
     return [r["input_ids"] for r in records], [r["response_start"] for r in records]
 
 
-def capture(backend: Any, sequences: list[list[int]], starts: list[int], k: int, out_dir: Path) -> list[TeacherOutput]:
-    """What the teacher stage does per shard: score, encode in the default (compact) encoding, write zstd Parquet."""
-    block = CacheEncoding().block(backend.vocab_size, k)
+def capture(backend: Any, sequences: list[list[int]], starts: list[int], k: int, out_dir: Path, draws: int | None = None, head: int = 0, score: Callable | None = None) -> list[Any]:
+    """What the teacher stage does per shard: score (top-k, or with `draws` sampled/hybrid), encode in the default (compact) encoding, write zstd Parquet."""
+    block = CacheEncoding().block(backend.vocab_size, k, draws, head)
+    score = score or (lambda seqs, firsts: backend.score(seqs, firsts, k, draws, 0, head))
     outputs = []
     for index, start in enumerate(range(0, len(sequences), SHARD_ROWS)):
-        chunk = backend.score(sequences[start : start + SHARD_ROWS], starts[start : start + SHARD_ROWS], k)
+        chunk = score(sequences[start : start + SHARD_ROWS], starts[start : start + SHARD_ROWS])
         ids = [str(start + i) for i in range(len(chunk))]
         write_shard(outputs_to_table(ids, chunk, block), out_dir / f"shard-{index:05d}.parquet", zstd_level(block))
         outputs += chunk
@@ -74,6 +83,38 @@ def transformers_bare(backend: Any, sequences: list[list[int]]) -> None:
             input_ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
         backend.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1)
+
+
+def full_vocab_scorer(llm: Any, vocab_size: int, draws: int, head: int, batch_size: int) -> Callable:
+    """The rejected route: vLLM returns every id's log-prob (`prompt_logprobs=-1`), the draws are made from them here."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=-1, detokenize=False, flat_logprobs=True, skip_reading_prefix_cache=True)
+
+    def score(sequences: list[list[int]], starts: list[int]) -> list[SampledOutput]:
+        outputs = []
+        for begin in range(0, len(sequences), batch_size):
+            results = llm.generate([{"prompt_token_ids": s} for s in sequences[begin : begin + batch_size]], params, use_tqdm=False)
+            for index, (sequence, first, result) in enumerate(zip(sequences[begin:], starts[begin:], results), begin):
+                flat = result.prompt_logprobs
+                lo, hi = flat.start_indices[first], flat.end_indices[len(sequence) - 1]
+                ids = torch.as_tensor(np.asarray(flat.token_ids[lo:hi], dtype=np.int64)).reshape(len(sequence) - first, vocab_size + 1)[:, 1:]
+                values = torch.as_tensor(np.asarray(flat.logprobs[lo:hi], dtype=np.float32)).reshape(len(sequence) - first, vocab_size + 1)[:, 1:]
+                dense = torch.empty_like(values).scatter_(-1, ids, values)
+                outputs.append(SampledOutput.draw(sequence, first, dense, draws, sequence_generator(0, index), head))
+        return outputs
+
+    return score
+
+
+def measure_capture(name: str, backend: Any, sequences: list[list[int]], starts: list[int], k: int, draws: int | None, head: int, work: Path, repeats: int, score: Callable | None = None) -> float:
+    """Tokens/s of capturing a cache (best of `repeats`, after a warm-up batch)."""
+    warm = sequences[: backend.batch_size]
+    capture(backend, warm, starts[: len(warm)], k, work / f"{name}-warm", draws, head, score)
+    best = min(timed(lambda: capture(backend, sequences, starts, k, work / name, draws, head, score))[0] for _ in range(repeats))
+    tokens = sum(len(s) for s in sequences) / best
+    print(f"{name:<34} capture {tokens:8.1f} tok/s", flush=True)
+    return tokens
 
 
 def timed(run: Callable[[], Any]) -> tuple[float, Any]:
@@ -133,7 +174,10 @@ def main() -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=2.0)
     parser.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile (faster start)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--hybrid", default=None, help="also capture a hybrid cache HEADxDRAWS (0xDRAWS: sampled) per backend, e.g. 4x8")
+    parser.add_argument("--full-vocab-rows", type=int, default=16, help="inputs timed through vLLM's full-vocabulary log-probs (the slow route)")
     args = parser.parse_args()
+    head, draws = (int(part) for part in args.hybrid.split("x")) if args.hybrid else (0, None)
 
     sequences, starts = read_inputs(args.cache, args.rows)
     print(f"{len(sequences)} sequences, {sum(map(len, sequences))} tokens, {sum(len(s) - r for s, r in zip(sequences, starts))} cached positions, k={args.k}, batch {args.batch_size}", flush=True)
@@ -147,10 +191,26 @@ def main() -> None:
         figures["vllm_engine_start_s"] = time.perf_counter() - started
         runs = {"vllm": measure("vllm", vllm, vllm_bare, sequences, starts, args.k, Path(work), args.repeats)}
         vllm.close()  # its worker would otherwise compete for the cores
+        if draws is not None:
+            sampling = load_backend("vllm", args.model, "float32", args.batch_size, k=args.k, engine=engine, sampling=True)
+            runs["vllm"]["result"]["hybrid_capture_tok_s"] = measure_capture(f"vllm {args.hybrid} (hidden states)", sampling, sequences, starts, args.k, draws, head, Path(work), args.repeats)
+            sampling.close()
+            full = sequences[: args.full_vocab_rows], starts[: args.full_vocab_rows]
+            wide = load_backend("vllm", args.model, "float32", args.batch_size, k=-1, engine=engine)
+            route = full_vocab_scorer(wide.llm, wide.vocab_size, draws, head, args.batch_size)
+            runs["vllm"]["result"]["hybrid_full_vocab_logprobs_tok_s"] = measure_capture(f"vllm {args.hybrid} (full-vocab log-probs)", wide, *full, args.k, draws, head, Path(work), 1, route)
+            wide.close()
         torch.set_num_threads(figures["torch_threads"])  # vLLM drops this process to 1 thread for serving
         transformers = load_backend("transformers", args.model, "float32", args.batch_size)
         runs["transformers"] = measure("transformers", transformers, transformers_bare, sequences, starts, args.k, Path(work), args.repeats)
+        if draws is not None:
+            runs["transformers"]["result"]["hybrid_capture_tok_s"] = measure_capture(f"transformers {args.hybrid}", transformers, sequences, starts, args.k, draws, head, Path(work), args.repeats)
     figures.update({name: run["result"] for name, run in runs.items()})
+    if draws is not None:
+        for name, run in runs.items():
+            print(f"{name}: hybrid {args.hybrid} capture / top-{args.k} capture = {run['result']['hybrid_capture_tok_s'] / run['result']['capture_tok_s']:.3f}")
+        vllm_run = runs["vllm"]["result"]
+        print(f"vllm hybrid: hidden-state route / full-vocab log-prob route = {vllm_run['hybrid_capture_tok_s'] / vllm_run['hybrid_full_vocab_logprobs_tok_s']:.1f}x")
     figures["parity_vllm_vs_transformers"] = parity(runs["vllm"]["outputs"], runs["transformers"]["outputs"])
     print(json.dumps(figures["parity_vllm_vs_transformers"], indent=2))
     if args.json:

@@ -214,3 +214,110 @@ def test_classify_verbalizer_scores_match_transformers(engine, reference):
         prompts = [render_prompt(tokenizer, prompt, text) for text in ("A delight.", "Awful, I hated it.", "Fine.")]
         want = verbalizer_logprobs(reference.model, reference.pad_id, prompts, verbalizers, batch_size=2)
         np.testing.assert_allclose(engine.verbalizer_logprobs(prompts, verbalizers), want, atol=TOL)
+
+
+# Sampled and hybrid caches: the pooling engine's hidden states, the output layer read from the checkpoint.
+
+DRAWS, HEAD = 16, 3
+
+
+@pytest.fixture(scope="module")
+def sampling_engine(soft_teacher):
+    backend = load_backend("vllm", soft_teacher, batch_size=4, k=K, engine=EngineSettings(kv_cache_gib=1, enforce_eager=True), sampling=True)
+    yield backend
+    backend.close()
+
+
+def reference_logprobs(reference, sequence, start):
+    import torch
+
+    with torch.no_grad():
+        logits = reference.model(torch.tensor([sequence])).logits[0]
+    return torch.log_softmax(logits.float(), -1)[start - 1 : len(sequence) - 1]
+
+
+@needs_vllm
+def test_full_distribution_from_hidden_states_equals_a_transformers_forward(sampling_engine, reference, prompt_ids):
+    sequences = [ids + ids[:5] for ids in prompt_ids[:6]]
+    for sequence, hidden in zip(sequences, sampling_engine.hidden_states(sequences)):
+        got = sampling_engine.full_logprobs(hidden[:-1])
+        want = reference_logprobs(reference, sequence, 1)
+        assert got.shape == want.shape == (len(sequence) - 1, 320)
+        assert (got - want).abs().max().item() < TOL
+
+
+@needs_vllm
+def test_hybrid_scoring_parity_with_transformers(sampling_engine, reference, prompt_ids):
+    sequences, starts = [ids + ids[:6] for ids in prompt_ids], [len(ids) for ids in prompt_ids]
+    got = sampling_engine.score(sequences, starts, K, draws=DRAWS, seed=5, head=HEAD)
+    want = reference.score(sequences, starts, K, draws=DRAWS, seed=5, head=HEAD)
+    assert sampling_engine.score(sequences, starts, K, draws=DRAWS, seed=5, head=HEAD)[0].ids.tolist() == got[0].ids.tolist()  # reruns repeat
+    same_draws, positions = 0, 0
+    for g, w, sequence, start in zip(got, want, sequences, starts):
+        exact = reference_logprobs(reference, sequence, start)
+        np.testing.assert_allclose(g.token_logprobs, w.token_logprobs, atol=TOL, rtol=0)
+        bounds = np.concatenate([[0], np.cumsum(g.entries)])
+        for j in range(g.num_positions):
+            ids, counts = g.ids[bounds[j] : bounds[j + 1]], g.counts[bounds[j] : bounds[j + 1]]
+            head = ids[counts == 0]
+            ranked = exact[j].sort(descending=True).values
+            assert len(head) == HEAD and (exact[j, head] >= ranked[HEAD - 1] - TIE).all() and counts.sum() == DRAWS
+            np.testing.assert_allclose(g.logprobs[bounds[j] : bounds[j + 1]], exact[j, ids].numpy(), atol=TOL, rtol=0)
+        same_draws += int(np.array_equal(g.ids, w.ids) and np.array_equal(g.counts, w.counts))
+        positions += 1
+    assert same_draws >= 0.8 * positions  # the same seeded draws from distributions 1e-4 apart: almost always the same ids
+
+
+@needs_vllm
+def test_vllm_sampled_stage_draws_from_the_teachers_distribution(tmp_path, soft_teacher, sampling_engine, reference, prepared):
+    from conftest import cache_rows
+
+    out = tmp_path / "sampled"
+    manifest = run_teacher(prepared, resolve_teacher(str(soft_teacher), soft_teacher), out, tiny_settings(backend="vllm", draws=DRAWS), backend=sampling_engine)
+    assert manifest["encoding"]["storage"] == "sampled" and manifest["teacher"]["backend"] == "vllm"
+    drawn, expected, variance = 0.0, 0.0, 0.0
+    for row in cache_rows(out):
+        exact = reference_logprobs(reference, row["input_ids"], row["response_start"])
+        for j, (listed, counts) in enumerate(zip(row["topk_ids"], row["counts"])):
+            p = exact[j].double().exp()
+            best = int(p.argmax())
+            drawn += counts[listed.index(best)] if best in listed else 0
+            expected, variance = expected + DRAWS * p[best].item(), variance + DRAWS * p[best].item() * (1 - p[best].item())
+    assert abs(drawn - expected) < 5 * variance**0.5
+    assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0
+
+
+@needs_vllm
+def test_vllm_generation_with_draws_answers_as_without_and_draws_as_a_rescoring(sampling_engine, engine, prompt_ids):
+    settings = GenerationSettings(max_new_tokens=8, temperature=1.0, top_p=0.9)
+    hybrid = sampling_engine.generate(prompt_ids, settings, K, seed=7, draws=DRAWS, head=HEAD)
+    plain = engine.generate(prompt_ids, settings, K, seed=7)
+    assert [o.input_ids.tolist() for o in hybrid] == [o.input_ids.tolist() for o in plain]  # the same seeded answers
+    rescored = sampling_engine.score([o.input_ids.tolist() for o in hybrid], [o.response_start for o in hybrid], K, draws=DRAWS, seed=7, head=HEAD)
+    for g, r in zip(hybrid, rescored):
+        assert np.array_equal(g.ids, r.ids) and np.array_equal(g.counts, r.counts) and np.array_equal(g.logprobs, r.logprobs)
+
+
+def test_output_layer_is_read_from_the_checkpoint_or_refused(tmp_path, tiny_teacher):
+    """Tied and untied output layers come back as the model holds them; a checkpoint without safetensors is one clear error."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+
+    from pipeline.backends.vllm_backend import output_layer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher)
+    weight, bias = output_layer(tiny_teacher, AutoConfig.from_pretrained(tiny_teacher))
+    assert torch.equal(weight, model.get_output_embeddings().weight) and bias is None
+    config = AutoConfig.from_pretrained(tiny_teacher)
+    config.tie_word_embeddings = False
+    untied = LlamaForCausalLM(config)
+    untied.save_pretrained(tmp_path / "untied")
+    weight, _ = output_layer(tmp_path / "untied", config)
+    assert torch.equal(weight, untied.lm_head.weight) and not torch.equal(weight, untied.model.embed_tokens.weight)
+    shutil.copytree(tiny_teacher, tmp_path / "bin")
+    (tmp_path / "bin" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(PipelineError, match="has no safetensors tensor named .*embed_tokens.weight.*use the transformers backend"):
+        output_layer(tmp_path / "bin", AutoConfig.from_pretrained(tiny_teacher))

@@ -13,8 +13,10 @@ from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import pyarrow as pa
+import torch
 from pydantic import Field
 
+from pipeline.backends.sampling import draw_teacher_samples
 from pipeline.cache.codec import FLOAT32_BLOCK, CacheRows, encode
 from pipeline.errors import PipelineError
 from pipeline.settings import Number, Positive, Settings
@@ -40,10 +42,11 @@ class TeacherOutput:
 
 @dataclass
 class SampledOutput:
-    """Ids drawn from the teacher for one sequence (sampled storage), positions response_start..len-1.
+    """Ids drawn from the teacher for one sequence (sampled or hybrid storage), positions response_start..len-1.
 
-    Per position: `entries[j]` unique ids; flat over positions: the ids, how often each was drawn
-    (a position's counts add up to the manifest's `encoding.draws`) and the teacher's log-prob of each.
+    Per position: `entries[j]` listed ids; flat over positions: the ids, how often each was drawn
+    (0: a hybrid cache's head id; a position's counts add up to the manifest's `encoding.draws`) and
+    the teacher's log-prob of each.
     """
 
     input_ids: np.ndarray  # int [L]
@@ -59,6 +62,15 @@ class SampledOutput:
         """From one (ids, counts, logprobs) triple per position."""
         parts = [np.concatenate([np.asarray(p[i]) for p in positions]) if positions else np.zeros(0) for i in range(3)]
         return cls(np.asarray(input_ids), response_start, np.array([len(p[0]) for p in positions], dtype=np.int64), *parts, np.asarray(token_logprobs))
+
+    @classmethod
+    def draw(cls, sequence: Sequence[int], response_start: int, logprobs: torch.Tensor, draws: int, generator: torch.Generator, head: int = 0) -> SampledOutput:
+        """Draws from the teacher's full log-probs [positions, V] at positions response_start.. (any backend that has them)."""
+        logprobs = logprobs.float().cpu()
+        targets = torch.as_tensor(sequence[response_start:], dtype=torch.long)
+        drawn = draw_teacher_samples(logprobs, draws, generator, head)
+        token_logprobs = logprobs.gather(-1, targets[:, None])[:, 0].numpy()
+        return cls(np.asarray(sequence, dtype=np.int32), response_start, drawn.entries, drawn.ids, drawn.counts, drawn.logprobs, token_logprobs)
 
     @property
     def num_positions(self) -> int:
@@ -129,11 +141,12 @@ class TeacherBackend(Protocol):
     max_k: int  # most log-probs per position the engine returns
     can_sample: bool  # sees the full distribution at every position, so it can draw ids for a sampled cache
 
-    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None) -> list[TeacherOutput | SampledOutput]:
-        """Answer each tokenised prompt and return top-k records (or, with `draws`, sampled ones) for every response position."""
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+        """Answer each tokenised prompt and return top-k records (or, with `draws`, sampled or hybrid ones) for every response position."""
 
-    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0) -> list[TeacherOutput | SampledOutput]:
-        """Top-k records for positions response_start.. of existing sequences; with `draws`, that many ids drawn per position (seeded)."""
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+        """Top-k records for positions response_start.. of existing sequences; with `draws`, that many ids drawn per position (seeded),
+        after the `head` most likely ids (a hybrid cache; `pipeline.backends.sampling.draw_teacher_samples`)."""
 
     def verbalizer_logprobs(self, prompts: Sequence[Sequence[int]], verbalizers: Sequence[Sequence[int]]) -> np.ndarray:
         """Raw log-prob of each verbalizer's token sequence after each prompt (classification): float64 [prompts, verbalizers]."""
@@ -141,4 +154,4 @@ class TeacherBackend(Protocol):
 
 BackendName = Literal["transformers", "vllm"]
 BACKENDS = get_args(BackendName)
-SAMPLING_UNSUPPORTED = "teacher.draws needs the teacher's full distribution at every position, which the {backend} backend does not return; use the transformers backend"
+SAMPLING_UNSUPPORTED = "teacher.draws needs the teacher's full distribution at every position, which the {backend} backend does not return; use the transformers or vllm backend"

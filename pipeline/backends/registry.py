@@ -16,11 +16,13 @@ def load_backend(
     device: str = "cpu",
     k: int = 20,
     engine: EngineSettings | None = None,
+    sampling: bool = False,
 ) -> TeacherBackend:
-    """`k` is the most log-probs per position the backend will be asked for (vLLM sizes its engine by it)."""
+    """`k` is the most log-probs per position the backend will be asked for (vLLM sizes its engine by it);
+    `sampling`: it will be asked for draws (vLLM then serves the full distribution from a pooling engine)."""
     backend = backend_class(name)
     if name == "vllm":
-        return backend(model_dir, dtype=dtype, batch_size=batch_size, device=device, k=k, engine=engine or EngineSettings())
+        return backend(model_dir, dtype=dtype, batch_size=batch_size, device=device, k=k, engine=engine or EngineSettings(), sampling=sampling)
     return backend(model_dir, dtype=dtype, batch_size=batch_size, device=device)
 
 

@@ -1,9 +1,11 @@
-"""Sparse Logit Sampling (Anshumann et al. 2025): per position, ids drawn from the teacher's full distribution.
+"""Sampled and hybrid caches: per position, ids drawn from the teacher's distribution (Sparse Logit Sampling).
 
 A top-k cache keeps the head of each distribution and loses the tail's shape; a few draws keep an
-unbiased picture of all of it. Per position the cache stores the unique drawn ids (ascending), how
-often each was drawn and its teacher log-prob; `pipeline.lm.losses.sampled_forward_kl` turns them
-into the estimator.
+unbiased picture of all of it (Anshumann et al. 2025). A hybrid cache keeps both: the exact top-h
+head, plus draws from the teacher restricted to the ids outside it, so the sampling noise only
+touches the tail's mass. Per position the cache stores the listed ids (ascending), how often each
+was drawn (0 marks a head id) and its teacher log-prob; `pipeline.lm.losses.sampled_forward_kl`
+turns them into the estimator.
 """
 
 from __future__ import annotations
@@ -20,26 +22,48 @@ from pipeline.errors import PipelineError
 class SampledIds:
     """Ragged per-position draws, flat over positions (the layout of `pipeline.cache.SampledOutput`)."""
 
-    entries: np.ndarray  # int32 [positions], unique ids per position
+    entries: np.ndarray  # int32 [positions], listed ids per position (head + unique drawn)
     ids: np.ndarray  # int32 [sum(entries)], ascending within each position
-    counts: np.ndarray  # int32 [sum(entries)], draws of each id; they sum to `draws` per position
+    counts: np.ndarray  # int32 [sum(entries)], draws of each id (0: a head id); they sum to `draws` per position
     logprobs: np.ndarray  # float32 [sum(entries)], the teacher's log-prob of each id at temperature 1
 
 
-def draw_teacher_samples(logprobs: torch.Tensor, draws: int, generator: torch.Generator) -> SampledIds:
-    """`draws` ids with replacement from each row of log-probs [positions, V], as unique ids and counts."""
+def draw_teacher_samples(logprobs: torch.Tensor, draws: int, generator: torch.Generator, head: int = 0) -> SampledIds:
+    """`draws` ids with replacement from each row of log-probs [positions, V], listed as unique ids and counts.
+
+    With `head` h > 0 (a hybrid cache) the row's h most likely ids are listed with count 0 and the
+    draws come from the teacher restricted to the other ids. A row whose ids outside the head all
+    have probability 0 in float32 draws uniformly among them: that tail's mass is 0, so the draws
+    carry no weight in the estimator.
+    """
     if draws < 1:
         raise PipelineError(f"the number of draws per position must be at least 1, got {draws}")
     logprobs = logprobs.float()
-    drawn = torch.multinomial(logprobs.exp(), draws, replacement=True, generator=generator).sort(dim=-1).values
-    first = torch.ones_like(drawn, dtype=torch.bool)
-    first[:, 1:] = drawn[:, 1:] != drawn[:, :-1]
+    if not 0 <= head < logprobs.shape[-1]:
+        raise PipelineError(f"the head of a hybrid cache must list fewer ids than the vocabulary ({logprobs.shape[-1]}), got {head}")
+    probs = logprobs.exp()  # the one [positions, V] temporary: many more fragment the heap over a long run
+    head_ids = logprobs.topk(head, dim=-1).indices
+    if head:
+        probs.scatter_(-1, head_ids, 0.0)
+        empty = (probs.sum(-1) == 0).nonzero()[:, 0]
+        probs[empty] = torch.ones_like(probs[empty]).scatter_(-1, head_ids[empty], 0.0)
+    drawn = torch.multinomial(probs, draws, replacement=True, generator=generator)
+    listed = torch.cat([head_ids, drawn], dim=-1).sort(dim=-1)  # head ids are never drawn: their probability is 0
+    is_draw = torch.cat([torch.zeros_like(head_ids), torch.ones_like(drawn)], dim=-1).gather(-1, listed.indices).reshape(-1)
+    first = torch.ones_like(listed.values, dtype=torch.bool)
+    first[:, 1:] = listed.values[:, 1:] != listed.values[:, :-1]
     starts = first.reshape(-1).nonzero()[:, 0]
-    counts = torch.diff(starts, append=torch.tensor([drawn.numel()]))
-    ids = drawn.reshape(-1)[starts]
+    drawn_before = torch.cat([torch.zeros(1, dtype=is_draw.dtype), is_draw.cumsum(0)])
+    counts = drawn_before[torch.cat([starts[1:], torch.tensor([is_draw.numel()])])] - drawn_before[starts]
+    ids = listed.values.reshape(-1)[starts]
     return SampledIds(
         entries=first.sum(-1).to(torch.int32).numpy(),
         ids=ids.to(torch.int32).numpy(),
         counts=counts.to(torch.int32).numpy(),
-        logprobs=logprobs[starts // draws, ids].numpy(),
+        logprobs=logprobs[starts // (head + draws), ids].numpy(),
     )
+
+
+def sequence_generator(seed: int, index: int) -> torch.Generator:
+    """The random stream of sequence `index` of one backend call: the same whatever the batching, and in every backend."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)

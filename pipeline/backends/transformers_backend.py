@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.backends.base import GenerationSettings, SampledOutput, TeacherOutput
-from pipeline.backends.sampling import draw_teacher_samples
+from pipeline.backends.sampling import sequence_generator
 from pipeline.backends.verbalizer_scoring import verbalizer_logprobs
 from pipeline.errors import PipelineError
 
@@ -46,7 +46,7 @@ class TransformersBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None) -> list[TeacherOutput | SampledOutput]:
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherOutput | SampledOutput]:
         torch.manual_seed(seed)
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
@@ -71,10 +71,10 @@ class TransformersBackend:
             for prompt, response in zip(batch, generated):
                 cut = next((i + 1 for i, t in enumerate(response) if t in eos_ids), len(response))
                 sequences.append(list(prompt) + response[:cut])
-        return self.score(sequences, [len(p) for p in prompts], k, draws, seed)
+        return self.score(sequences, [len(p) for p in prompts], k, draws, seed, head)
 
     @torch.inference_mode()
-    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0) -> list[TeacherOutput | SampledOutput]:
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherOutput | SampledOutput]:
         """Sequence i's draws come from its own generator, seeded by (seed, i): the same whatever the batching."""
         outputs: list[TeacherOutput | SampledOutput | None] = [None] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding
@@ -92,12 +92,11 @@ class TransformersBackend:
                 if not 0 < rs <= len(seq):
                     raise PipelineError(f"response start {rs} outside 1..{len(seq)}")
                 logprobs = torch.log_softmax(logits[row, rs - 1 : len(seq) - 1].float(), dim=-1)
+                if draws is not None:
+                    outputs[i] = SampledOutput.draw(seq, rs, logprobs, draws, sequence_generator(seed, i), head)
+                    continue
                 targets = torch.tensor(seq[rs:], device=logprobs.device)
                 token_logprobs = logprobs.gather(-1, targets[:, None])[:, 0].cpu().numpy()
-                if draws is not None:
-                    drawn = draw_teacher_samples(logprobs.cpu(), draws, torch.Generator().manual_seed(seed * 1_000_003 + i))
-                    outputs[i] = SampledOutput(np.asarray(seq, dtype=np.int32), rs, drawn.entries, drawn.ids, drawn.counts, drawn.logprobs, token_logprobs)
-                    continue
                 top = logprobs.topk(k, dim=-1)
                 outputs[i] = TeacherOutput(
                     input_ids=np.asarray(seq, dtype=np.int32),

@@ -5,6 +5,13 @@ vLLM computes while sampling (raw log-softmax at temperature 1, vLLM's default `
 no second pass is needed. Both use `flat_logprobs=True, detokenize=False`: vLLM then hands back
 flat Python lists, turned into numpy arrays in one go per sequence.
 
+Sampled and hybrid caches need the teacher's whole distribution at every position, which vLLM's
+log-prob outputs cannot carry at speed (49k+ Python floats per position). A second engine in
+pooling mode (`runner="pooling"`, task `token_embed`) returns each position's final hidden state
+instead; the output layer, read from the checkpoint's safetensors, turns them into the exact
+log-softmax here, and the draws are the transformers backend's (`SampledOutput.draw`). Measured in
+bench/teacher_throughput.py against the full-vocabulary log-prob route (docs/backends.md).
+
 The engine starts worker processes with the spawn method: a script that builds this backend at
 import time needs an `if __name__ == "__main__":` guard.
 """
@@ -12,15 +19,19 @@ import time needs an `if __name__ == "__main__":` guard.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from pipeline.backends.base import SAMPLING_UNSUPPORTED, EngineSettings, GenerationSettings, TeacherOutput
+from pipeline.backends.base import EngineSettings, GenerationSettings, SampledOutput, TeacherOutput
+from pipeline.backends.sampling import sequence_generator
 from pipeline.backends.verbalizer_scoring import verbalizer_groups
 from pipeline.errors import PipelineError
 
@@ -104,45 +115,145 @@ def to_output(sequence: Sequence[int], response_start: int, logprobs: Any, first
     )
 
 
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # config keys some models apply after the output layer
+
+
+def output_layer(model_dir: Path, config: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output layer's weight [V, H] (and bias) read from the checkpoint's safetensors, without loading the model.
+
+    The parameter names come from the model class built on the meta device; with tied embeddings
+    the checkpoint holds the weight under the input embedding's name.
+    """
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    layer = model.get_output_embeddings()
+    index = model_dir / "model.safetensors.index.json"
+    files = json.loads(index.read_text())["weight_map"] if index.exists() else None
+    tensors = []
+    for parameter in (layer.weight, getattr(layer, "bias", None)):
+        if parameter is None:
+            tensors.append(None)
+            continue
+        names = [name for name, p in model.named_parameters(remove_duplicate=False) if p is parameter]
+        for name in names:
+            file = model_dir / (files.get(name, "") if files is not None else "model.safetensors")
+            if file.is_file():
+                with safe_open(str(file), "pt") as handle:
+                    if name in handle.keys():
+                        tensors.append(handle.get_tensor(name))
+                        break
+        else:
+            raise PipelineError(
+                f"the teacher checkpoint at {model_dir} has no safetensors tensor named {' or '.join(names)}: the vllm backend cannot compute its full distribution (use the transformers backend)"
+            )
+    return tensors[0], tensors[1]
+
+
 class VLLMBackend:
-    """One `vllm.LLM` engine per teacher; prompts go in as token ids from the tokenizer the manifest records."""
+    """vLLM engines per teacher, started when first needed; prompts go in as token ids from the tokenizer the manifest records.
+
+    `llm` generates and returns top-k log-probs; `pooler` (sampled and hybrid caches) returns final
+    hidden states. When a run needs both (`sampling` with generation) they split the GPU memory share.
+    """
 
     name = "vllm"
-    can_sample = False
+    can_sample = True
 
-    def __init__(self, model_dir: Path, dtype: str = "float32", batch_size: int = 64, device: str = "cpu", k: int = 20, engine: EngineSettings = EngineSettings()):
-        vllm = import_vllm()
+    def __init__(self, model_dir: Path, dtype: str = "float32", batch_size: int = 64, device: str = "cpu", k: int = 20, engine: EngineSettings = EngineSettings(), sampling: bool = False):
+        import_vllm()
         from vllm.platforms import current_platform
 
-        config = AutoConfig.from_pretrained(model_dir)
-        check_platform(config, device)
+        self.config = AutoConfig.from_pretrained(model_dir)
+        check_platform(self.config, device)
+        self.model_dir, self.dtype, self.device, self.engine, self.sampling = model_dir, dtype, device, engine, sampling
         self.batch_size = batch_size
         self.max_k = k
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.vocab_size = config.get_text_config().vocab_size
+        self.vocab_size = self.config.get_text_config().vocab_size
         self.stop_ids = stop_token_ids(model_dir, self.tokenizer)
-        kv_cache_gib = engine.kv_cache_gib
-        if kv_cache_gib is None and current_platform.is_cpu():
-            kv_cache_gib = CPU_KV_CACHE_GIB  # vLLM's own CPU default claims a share of all the machine's memory
-        self.llm = vllm.LLM(
-            model=str(model_dir),
-            dtype=dtype,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * (1 << 30)),
-            max_model_len=engine.max_model_len,
-            enforce_eager=engine.enforce_eager,
-            max_logprobs=k,
+        self.kv_cache_gib = engine.kv_cache_gib
+        if self.kv_cache_gib is None and current_platform.is_cpu():
+            self.kv_cache_gib = CPU_KV_CACHE_GIB  # vLLM's own CPU default claims a share of all the machine's memory
+        if sampling:
+            self.output  # noqa: B018  a checkpoint without a readable output layer fails before any engine starts
+        self.max_length = (self.pooler if sampling else self.llm).llm_engine.model_config.max_model_len
+
+    def _start(self, **kwargs: Any) -> Any:
+        vllm = import_vllm()
+        return vllm.LLM(
+            model=str(self.model_dir),
+            dtype=self.dtype,
+            tensor_parallel_size=self.engine.tensor_parallel_size,
+            gpu_memory_utilization=self.engine.gpu_memory_utilization / (2 if self.sampling else 1),
+            kv_cache_memory_bytes=None if self.kv_cache_gib is None else int(self.kv_cache_gib * (1 << 30)),
+            max_model_len=self.engine.max_model_len,
+            enforce_eager=self.engine.enforce_eager,
             enable_prefix_caching=False,
             seed=0,
+            **kwargs,
         )
-        self.max_length = self.llm.llm_engine.model_config.max_model_len
+
+    @cached_property
+    def llm(self) -> Any:
+        """The generating engine: answers, top-k log-probs, verbalizer scores."""
+        return self._start(max_logprobs=self.max_k)
+
+    @cached_property
+    def pooler(self) -> Any:
+        """The pooling engine: each position's final hidden state, for the teacher's full distribution."""
+        from vllm.config import PoolerConfig
+
+        return self._start(runner="pooling", convert="embed", pooler_config=PoolerConfig(task="token_embed"))
+
+    @cached_property
+    def output(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight, bias = output_layer(self.model_dir, self.config)
+        return weight.to(self.device, torch.float32), None if bias is None else bias.to(self.device, torch.float32)
+
+    def full_logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The teacher's log-softmax [positions, V] at temperature 1 from final hidden states [positions, H], in float32."""
+        weight, bias = self.output
+        logits = torch.nn.functional.linear(hidden.to(self.device, torch.float32), weight, bias)
+        text = self.config.get_text_config()
+        if getattr(text, "logit_scale", None):
+            logits = logits * text.logit_scale
+        if getattr(text, "logits_scaling", None):
+            logits = logits / text.logits_scaling
+        if getattr(text, "final_logit_softcapping", None):
+            logits = torch.tanh(logits / text.final_logit_softcapping) * text.final_logit_softcapping
+        return torch.log_softmax(logits[:, : self.vocab_size], dim=-1)
 
     def _check_request(self, k: int, draws: int | None = None) -> None:
         if draws is not None:
-            raise PipelineError(SAMPLING_UNSUPPORTED.format(backend=self.name))
+            if not self.sampling:
+                raise PipelineError("this vLLM backend was started without sampling=True, so it has no pooling engine for teacher.draws")
+            return
         if not 1 <= k <= self.max_k:
             raise PipelineError(f"k={k} is outside 1..{self.max_k}, the most log-probs this vLLM engine was started for")
+
+    def hidden_states(self, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Each sequence's final hidden states [len, H] from the pooling engine (no activation: the raw pooled states)."""
+        from vllm import PoolingParams
+
+        params = PoolingParams(use_activation=False)
+        states = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = [{"prompt_token_ids": list(s)} for s in sequences[start : start + self.batch_size]]
+            states += [result.outputs.data for result in self.pooler.encode(batch, pooling_task="token_embed", pooling_params=params, use_tqdm=False)]
+        for sequence, hidden in zip(sequences, states):
+            if hidden.shape[0] != len(sequence):
+                raise PipelineError(f"vLLM returned {hidden.shape[0]} hidden states for a sequence of {len(sequence)} tokens")
+        return states
+
+    def _drawn(self, sequences: Sequence[list[int]], response_starts: Sequence[int], draws: int, seed: int, head: int) -> list[TeacherOutput | SampledOutput]:
+        """Hidden states from the pooling engine, the exact distribution from the output layer, then the draws."""
+        outputs: list[TeacherOutput | SampledOutput] = []
+        for index, (sequence, first, hidden) in enumerate(zip(sequences, response_starts, self.hidden_states(sequences))):
+            logprobs = self.full_logprobs(hidden[first - 1 : len(sequence) - 1])
+            outputs.append(SampledOutput.draw(sequence, first, logprobs, draws, sequence_generator(seed, index), head))
+        return outputs
 
     def _run(self, prompts: Sequence[Sequence[int]], params: Any) -> list[Any]:
         """Feed the engine `batch_size` token-id prompts per call; params is one SamplingParams or one per prompt."""
@@ -153,19 +264,22 @@ class VLLMBackend:
             results += self.llm.generate(batch, batch_params, use_tqdm=False)
         return results
 
-    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0) -> list[TeacherOutput]:
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherOutput | SampledOutput]:
         from vllm import SamplingParams
 
         self._check_request(k, draws)
         for seq, rs in zip(sequences, response_starts):
             if not 0 < rs <= len(seq):
                 raise PipelineError(f"response start {rs} outside 1..{len(seq)}")
+        if draws is not None:
+            return self._drawn(sequences, response_starts, draws, seed, head)
         params = SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False, flat_logprobs=True, skip_reading_prefix_cache=True)
         results = self._run(sequences, params)
         # prompt_logprobs[p] predicts token p from tokens < p (entry 0 is empty): positions rs.. are cached
         return [to_output(seq, rs, result.prompt_logprobs, rs, k) for seq, rs, result in zip(sequences, response_starts, results)]
 
-    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None) -> list[TeacherOutput]:
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+        """Answers from the generating engine; with `draws`, the finished sequences then go through `_drawn`."""
         from vllm import SamplingParams
 
         self._check_request(k, draws)
@@ -177,14 +291,17 @@ class VLLMBackend:
                 seed=request_seed(seed, index),
                 ignore_eos=True,  # stop at exactly the ids transformers stops at, kept in the response
                 stop_token_ids=self.stop_ids,
-                logprobs=k,
+                logprobs=None if draws is not None else k,
                 detokenize=False,
                 flat_logprobs=True,
             )
             for index in range(len(prompts))
         ]
-        outputs = []
-        for prompt, result in zip(prompts, self._run(prompts, params)):
+        results = self._run(prompts, params)
+        if draws is not None:
+            return self._drawn([list(p) + list(r.outputs[0].token_ids) for p, r in zip(prompts, results)], [len(p) for p in prompts], draws, seed, head)
+        outputs: list[TeacherOutput | SampledOutput] = []
+        for prompt, result in zip(prompts, results):
             completion = result.outputs[0]
             outputs.append(to_output(list(prompt) + list(completion.token_ids), len(prompt), completion.logprobs, 0, k))
         return outputs
@@ -221,5 +338,7 @@ class VLLMBackend:
         return out
 
     def close(self) -> None:
-        """Stop the engine's worker processes now rather than at garbage collection."""
-        self.llm.llm_engine.engine_core.shutdown()
+        """Stop the started engines' worker processes now rather than at garbage collection."""
+        for name in ("llm", "pooler"):
+            if name in self.__dict__:
+                self.__dict__[name].llm_engine.engine_core.shutdown()

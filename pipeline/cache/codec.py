@@ -8,8 +8,9 @@ Two encodings, named in the manifest's `encoding` block:
   log-prob quantised in log space); see pipeline.cache.encoding and docs/cache-format.md.
 
 Both decode to `CacheRows`, the one shape every reader works from, so a reader never branches on
-the encoding. `storage` is `topk` (the teacher's most likely ids) or `sampled` (unique ids drawn
-from the teacher with their counts, compact encoding only).
+the encoding. `storage` is `topk` (the teacher's most likely ids), `sampled` (unique ids drawn
+from the teacher with their counts) or `hybrid` (the exact top-h head, count 0, plus unique ids drawn
+from the rest with their counts); sampled and hybrid need the compact encoding.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pipeline.settings import Number, Settings
 
 EncodingName = Literal["compact", "float32"]
 ENCODINGS = get_args(EncodingName)
+DRAWN_STORAGES = ("sampled", "hybrid")  # storages whose entries carry draw counts
 LOG_LEVEL_BYTES = 2  # tail and token log-prob levels: 16 bits
 MIN_TAIL = 1e-30  # a smaller tail (float32 sums of a full top-k reach 1) is stored as this: never exactly 0
 
@@ -72,21 +74,22 @@ class CacheEncoding(Settings):
     token_logprob_step: Number = Field(0.0078125, ge=0.0001, le=1)  # log-prob of the actual token: error <= step / 2 (1/128)
     zstd_level: int = Field(19, ge=1, le=22)
 
-    def block(self, vocab_size: int, k: int, draws: int | None = None) -> dict[str, Any]:
+    def block(self, vocab_size: int, k: int, draws: int | None = None, head: int = 0) -> dict[str, Any]:
         """The manifest's `encoding` block: everything a reader needs, with the declared error bounds.
 
-        `draws` set means a sampled cache: N ids drawn per position, at most min(N, vocab) unique.
+        `draws` set means a sampled cache: N ids drawn per position, at most min(N, vocab) unique;
+        with `head` h > 0 a hybrid cache: the top-h ids plus N draws from the others.
         """
-        storage = "topk" if draws is None else "sampled"
+        storage = "topk" if draws is None else "hybrid" if head else "sampled"
         if self.encoding == "float32":
             if draws is not None:
-                raise PipelineError("sampled caches need the compact encoding")
+                raise PipelineError(f"{storage} caches need the compact encoding")
             return dict(FLOAT32_BLOCK)
         block: dict[str, Any] = {
             "name": "compact",
             "storage": storage,
             "id_bytes": byte_width(vocab_size - 1),
-            "entry_bytes": byte_width(k if draws is None else min(draws, vocab_size)),
+            "entry_bytes": byte_width(k if draws is None else listed_ids(vocab_size, draws, head)),
             "level_bytes": byte_width(int(np.ceil(1 / self.sqrt_step))),
             "input_ids": "uint16" if vocab_size <= 1 << 16 else "uint32",
             "sqrt_step": self.sqrt_step,
@@ -102,7 +105,14 @@ class CacheEncoding(Settings):
         }
         if draws is not None:
             block.update(draws=draws, count_bytes=byte_width(draws))
+        if head:
+            block.update(head=head)
         return block
+
+
+def listed_ids(vocab_size: int, draws: int, head: int = 0) -> int:
+    """The most ids a sampled (head 0) or hybrid position lists: the head plus one per draw, within the vocabulary."""
+    return head + min(draws, vocab_size - head)
 
 
 def manifest_encoding(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +128,7 @@ def shard_schema(block: dict[str, Any]) -> pa.Schema:
         pa.field("input_ids", pa.list_(pa.uint16() if block["input_ids"] == "uint16" else pa.uint32()), nullable=False),
         pa.field("response_start", pa.int32(), nullable=False),
     ]
-    streams = COMPACT_STREAMS + (("counts",) if block["storage"] == "sampled" else ())
+    streams = COMPACT_STREAMS + (("counts",) if block["storage"] in DRAWN_STORAGES else ())
     return pa.schema(fields + [pa.field(name, pa.binary(), nullable=False) for name in streams])
 
 
@@ -128,8 +138,8 @@ class CacheRows:
 
     Per row: `row_ids`, `seq_lengths`, `response_start`. Per cached position (row after row):
     `entries` (how many ids are listed), `token_logprobs`. Per entry (position after position,
-    most likely first within a position): `entry_ids`, `entry_logprobs`, and for sampled caches
-    `entry_counts` (how often the id was drawn).
+    most likely first within a position): `entry_ids`, `entry_logprobs`, and for sampled and hybrid
+    caches `entry_counts` (how often the id was drawn; 0 marks a hybrid cache's head id).
     """
 
     row_ids: list[str]
@@ -140,7 +150,7 @@ class CacheRows:
     entry_ids: np.ndarray  # int64 [E]
     entry_logprobs: np.ndarray  # float32 [E]
     token_logprobs: np.ndarray  # float32 [P]
-    entry_counts: np.ndarray | None = None  # int64 [E], sampled caches only
+    entry_counts: np.ndarray | None = None  # int64 [E], sampled and hybrid caches only
 
     @property
     def positions(self) -> np.ndarray:
@@ -215,7 +225,7 @@ def decode(records: pa.RecordBatch | pa.Table, block: dict[str, Any]) -> CacheRo
     levels = _stream(records, "prob_levels", row_entries, range(block["level_bytes"]))
     tail = dequantize_neglog(_stream(records, "tail_levels", positions, range(LOG_LEVEL_BYTES)), block["tail_log_step"])
     token = dequantize_neglog(_stream(records, "token_logprob_levels", positions, range(LOG_LEVEL_BYTES)), block["token_logprob_step"])
-    counts = _stream(records, "counts", row_entries, range(block["count_bytes"])) if block["storage"] == "sampled" else None
+    counts = _stream(records, "counts", row_entries, range(block["count_bytes"])) if block["storage"] in DRAWN_STORAGES else None
     ids = gaps_to_ids(gaps, entries)
     position = segment_index(entries)
     probs = dequantize_sqrt(levels, block["sqrt_step"]) ** 2
@@ -239,7 +249,7 @@ def encode(rows: CacheRows, block: dict[str, Any]) -> pa.Table:
     head = [pa.array(rows.row_ids, pa.string()), None, pa.array(rows.response_start, pa.int32())]
     if block["name"] == "float32":
         if rows.entry_counts is not None:
-            raise PipelineError("sampled caches need the compact encoding")
+            raise PipelineError("sampled and hybrid caches need the compact encoding")
         positions = rows.positions
         head[1] = list_array(rows.input_ids.astype(np.int32), rows.seq_lengths)
         nested = [list_array(values, rows.entries) for values in (rows.entry_ids.astype(np.int32), rows.entry_logprobs.astype(np.float32))]
@@ -279,9 +289,9 @@ def _compact_streams(rows: CacheRows, block: dict[str, Any]) -> list[pa.BinaryAr
         pack_planes(tail_levels, LOG_LEVEL_BYTES, positions, range(LOG_LEVEL_BYTES)),
         pack_planes(quantize_neglog(rows.token_logprobs, block["token_logprob_step"]), LOG_LEVEL_BYTES, positions, range(LOG_LEVEL_BYTES)),
     ]
-    if block["storage"] == "sampled":
+    if block["storage"] in DRAWN_STORAGES:
         if rows.entry_counts is None:
-            raise PipelineError("a sampled cache needs a count for every entry")
+            raise PipelineError(f"a {block['storage']} cache needs a count for every entry")
         streams.append(pack_planes(rows.entry_counts[order], block["count_bytes"], row_entries, range(block["count_bytes"])))
     elif rows.entry_counts is not None:
         raise PipelineError("counts given for a top-k cache (use a sampled encoding block)")

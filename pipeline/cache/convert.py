@@ -27,7 +27,7 @@ from pipeline.storage import location, same_location
 def conversion_plan(manifest: dict[str, Any], encoding: CacheEncoding) -> dict[str, Any]:
     """The source's settings with the new encoding, and which cache (by checksum) it was made from."""
     source = manifest_encoding(manifest)
-    block = encoding.block(manifest["tokenizer"]["vocab_size"], manifest["k"], source.get("draws"))
+    block = encoding.block(manifest["tokenizer"]["vocab_size"], manifest["k"], source.get("draws"), source.get("head", 0))
     plan = {key: value for key, value in manifest.items() if key not in MANIFEST_ONLY}
     plan.update(
         logprobs=LOGPROBS_MEANING,

@@ -20,7 +20,8 @@ from pipeline.storage import location
 
 FORMAT_NAME = "kd-topk-cache"
 FORMAT_VERSION = 2  # what new caches are; version 1 (float32 columns, no encoding block) is still read
-READ_VERSIONS = (1, 2)
+HYBRID_FORMAT_VERSION = 3  # version 2 plus the hybrid storage: a reader from before it refuses such a cache instead of misreading its counts
+READ_VERSIONS = (1, 2, 3)
 PLAN_FILE = "plan.json"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cache.codec import manifest_encoding
+from pipeline.cache.codec import DRAWN_STORAGES, manifest_encoding
 from pipeline.cache.format import CAUSAL_LM_TASK, MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
@@ -88,7 +88,8 @@ class Cache:
 
     @property
     def sampled(self) -> bool:
-        return self.encoding.get("storage") == "sampled"
+        """Its entries were drawn from the teacher (storage sampled or hybrid): only the forward-KL estimator applies."""
+        return self.encoding.get("storage") in DRAWN_STORAGES
 
     @property
     def vocab_size(self) -> int:

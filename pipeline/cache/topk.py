@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.cache.codec import ENCODINGS, FLOAT32_BLOCK, decode, flat_values, manifest_encoding, padded_entries, shard_schema
+from pipeline.cache.codec import DRAWN_STORAGES, ENCODINGS, FLOAT32_BLOCK, decode, flat_values, listed_ids, manifest_encoding, padded_entries, shard_schema
 from pipeline.cache.encoding import segment_index
-from pipeline.cache.format import CAUSAL_LM_TASK, FORMAT_VERSION
+from pipeline.cache.format import CAUSAL_LM_TASK, FORMAT_VERSION, HYBRID_FORMAT_VERSION
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -40,8 +40,10 @@ class TopKTask:
         return shard_schema(manifest_encoding(manifest))
 
     def format_version(self, plan: dict[str, Any]) -> int:
-        """A plan without an encoding block was started before version 2: it finishes as version 1."""
-        return 1 if "encoding" not in plan else FORMAT_VERSION
+        """A plan without an encoding block was started before version 2: it finishes as version 1; a hybrid cache is version 3."""
+        if "encoding" not in plan:
+            return 1
+        return HYBRID_FORMAT_VERSION if plan["encoding"]["storage"] == "hybrid" else FORMAT_VERSION
 
     def count_tokens(self, table: pa.Table) -> int:
         """Answer positions: len(input_ids) - response_start per row."""
@@ -86,7 +88,7 @@ def compact_problems(table: pa.Table, block: dict[str, Any], k: int, vocab_size:
         return [f"cannot be decoded: {error}"]
     row_of_position = np.repeat(np.arange(len(ids)), rows.positions)
     row_of_entry = np.repeat(row_of_position, rows.entries)
-    most = k if block["storage"] == "topk" else min(block["draws"], vocab_size)
+    most = k if block["storage"] == "topk" else listed_ids(vocab_size, block["draws"], block.get("head", 0))
     checks = [
         (_rows(row_of_position, (rows.entries < 1) | (rows.entries > most), len(ids)), f"a position lists no id or more than {most}"),
         (_rows(row_of_entry, rows.entry_ids >= vocab_size, len(ids)), f"a listed id is outside the vocabulary (0..{vocab_size - 1})"),
@@ -95,7 +97,12 @@ def compact_problems(table: pa.Table, block: dict[str, Any], k: int, vocab_size:
     if rows.entry_counts is not None:
         draws = np.bincount(np.repeat(np.arange(len(rows.entries)), rows.entries), weights=rows.entry_counts, minlength=len(rows.entries))
         checks.append((_rows(row_of_position, draws != block["draws"], len(ids)), f"a position's counts do not add up to {block['draws']} draws"))
-        checks.append((_rows(row_of_entry, rows.entry_counts < 1, len(ids)), "a sampled id has a count of 0"))
+        head = block.get("head", 0)
+        if head:
+            heads = np.bincount(np.repeat(np.arange(len(rows.entries)), rows.entries), weights=rows.entry_counts == 0, minlength=len(rows.entries))
+            checks.append((_rows(row_of_position, heads != head, len(ids)), f"a position does not list exactly {head} head ids (count 0)"))
+        else:
+            checks.append((_rows(row_of_entry, rows.entry_counts < 1, len(ids)), "a sampled id has a count of 0"))
     return [_first(ids, bad, message) for bad, message in checks if bad.any()]
 
 
@@ -211,7 +218,12 @@ def encoding_line(block: dict[str, Any]) -> str:
     if block["name"] == "float32":
         return "float32 (exact: int32 ids, float32 log-probs)"
     bound = block["error_bound"]
-    storage = f"sampled, {block['draws']} draws per position" if block["storage"] == "sampled" else "top-k" + (", level-0 entries in the tail" if block["drop_zero_level"] else "")
+    if block["storage"] == "sampled":
+        storage = f"sampled, {block['draws']} draws per position"
+    elif block["storage"] == "hybrid":
+        storage = f"hybrid, exact top-{block['head']} plus {block['draws']} draws from the rest per position"
+    else:
+        storage = "top-k" + (", level-0 entries in the tail" if block["drop_zero_level"] else "")
     return (
         f"compact ({storage}; sqrt(p) step {block['sqrt_step']} (error <= {bound['sqrt_prob']:g}), "
         f"log tail step {block['tail_log_step']}, token log-prob error <= {bound['token_logprob']:g}, ids {block['id_bytes']} byte(s), zstd {block['zstd_level']})"
@@ -221,7 +233,7 @@ def encoding_line(block: dict[str, Any]) -> str:
 def format_topk_summary(summary: dict[str, Any]) -> str:
     mass, ids = summary["retained_mass"], summary["ids_per_position"]
     rows = ", ".join(f"{name} {count}" for name, count in summary["rows"].items())
-    sampled = summary["encoding"].get("storage") == "sampled"
+    sampled = summary["encoding"].get("storage") in DRAWN_STORAGES
     lines = [
         f"format      kd-topk-cache v{summary['format_version']} ({summary['task']}), k={summary['k']}",
         f"encoding    {encoding_line(summary['encoding'])}",
@@ -248,7 +260,7 @@ def topk_card(manifest: dict[str, Any]) -> str:
     block = manifest_encoding(manifest)
     return f"""# Teacher logit dataset ({manifest["format"]} v{manifest["format_version"]})
 
-Top-{manifest["k"]} next-token log-probabilities of a teacher LLM for every answer position, made by
+{_what(manifest["k"], block)} of a teacher LLM for every answer position, made by
 kd-pipeline {manifest["created_by"]["version"]} for offline knowledge distillation. Generated from `manifest.json`.
 
 | | |
@@ -334,12 +346,20 @@ columns (`pipeline.cache.codec.decode`); `kd convert . out --encoding float32` r
 list columns for other tools."""
 
 
+def _what(k: int, block: dict[str, Any]) -> str:
+    """What a position holds, in words, by storage."""
+    if block.get("storage") == "sampled":
+        return f"{block['draws']} next-token ids drawn (with replacement) from the distribution"
+    if block.get("storage") == "hybrid":
+        return f"The exact top-{block['head']} next-token log-probabilities plus {block['draws']} ids drawn from the rest of the distribution"
+    return f"Top-{k} next-token log-probabilities"
+
+
 def _columns(block: dict[str, Any]) -> str:
     if block["name"] == "float32":
         return FLOAT32_COLUMNS
-    counts = (
-        "\n| `counts` | binary | per listed id, how often it was drawn ({} byte(s) each); a position's counts add up to {} |".format(block["count_bytes"], block["draws"])
-        if block["storage"] == "sampled"
-        else ""
-    )
+    counts = ""
+    if block["storage"] in DRAWN_STORAGES:
+        head = f"; 0 marks the position's {block['head']} exact head ids (its most likely), drawn ids come from the rest" if block.get("head") else ""
+        counts = "\n| `counts` | binary | per listed id, how often it was drawn ({} byte(s) each); a position's counts add up to {}{} |".format(block["count_bytes"], block["draws"], head)
     return COMPACT_COLUMNS.format(hi=block["id_bytes"] - 1, counts=counts, **block)

@@ -43,7 +43,8 @@ def teacher(
     out: Path = typer.Option(Path("data/cache"), parser=cache_location, help="cache directory or object-store URL (s3://bucket/prefix), resumed if it exists with the same settings"),
     params: ParamsFile = None,
     k: Optional[int] = typer.Option(None, help="top-k log-probs per position"),
-    draws: Optional[int] = typer.Option(None, help="write a sampled cache: this many ids drawn per position (transformers backend)"),
+    draws: Optional[int] = typer.Option(None, help="write a sampled cache: this many ids drawn per position"),
+    head: Optional[int] = typer.Option(None, help="with --draws: a hybrid cache, the exact top-HEAD ids plus the draws from the rest"),
     backend: Optional[str] = None,
     batch_size: Optional[int] = None,
     max_new_tokens: Optional[int] = None,
@@ -55,13 +56,13 @@ def teacher(
     use_ray: UseRay = False,
     ray_address: RayAddress = None,
 ) -> None:
-    """Run the teacher over prepared prompts and write the top-k (or sampled) cache."""
+    """Run the teacher over prepared prompts and write the top-k (or sampled, or hybrid) cache."""
     from pipeline.lm.teacher import TeacherSettings, run_teacher
     from pipeline.teacher_model import resolve_teacher
 
     generation = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     settings = read_section(params, "teacher", TeacherSettings).updated(
-        "teacher", model=model, k=k, draws=draws, backend=backend, batch_size=batch_size, device=device, too_long=too_long, generation=generation, **ray_runner(use_ray, ray_address)
+        "teacher", model=model, k=k, draws=draws, head=head, backend=backend, batch_size=batch_size, device=device, too_long=too_long, generation=generation, **ray_runner(use_ray, ray_address)
     )
     manifest = run_teacher(prepared, resolve_teacher(settings.model, embedded_dir), out, settings, worker_index, num_workers)
     echo_fill_result(manifest, out, worker_index, "tokens", "tokens")

@@ -11,7 +11,9 @@ student on one support:
 
 A sampled cache (Sparse Logit Sampling, Anshumann et al. 2025) holds, per position, ids drawn from
 the teacher with their counts instead of the top-k: `sampled_forward_kl` is the importance-sampling
-estimate of forward KL over the full vocabulary, unbiased in value and gradient at T = 1.
+estimate of forward KL over the full vocabulary, unbiased in value and gradient at T = 1. A hybrid
+cache holds the exact top-h head plus draws from the rest: the same estimator, exact on the head,
+sampling only the tail, whose mass the head fixes.
 
 Every divergence takes the teacher's and the student's log-probabilities over the same support
 and returns one value per position. The losses need only a few values of the student's
@@ -137,33 +139,41 @@ DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor, LossSpec], torch.Te
 
 
 def sample_log_weights(sample_logprobs: torch.Tensor, counts: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, m] log importance weights of the sampled ids for the teacher at temperature T, and [N, 1] log Z_T.
+    """[N, m] log of the tempered teacher mass each listed id stands for, and [N, 1] log Z_T.
 
-    The ids were drawn from the teacher at T = 1, so at T = 1 the weight is count / draws (unbiased);
-    at T != 1 each draw is reweighted by p^(1/T - 1) and the weights self-normalised by
-    Z_T = E_p[p^(1/T - 1)], estimated from the same draws (consistent: the bias shrinks with the
-    number of draws). Padding entries have count 0 and weight 0.
+    A sampled id was drawn from the teacher at T = 1, restricted to the ids outside the position's
+    head (a hybrid cache's exact top-h, listed with count 0 and a finite log-prob; a sampled cache
+    has none): it stands for the tail mass M = 1 - p(head) times its share of the draws, count / draws,
+    an unbiased weight at T = 1. A head id stands for its own exact probability. At T != 1 each draw
+    is reweighted by p^(1/T - 1) and all weights self-normalised by Z_T = p(head)_T + M E[p^(1/T - 1)],
+    estimated from the same draws (consistent: the bias shrinks with the number of draws). Padding
+    entries (count 0, log-prob -inf), and drawn ids whose log-prob is -inf, get weight 0.
     """
-    present = counts > 0
+    finite = torch.isfinite(sample_logprobs)
+    sampled, head = (counts > 0) & finite, (counts == 0) & finite  # a drawn id of probability 0 adds nothing to KL or gradient
+    logprobs = torch.where(finite, sample_logprobs, 0.0)
     counts = counts.to(sample_logprobs.dtype)
-    share = torch.where(present, counts / counts.sum(-1, keepdim=True), 1.0).log()
-    unnormalised = torch.where(present, share + (1 / temperature - 1) * torch.where(present, sample_logprobs, 0.0), -torch.inf)
+    share = torch.where(sampled, counts / counts.sum(-1, keepdim=True).clamp(min=1), 1.0).log()
+    tail_mass = log1mexp(torch.where(head, logprobs, -torch.inf).logsumexp(-1, keepdim=True).clamp(max=-torch.finfo(logprobs.dtype).eps))
+    drawn = tail_mass + share + ((1 / temperature - 1) * logprobs if temperature != 1 else 0.0)
+    unnormalised = torch.where(sampled, drawn, torch.where(head, logprobs / temperature, -torch.inf))
     log_z = torch.logsumexp(unnormalised, dim=-1, keepdim=True)
     return unnormalised - log_z, log_z
 
 
 def sampled_forward_kl(sample_logprobs: torch.Tensor, counts: torch.Tensor, student: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-position estimate of KL(teacher_T || student_T) from ids drawn from the teacher: shape [N].
+    """Per-position estimate of KL(teacher_T || student_T) from a sampled or hybrid cache: shape [N].
 
-    sum_i w_i (log p_T(i) - log q_T(i)) with the weights of `sample_log_weights`, where `student`
-    holds the student's tempered full-vocabulary log-probs at the sampled ids and
-    log p_T(i) = log p(i) / T - log Z_T. The gradient for the student's logits is (q_T - w) / T,
-    q_T - p_T in expectation at T = 1: the full-vocabulary gradient, with no truncation bias.
+    sum_i w_i (log p_T(i) - log q_T(i)) over the listed ids with the weights of `sample_log_weights`,
+    where `student` holds the student's tempered full-vocabulary log-probs at the listed ids and
+    log p_T(i) = log p(i) / T - log Z_T. The gradient for the student's logits is (q_T - w) / T, and
+    at T = 1 w is p on the head and an unbiased estimate of p on the tail: the full-vocabulary
+    gradient in expectation, with no truncation bias; the head's share of it is exact.
     """
-    present = counts > 0
     log_weights, log_z = sample_log_weights(sample_logprobs, counts, temperature)
-    teacher = torch.where(present, sample_logprobs, 0.0) / temperature - log_z
-    return torch.where(present, log_weights.exp() * (teacher - student), 0.0).sum(-1)
+    listed = torch.isfinite(log_weights)
+    teacher = torch.where(listed, sample_logprobs, 0.0) / temperature - log_z
+    return torch.where(listed, log_weights.exp() * (teacher - student), 0.0).sum(-1)
 
 
 def mask_padding(topk_logprobs: torch.Tensor, on_topk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,12 +203,12 @@ def sparse_terms(
     gathered at the actual tokens and at the teacher's top-k ids. At T != 1, tempered_norm [M] is
     logsumexp(log_softmax / T) over the vocabulary: the student's tempered log-probs on the top-k
     are then topk_student / T - tempered_norm, exact. Pass None at T = 1. With `counts` [M, k] the
-    ids are a sampled cache's draws and the divergence is `sampled_forward_kl`.
+    ids are a sampled or hybrid cache's entries and the divergence is `sampled_forward_kl`.
     """
     on_topk = topk_student if tempered_norm is None else topk_student / spec.temperature - tempered_norm[:, None]
     if counts is not None:
         if spec.loss != "forward_kl":
-            raise PipelineError(f"a sampled cache supports loss forward_kl only (its unbiased estimator), not '{spec.loss}'")
+            raise PipelineError(f"a sampled or hybrid cache supports loss forward_kl only (its unbiased estimator), not '{spec.loss}'")
         return sampled_forward_kl(topk_logprobs.to(on_topk.dtype), counts, on_topk, spec.temperature).sum(), -target_logprobs.sum()
     topk_logprobs, on_topk = mask_padding(topk_logprobs, on_topk)
     teacher = teacher_support(topk_logprobs.to(on_topk.dtype), spec.tail, spec.temperature)

@@ -25,7 +25,7 @@ from pipeline.backends.base import (
     outputs_to_table,
 )
 from pipeline.backends.registry import backend_class, load_backend
-from pipeline.cache.codec import CacheEncoding
+from pipeline.cache.codec import CacheEncoding, listed_ids
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
@@ -56,6 +56,7 @@ class TeacherSettings(Settings):
     engine: EngineSettings = EngineSettings()
     cache: CacheEncoding = CacheEncoding()  # how the shards store what the teacher said
     draws: int | None = Field(None, ge=1, le=65535)  # None: cache the top-k; N: a sampled cache of N ids drawn per position
+    head: int = Field(0, ge=0, le=65535)  # with draws: a hybrid cache, the exact top-`head` ids plus `draws` ids drawn from the rest
     runner: Literal["local", "ray"] = "local"  # local: this process (and --num-workers/--worker-index); ray: a pool of Ray actors (docs/ray.md)
     ray: RaySettings = RaySettings()
 
@@ -94,13 +95,17 @@ def run_teacher(
 def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_dir: Path, settings: TeacherSettings, backend: TeacherBackend | None = None) -> CacheJob:
     """Load the backend (unless given), check the request against it and make the plan: what a teacher process needs to write shards."""
     engine = backend or backend_class(settings.backend)  # before any model loads, what it can do is known from its class
+    if settings.head and settings.draws is None:
+        raise PipelineError(f"teacher.head: {settings.head} needs teacher.draws (a hybrid cache lists the exact head plus ids drawn from the rest); for a plain top-k cache set teacher.k")
     if settings.draws is not None and not engine.can_sample:
         raise PipelineError(SAMPLING_UNSUPPORTED.format(backend=engine.name))
-    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, settings.k, settings.engine)
+    backend = backend or load_backend(settings.backend, Path(teacher["path"]), settings.dtype, settings.batch_size, settings.device, settings.k, settings.engine, sampling=settings.draws is not None)
     tokenizer = backend.tokenizer
     use_template = settings.chat_template
     if use_template and not getattr(tokenizer, "chat_template", None):
         raise PipelineError(f"teacher tokenizer at {teacher['path']} has no chat template; set teacher.chat_template: false")
+    if settings.head >= backend.vocab_size:
+        raise PipelineError(f"teacher.head: {settings.head} leaves no ids to draw from: it must be below the teacher's vocabulary size {backend.vocab_size}")
     if not 1 <= settings.k <= backend.vocab_size:
         raise PipelineError(f"k={settings.k} must be between 1 and the teacher's vocabulary size {backend.vocab_size}")
     if settings.draws is None and settings.k > backend.max_k:
@@ -112,12 +117,12 @@ def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_di
     if truncated:
         log.warning("teacher: %d sequence(s) longer than %d tokens truncated (teacher.too_long: truncate)", truncated, limit)
 
-    block = settings.cache.block(backend.vocab_size, settings.k, settings.draws)  # the manifest's `encoding`: how shards store the output
+    block = settings.cache.block(backend.vocab_size, settings.k, settings.draws, settings.head)  # the manifest's `encoding`: how shards store the output
     plan = {
         "task": CAUSAL_LM_TASK,
         "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
         "tokenizer": tokenizer_record(tokenizer, backend.vocab_size, use_template),
-        "k": settings.k if settings.draws is None else min(settings.draws, backend.vocab_size),
+        "k": settings.k if settings.draws is None else listed_ids(backend.vocab_size, settings.draws, settings.head),
         "logprobs": LOGPROBS_MEANING,
         "encoding": block,
         "generation": {**settings.generation.model_dump(), "batch_size": settings.batch_size},
@@ -156,5 +161,5 @@ def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettin
 def _teacher_outputs(backend: TeacherBackend, encoded: list[Encoded], scoring: bool, settings: TeacherSettings, seed: int) -> list[TeacherOutput | SampledOutput]:
     """Score the given responses, or generate responses when the data has none."""
     if scoring:
-        return backend.score([ids for ids, _ in encoded], [start for _, start in encoded], settings.k, settings.draws, seed)
-    return backend.generate([ids for ids, _ in encoded], settings.generation, settings.k, seed, settings.draws)
+        return backend.score([ids for ids, _ in encoded], [start for _, start in encoded], settings.k, settings.draws, seed, settings.head)
+    return backend.generate([ids for ids, _ in encoded], settings.generation, settings.k, seed, settings.draws, settings.head)

@@ -83,9 +83,9 @@ def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, sett
             f"({manifest['tokenizer']['tokenizer_size']} tokens), the student's at {tokenizer_path} is {actual[:12]} ({len(tokenizer)} tokens)"
         )
     if cache.sampled and settings.loss != "forward_kl":
-        raise PipelineError(f"{cache.path} is a sampled cache: it supports student.loss forward_kl only (its unbiased estimator), not '{settings.loss}'")
+        raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: it supports student.loss forward_kl only (its unbiased estimator), not '{settings.loss}'")
     if cache.sampled and settings.tail != "bucket":
-        raise PipelineError(f"{cache.path} is a sampled cache: it has no top-k tail to treat, so student.tail '{settings.tail}' does not apply (leave it at bucket)")
+        raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: it has no top-k tail to treat, so student.tail '{settings.tail}' does not apply (leave it at bucket)")
 
 
 def student_tokenizer_path(cache: Cache, tokenizer_path: Path | None, init: str = SCRATCH) -> Path:
