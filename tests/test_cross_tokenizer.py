@@ -293,7 +293,7 @@ def small_params(tmp_path, **student):
     return params
 
 
-def test_cli_trains_a_student_with_its_own_tokenizer(tmp_path, tiny_cache, student_dir, student_tok):
+def test_cli_trains_a_student_with_its_own_tokenizer(tmp_path, tiny_cache, tiny_teacher, student_dir, student_tok):
     out = tmp_path / "student"
     args = ["student", "--cache", str(tiny_cache), "--tokenizer", str(student_dir), "--out", str(out), "--params", str(small_params(tmp_path))]
     refused = CliRunner().invoke(app, args)
@@ -306,6 +306,18 @@ def test_cli_trains_a_student_with_its_own_tokenizer(tmp_path, tiny_cache, stude
     assert model.get_input_embeddings().num_embeddings == len(student_tok)
     assert AutoTokenizer.from_pretrained(out).get_vocab() == student_tok.get_vocab()
     assert (tmp_path / "loss-validation.csv").exists() and '"cross_tokenizer": {' in (out / "README.md").read_text()
+    evaluated = CliRunner().invoke(app, ["evaluate", "--cache", str(tiny_cache), "--teacher", str(tiny_teacher), "--student", f"x={out}", "--out", str(tmp_path / "m.json"), "--speed-sequences", "2"])
+    assert evaluated.exit_code == 0, evaluated.output
+    scores = json.loads((tmp_path / "m.json").read_text())["models"]["x"]
+    reference = train_run_validation_kl(tmp_path / "loss-validation.csv")
+    assert scores["aligned_positions"] > 0 and scores["kl_to_teacher"] == pytest.approx(reference, rel=1e-4)
+
+
+def train_run_validation_kl(path):
+    """The final validation KL the training run logged: the same exact-map KL over the same aligned positions."""
+    from pipeline.training import read_loss_log
+
+    return read_loss_log(path)[-1]["val_kl"]
 
 
 def test_uld_student_trains_and_the_validation_split_is_reported(tmp_path, tiny_cache, student_dir, caplog):

@@ -382,6 +382,19 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
     return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size)
 
 
+def own_tokenizer_converter(cache: Any, folder: Path) -> CrossTokenizer | None:
+    """For a student folder whose tokenizer differs from the cache's (one distilled across tokenizers), its converter; else None."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / "tokenizer_config.json").exists():
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer_sha256(tokenizer) == cache.manifest["tokenizer"]["sha256"]:
+        return None
+    return cross_tokenizer(cache, tokenizer, CrossTokenizerSettings())
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses
 
