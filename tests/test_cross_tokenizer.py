@@ -311,6 +311,7 @@ def test_cli_trains_a_student_with_its_own_tokenizer(tmp_path, tiny_cache, tiny_
     scores = json.loads((tmp_path / "m.json").read_text())["models"]["x"]
     reference = train_run_validation_kl(tmp_path / "loss-validation.csv")
     assert scores["aligned_positions"] > 0 and scores["kl_to_teacher"] == pytest.approx(reference, rel=1e-4)
+    assert 0 < scores["aligned_share"] <= 1 and 0 < scores["mapped_mass_share"] <= 1
 
 
 def train_run_validation_kl(path):

@@ -427,7 +427,8 @@ def gold_terms(batch: CrossBatch, logprobs: torch.Tensor, spec: LossSpec, cross:
     mapped_teacher = torch.where(listed, batch.topk_logprobs.to(aligned.dtype).exp(), 0.0).sum(-1)
     student_on_mapped = aligned.gather(-1, batch.topk_ids)
     mapped_student = torch.where(listed, student_on_mapped.exp(), 0.0).sum(-1)
-    outside = aligned.scatter(-1, batch.topk_ids, torch.where(listed, -torch.inf, student_on_mapped))
+    on_mapped = torch.zeros_like(aligned).scatter_add(-1, batch.topk_ids, listed.to(aligned.dtype)) > 0  # padding's id never marks
+    outside = aligned.masked_fill(on_mapped, -torch.inf)
     unmatched_teacher = torch.where(batch.teacher_mapped, -torch.inf, batch.teacher_logprobs)
     unmatched = uld_distance(unmatched_teacher, outside, 1 - mapped_teacher, 1 - mapped_student)
     return cross.matched_weight * matched + cross.unmatched_weight * unmatched.sum()

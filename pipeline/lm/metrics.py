@@ -122,7 +122,12 @@ def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Pat
         convert = own_tokenizer_converter(cache, path)
         if convert is not None:  # distilled across tokenizers: scored on aligned positions, CE per student token
             scores = cross_agreement(model, convert.batches(stream_batches(cache, split, batch_size)))
-            scores = {key: scores[key] for key in ("top1_agreement", "kl_to_teacher", "ce")} | {"aligned_positions": scores["aligned"]}
+            report = convert.report()
+            scores = {key: scores[key] for key in ("top1_agreement", "kl_to_teacher", "ce")} | {
+                "aligned_positions": scores["aligned"],
+                "aligned_share": report["aligned_student_share"],
+                "mapped_mass_share": report["mapped_mass_share"],
+            }
             speed = tokens_per_second(model, [ids[: model.config.max_position_embeddings] for ids in cross_sequences(convert, sequences)], batch_size)
             models[name] = {"params": count_parameters(model), **scores, "tokens_per_s": speed, "speedup_vs_teacher": speed / teacher_speed}
             continue
