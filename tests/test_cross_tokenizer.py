@@ -21,11 +21,13 @@ from pipeline.cache.codec import CacheRows
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.lm.cross_tokenizer import (
+    CrossBatch,
     CrossTokenizer,
     CrossTokenizerSettings,
     align_sequence,
     cross_loss,
     cross_tokenizer,
+    gold_terms,
     map_entries,
     uld_distance,
     vocabulary_map,
@@ -252,6 +254,33 @@ def test_uld_against_numpy():
     for row, value in enumerate(uld_distance(padded, student).numpy()):
         p, q = np.sort(np.exp(teacher[row].numpy()))[::-1][:k], np.sort(np.exp(student[row].numpy()))[::-1][:k]
         assert value == pytest.approx(np.abs(p - q).sum() + abs((1 - p.sum()) - (1 - q.sum())), rel=1e-10)
+
+
+def test_gold_against_numpy_with_a_full_teacher():
+    rng = np.random.default_rng(3)
+    positions, teacher_vocab, student_vocab = 4, 12, 15
+    mapping = np.array([3, 0, -1, 7, 7, -1, 11, 2, -1, 14, 5, -1])  # two teacher ids onto student 7, four unmapped
+    teacher = np.log(rng.dirichlet(np.ones(teacher_vocab), size=positions))
+    order = np.argsort(-teacher, axis=1, kind="stable")
+    listed_lp = np.take_along_axis(teacher, order, 1).astype(np.float32)
+    ids, lp, mapped = map_entries(order, listed_lp, mapping)
+    empty = torch.zeros(0, dtype=torch.long)
+    batch = CrossBatch(empty, empty, empty, empty, empty, torch.from_numpy(ids), torch.from_numpy(lp), torch.from_numpy(listed_lp), torch.from_numpy(mapped), empty, empty, empty)
+    student = torch.log_softmax(torch.tensor(rng.normal(size=(positions, student_vocab)) * 2), -1)
+    cross = CrossTokenizerSettings(loss="gold", matched_weight=0.7, unmatched_weight=1.3)
+    value = gold_terms(batch, student, StudentSettings(), cross).item()
+    expected = 0.0
+    for a in range(positions):
+        p_t, q = np.exp(teacher[a].astype(np.float32).astype(np.float64)), np.exp(student[a].numpy())
+        on_student = {}
+        for v, u in enumerate(mapping):
+            if u >= 0:
+                on_student[u] = on_student.get(u, 0.0) + p_t[v]
+        tail = 1 - sum(on_student.values())
+        kl = sum(p * np.log(p / q[u]) for u, p in on_student.items()) + tail * np.log(tail / (1 - sum(q[u] for u in on_student)))
+        outside = [q[u] for u in range(student_vocab) if u not in on_student]
+        expected += 0.7 * kl + 1.3 * numpy_uld(p_t[mapping < 0], np.array(outside))
+    assert value == pytest.approx(expected, rel=1e-5)
 
 
 def test_gold_without_its_ulD_part_is_the_exact_map_loss(teacher_tok, student_tok):
