@@ -36,7 +36,8 @@ COLUMNS = (("KL to teacher (aligned)", "kl_to_teacher", "{:.3f}"), ("top-1 agree
 
 
 def score(folder: Path, cache: Cache, settings: StudentSettings, tokenizer_dir: Path) -> dict[str, float]:
-    convert = cross_tokenizer(cache, AutoTokenizer.from_pretrained(tokenizer_dir), settings.cross_tokenizer or CrossTokenizerSettings())
+    """Every student on the same yardstick: KL and top-1 through the exact map, whatever map it trained with (as `kd evaluate`)."""
+    convert = cross_tokenizer(cache, AutoTokenizer.from_pretrained(tokenizer_dir), CrossTokenizerSettings())
     model = load_causal_lm(folder).eval()
     return cross_agreement(model, convert.batches(stream_batches(cache, "validation", settings.batch_size)))
 
