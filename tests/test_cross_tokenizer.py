@@ -114,9 +114,6 @@ def test_alignment_and_map_on_hand_built_tokenizers():
     tv, sv = teacher.get_vocab(), student.get_vocab()
     assert mapping[tv["Hel"]] == sv["Hel"] and mapping[tv["!"]] == sv["!"] and mapping[tv["Ġ"]] == sv["▁"] and mapping[tv["Ġw"]] == sv["▁w"]
     assert mapping[tv["lo"]] == -1 and mapping[tv["Ġworld"]] == -1  # no student token adds 'lo' or ' world'
-    first = vocabulary_map(teacher, student, len(teacher), "first_token")
-    # the student writes ' world' as ▁wor|ld and 'lo' as l|o: their first tokens ('.' is not in its vocabulary: no anchor)
-    assert first[tv["Ġworld"]] == sv["▁wor"] and first[tv["lo"]] == sv["l"] and first[tv["Hel"]] == sv["Hel"]
 
 
 def offsets_reference(tokenizer, text):

@@ -66,7 +66,6 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 CrossLoss = Literal["exact_map", "uld", "gold"]
-VocabularyMapKind = Literal["exact", "first_token"]
 REPLACEMENT = "\ufffd"  # what a decoder yields for a partial UTF-8 sequence
 
 
@@ -74,7 +73,6 @@ class CrossTokenizerSettings(Settings):
     """`student.cross_tokenizer`: present (even empty) to allow a student tokenizer other than the cache's."""
 
     loss: CrossLoss = "exact_map"  # exact_map (mapped ids + tail bucket, the student.loss divergence), uld (sorted probabilities) or gold (both)
-    map: VocabularyMapKind = "exact"  # exact: a teacher id maps onto the student token with the same text; first_token: onto the student's first token of that text
     matched_weight: float = Field(1.0, ge=0)  # gold only: weight of the exact-map divergence
     unmatched_weight: float = Field(1.0, ge=0)  # gold only: weight of ULD over the ids that do not map
     teacher_tokenizer: str | None = None  # the teacher's tokenizer folder, for a cache that ships none (checked against the manifest's hash)
@@ -121,23 +119,13 @@ def _decoder_json(tokenizer: Any) -> str:
     return json.dumps(json.loads(_backend(tokenizer).to_str()).get("decoder"), sort_keys=True)
 
 
-def vocabulary_map(teacher: Any, student: Any, teacher_rows: int, kind: str = "exact") -> np.ndarray:
-    """[teacher_rows] student id of each teacher id, -1 where none (see the module doc).
-
-    `exact`: the student token that adds the same text. `first_token`: the student's first token of
-    that text, so a teacher " hello" goes to the student's " hell" when the student writes " hello" as
-    " hell" + "o" (its mass then trains the token the student actually uses there); ids it cannot
-    place fall back to the exact map.
-    """
+def vocabulary_map(teacher: Any, student: Any, teacher_rows: int) -> np.ndarray:
+    """[teacher_rows] student id of each teacher id, -1 where none adds the same text (see the module doc)."""
     mapping = np.full(teacher_rows, -1, dtype=np.int64)
     if tokenizer_sha256(teacher) == tokenizer_sha256(student):
         size = min(teacher_rows, len(student))
         mapping[:size] = np.arange(size)
         return mapping
-    if kind == "first_token":
-        mapping = first_student_tokens(student, token_pieces(teacher)[:teacher_rows])
-        exact = vocabulary_map(teacher, student, teacher_rows)
-        return np.where(mapping >= 0, mapping, exact)
     if _decoder_json(teacher) == _decoder_json(student):
         student_vocab = student.get_vocab()
         for token, tid in teacher.get_vocab().items():
@@ -152,21 +140,6 @@ def vocabulary_map(teacher: Any, student: Any, teacher_rows: int, kind: str = "e
         if mapping[tid] < 0 and piece is not None and piece in by_piece:
             mapping[tid] = by_piece[piece]
     return mapping
-
-
-def first_student_tokens(student: Any, pieces: list[str | None]) -> np.ndarray:
-    """Per piece, the first student token of that text in the middle of a sequence (after an anchor character); -1 where the anchor merges with it."""
-    backend = _backend(student)
-    first = np.full(len(pieces), -1, dtype=np.int64)
-    for anchor in (".", "\n"):
-        anchor_ids = backend.encode(anchor, add_special_tokens=False).ids
-        todo = [i for i, piece in enumerate(pieces) if piece is not None and first[i] < 0]
-        encodings = backend.encode_batch([anchor + pieces[i] for i in todo], add_special_tokens=False)
-        for i, encoding in zip(todo, encodings):
-            ids = encoding.ids
-            if len(ids) > len(anchor_ids) and ids[: len(anchor_ids)] == anchor_ids:
-                first[i] = ids[len(anchor_ids)]
-    return first
 
 
 def char_starts(tokenizer: Any, ids: np.ndarray, text: str) -> np.ndarray:
@@ -308,9 +281,9 @@ def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.nda
 class CrossTokenizer:
     """Turns cache batches into `CrossBatch`es for one student tokenizer, and counts what aligns."""
 
-    def __init__(self, teacher: Any, student: Any, teacher_rows: int, kind: str = "exact") -> None:
+    def __init__(self, teacher: Any, student: Any, teacher_rows: int) -> None:
         self.teacher, self.student = teacher, student
-        self.mapping = vocabulary_map(teacher, student, teacher_rows, kind)
+        self.mapping = vocabulary_map(teacher, student, teacher_rows)
         self.totals = {"student_positions": 0.0, "aligned": 0.0, "teacher_positions": 0.0, "mapped_mass": 0.0}
 
     def __call__(self, batch: TopKBatch) -> CrossBatch:
@@ -386,7 +359,7 @@ class CrossTokenizer:
 def describe_report(report: dict[str, float]) -> str:
     return (
         f"{report['aligned_student_share']:.1%} of student answer positions align ({int(report['aligned_positions']):,}; "
-        f"{report['aligned_teacher_share']:.1%} of the cached teacher positions), {report['mapped_mass_share']:.1%} of the teacher's mass there maps onto student ids"
+        f"{report['aligned_teacher_share']:.1%} of the cached teacher positions), {report['mapped_mass_share']:.1%} of the teacher's mass there maps exactly"
     )
 
 
@@ -406,7 +379,7 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
         raise PipelineError(f"the teacher tokenizer at {folder} is {actual[:12]}, but the cache was made with {expected[:12]}")
     if cache.sampled:
         raise PipelineError(f"{cache.path} is a sampled cache: cross-tokenizer distillation needs a top-k cache (draws cannot be mapped onto another vocabulary)")
-    return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size, settings.map)
+    return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size)
 
 
 def own_tokenizer_converter(cache: Any, folder: Path) -> CrossTokenizer | None:
