@@ -29,6 +29,7 @@ from pipeline.lm.cross_tokenizer import (
     cross_tokenizer,
     gold_terms,
     map_entries,
+    prefix_shadowed,
     uld_distance,
     vocabulary_map,
 )
@@ -230,6 +231,20 @@ def test_entries_mapping_to_one_student_id_are_summed():
     assert mapped.tolist() == [[True, True, False, True]]
     np.testing.assert_allclose(np.exp(mapped_lp), [[0.7, 0.0, 0.0, 0.05]], rtol=1e-6)
     assert mapped_ids[0, 0] == 5 and mapped_ids[0, 3] == 7
+
+
+def test_prefix_free_map_leaves_texts_that_begin_other_listed_texts_to_the_tail():
+    pieces = [" dist", " distillation", " d", "x", None, " the"]
+    ids = np.array([[0, 1, 2, 3, 4], [5, 0, 3, 3, 3]])
+    lp = np.log(np.array([[0.05, 0.6, 0.1, 0.2, 0.01], [0.5, 0.2, 0.0, 0.0, 0.0]], dtype=np.float32))
+    listed = np.isfinite(lp)
+    shadowed = prefix_shadowed(ids, listed, pieces)
+    # ' dist' and ' d' begin ' distillation' at row 0; at row 1 ' distillation' is not listed
+    assert shadowed.tolist() == [[True, False, True, False, False], [False, False, False, False, False]]
+    mapping = np.arange(6)
+    _, mapped_lp, mapped = map_entries(ids, lp, mapping, shadowed)
+    assert mapped[0].tolist() == [False, True, False, True, True] and mapped[1].tolist() == [True, True, False, False, False]
+    np.testing.assert_allclose(np.exp(mapped_lp[0]), [0.0, 0.6, 0.0, 0.2, 0.01], rtol=1e-6)
 
 
 def numpy_uld(p_full, q_full):

@@ -76,6 +76,7 @@ class CrossTokenizerSettings(Settings):
     matched_weight: float = Field(1.0, ge=0)  # gold only: weight of the exact-map divergence
     unmatched_weight: float = Field(1.0, ge=0)  # gold only: weight of ULD over the ids that do not map
     teacher_tokenizer: str | None = None  # the teacher's tokenizer folder, for a cache that ships none (checked against the manifest's hash)
+    prefix_free: bool = False  # exact_map, gold: a listed teacher id whose text begins another listed id's text is not mapped (its mass joins the tail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,14 +264,29 @@ def _merge_duplicates(position: np.ndarray, ids: np.ndarray, logprobs: np.ndarra
     return out
 
 
-def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prefix_shadowed(topk_ids: np.ndarray, listed: np.ndarray, pieces: list[str | None]) -> np.ndarray:
+    """[A, k] True where a listed entry's text is a proper prefix of another listed entry's text at the same position.
+
+    The teacher's " dist" beside its " distillation": the student, which may spell the word " dist" +
+    "ill" + "ation", would be taught a small probability for the very token it emits there.
+    """
+    shadowed = np.zeros(topk_ids.shape, dtype=bool)
+    for a in range(len(topk_ids)):
+        texts = [pieces[v] if ok else None for v, ok in zip(topk_ids[a].tolist(), listed[a].tolist())]
+        for i, text in enumerate(texts):
+            if text is not None:
+                shadowed[a, i] = any(other is not None and len(other) > len(text) and other.startswith(text) for other in texts)
+    return shadowed
+
+
+def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.ndarray, drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[A, k] listed teacher entries onto student ids: (student ids, log-probs, mapped mask).
 
-    An entry that does not map (or is padding) becomes padding: its mass joins the tail bucket.
+    An entry that does not map (or is padding, or marked in `drop`) becomes padding: its mass joins the tail bucket.
     """
     listed = np.isfinite(topk_logprobs)
     student = mapping[topk_ids]
-    mapped = listed & (student >= 0)
+    mapped = listed & (student >= 0) & (True if drop is None else ~drop)
     ids = np.where(mapped, student, PAD_ID)
     logprobs = np.where(mapped, topk_logprobs, -np.inf).astype(topk_logprobs.dtype)
     rows, cols = np.nonzero(mapped)
@@ -281,9 +297,10 @@ def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.nda
 class CrossTokenizer:
     """Turns cache batches into `CrossBatch`es for one student tokenizer, and counts what aligns."""
 
-    def __init__(self, teacher: Any, student: Any, teacher_rows: int) -> None:
+    def __init__(self, teacher: Any, student: Any, teacher_rows: int, prefix_free: bool = False) -> None:
         self.teacher, self.student = teacher, student
         self.mapping = vocabulary_map(teacher, student, teacher_rows)
+        self.pieces = token_pieces(teacher) if prefix_free else None
         self.totals = {"student_positions": 0.0, "aligned": 0.0, "teacher_positions": 0.0, "mapped_mass": 0.0}
 
     def __call__(self, batch: TopKBatch) -> CrossBatch:
@@ -316,7 +333,8 @@ class CrossTokenizer:
         before = np.concatenate(prompt).astype(np.int64).reshape(-1, 2)
         index = np.concatenate(teacher_index).astype(np.int64)
         listed_ids, listed_logprobs = batch.topk_ids.numpy()[index], batch.topk_logprobs.numpy()[index]
-        mapped_ids, mapped_logprobs, mapped = map_entries(listed_ids, listed_logprobs, self.mapping)
+        drop = None if self.pieces is None else prefix_shadowed(listed_ids, np.isfinite(listed_logprobs), self.pieces)
+        mapped_ids, mapped_logprobs, mapped = map_entries(listed_ids, listed_logprobs, self.mapping, drop)
         stats = {
             "student_positions": float(len(scored)),
             "aligned": float(len(index)),
@@ -379,7 +397,7 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
         raise PipelineError(f"the teacher tokenizer at {folder} is {actual[:12]}, but the cache was made with {expected[:12]}")
     if cache.sampled:
         raise PipelineError(f"{cache.path} is a sampled cache: cross-tokenizer distillation needs a top-k cache (draws cannot be mapped onto another vocabulary)")
-    return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size)
+    return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size, settings.prefix_free)
 
 
 def own_tokenizer_converter(cache: Any, folder: Path) -> CrossTokenizer | None:
