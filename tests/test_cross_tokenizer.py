@@ -29,7 +29,6 @@ from pipeline.lm.cross_tokenizer import (
     cross_tokenizer,
     gold_terms,
     map_entries,
-    prefix_shadowed,
     uld_distance,
     vocabulary_map,
 )
@@ -223,6 +222,22 @@ def test_exact_map_equals_a_dense_reference(teacher_tok, student_tok):
     assert convert.report()["mapped_mass_share"] == pytest.approx(np.mean(mapped_mass), rel=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["exact_map", "uld"])
+def test_unaligned_answer_positions_weigh_in_ce_alone(teacher_tok, student_tok, loss):
+    cb = CrossTokenizer(teacher_tok, student_tok, len(teacher_tok)).convert(synthetic_batch(teacher_tok, TEXTS, k=12, seed=4))
+    aligned, scored = cb.num_tokens, len(cb.targets)
+    assert 0 < aligned < scored
+    model = build_student(STUDENT, len(student_tok), seed=0).double()
+    alpha = 0.6
+    terms = cross_loss(model, cb, StudentSettings(model=STUDENT, alpha=alpha), CrossTokenizerSettings(loss=loss), "response")
+    with torch.no_grad():
+        hidden = model.model(input_ids=cb.input_ids, attention_mask=cb.attention_mask).last_hidden_state[cb.rows, cb.columns]
+        ce = torch.nn.functional.cross_entropy(model.lm_head(hidden), cb.targets, reduction="none").numpy()
+    # aligned: alpha * divergence + (1 - alpha) * CE; unaligned: the whole weight on CE
+    expected = alpha * terms["kd"].item() + (1 - alpha) * ce[:aligned].sum() / scored + ce[aligned:].sum() / scored
+    assert terms["loss"].item() == pytest.approx(expected, rel=1e-9)
+
+
 def test_entries_mapping_to_one_student_id_are_summed():
     mapping = np.array([5, 5, -1, 7])
     ids = np.array([[0, 1, 2, 3]])
@@ -231,20 +246,6 @@ def test_entries_mapping_to_one_student_id_are_summed():
     assert mapped.tolist() == [[True, True, False, True]]
     np.testing.assert_allclose(np.exp(mapped_lp), [[0.7, 0.0, 0.0, 0.05]], rtol=1e-6)
     assert mapped_ids[0, 0] == 5 and mapped_ids[0, 3] == 7
-
-
-def test_prefix_free_map_leaves_texts_that_begin_other_listed_texts_to_the_tail():
-    pieces = [" dist", " distillation", " d", "x", None, " the"]
-    ids = np.array([[0, 1, 2, 3, 4], [5, 0, 3, 3, 3]])
-    lp = np.log(np.array([[0.05, 0.6, 0.1, 0.2, 0.01], [0.5, 0.2, 0.0, 0.0, 0.0]], dtype=np.float32))
-    listed = np.isfinite(lp)
-    shadowed = prefix_shadowed(ids, listed, pieces)
-    # ' dist' and ' d' begin ' distillation' at row 0; at row 1 ' distillation' is not listed
-    assert shadowed.tolist() == [[True, False, True, False, False], [False, False, False, False, False]]
-    mapping = np.arange(6)
-    _, mapped_lp, mapped = map_entries(ids, lp, mapping, shadowed)
-    assert mapped[0].tolist() == [False, True, False, True, True] and mapped[1].tolist() == [True, True, False, False, False]
-    np.testing.assert_allclose(np.exp(mapped_lp[0]), [0.0, 0.6, 0.0, 0.2, 0.01], rtol=1e-6)
 
 
 def numpy_uld(p_full, q_full):

@@ -66,6 +66,7 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 CrossLoss = Literal["exact_map", "uld", "gold"]
+CE_ONLY = LossSpec(alpha=0.0)  # the extra CE term of unaligned answer positions
 REPLACEMENT = "\ufffd"  # what a decoder yields for a partial UTF-8 sequence
 
 
@@ -76,7 +77,6 @@ class CrossTokenizerSettings(Settings):
     matched_weight: float = Field(1.0, ge=0)  # gold only: weight of the exact-map divergence
     unmatched_weight: float = Field(1.0, ge=0)  # gold only: weight of ULD over the ids that do not map
     teacher_tokenizer: str | None = None  # the teacher's tokenizer folder, for a cache that ships none (checked against the manifest's hash)
-    prefix_free: bool = False  # exact_map, gold: a listed teacher id whose text begins another listed id's text is not mapped (its mass joins the tail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,29 +264,14 @@ def _merge_duplicates(position: np.ndarray, ids: np.ndarray, logprobs: np.ndarra
     return out
 
 
-def prefix_shadowed(topk_ids: np.ndarray, listed: np.ndarray, pieces: list[str | None]) -> np.ndarray:
-    """[A, k] True where a listed entry's text is a proper prefix of another listed entry's text at the same position.
-
-    The teacher's " dist" beside its " distillation": the student, which may spell the word " dist" +
-    "ill" + "ation", would be taught a small probability for the very token it emits there.
-    """
-    shadowed = np.zeros(topk_ids.shape, dtype=bool)
-    for a in range(len(topk_ids)):
-        texts = [pieces[v] if ok else None for v, ok in zip(topk_ids[a].tolist(), listed[a].tolist())]
-        for i, text in enumerate(texts):
-            if text is not None:
-                shadowed[a, i] = any(other is not None and len(other) > len(text) and other.startswith(text) for other in texts)
-    return shadowed
-
-
-def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.ndarray, drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[A, k] listed teacher entries onto student ids: (student ids, log-probs, mapped mask).
 
-    An entry that does not map (or is padding, or marked in `drop`) becomes padding: its mass joins the tail bucket.
+    An entry that does not map (or is padding) becomes padding: its mass joins the tail bucket.
     """
     listed = np.isfinite(topk_logprobs)
     student = mapping[topk_ids]
-    mapped = listed & (student >= 0) & (True if drop is None else ~drop)
+    mapped = listed & (student >= 0)
     ids = np.where(mapped, student, PAD_ID)
     logprobs = np.where(mapped, topk_logprobs, -np.inf).astype(topk_logprobs.dtype)
     rows, cols = np.nonzero(mapped)
@@ -297,10 +282,9 @@ def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.nda
 class CrossTokenizer:
     """Turns cache batches into `CrossBatch`es for one student tokenizer, and counts what aligns."""
 
-    def __init__(self, teacher: Any, student: Any, teacher_rows: int, prefix_free: bool = False) -> None:
+    def __init__(self, teacher: Any, student: Any, teacher_rows: int) -> None:
         self.teacher, self.student = teacher, student
         self.mapping = vocabulary_map(teacher, student, teacher_rows)
-        self.pieces = token_pieces(teacher) if prefix_free else None
         self.totals = {"student_positions": 0.0, "aligned": 0.0, "teacher_positions": 0.0, "mapped_mass": 0.0}
 
     def __call__(self, batch: TopKBatch) -> CrossBatch:
@@ -333,8 +317,7 @@ class CrossTokenizer:
         before = np.concatenate(prompt).astype(np.int64).reshape(-1, 2)
         index = np.concatenate(teacher_index).astype(np.int64)
         listed_ids, listed_logprobs = batch.topk_ids.numpy()[index], batch.topk_logprobs.numpy()[index]
-        drop = None if self.pieces is None else prefix_shadowed(listed_ids, np.isfinite(listed_logprobs), self.pieces)
-        mapped_ids, mapped_logprobs, mapped = map_entries(listed_ids, listed_logprobs, self.mapping, drop)
+        mapped_ids, mapped_logprobs, mapped = map_entries(listed_ids, listed_logprobs, self.mapping)
         stats = {
             "student_positions": float(len(scored)),
             "aligned": float(len(index)),
@@ -397,7 +380,7 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
         raise PipelineError(f"the teacher tokenizer at {folder} is {actual[:12]}, but the cache was made with {expected[:12]}")
     if cache.sampled:
         raise PipelineError(f"{cache.path} is a sampled cache: cross-tokenizer distillation needs a top-k cache (draws cannot be mapped onto another vocabulary)")
-    return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size, settings.prefix_free)
+    return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size)
 
 
 def own_tokenizer_converter(cache: Any, folder: Path) -> CrossTokenizer | None:
@@ -473,22 +456,35 @@ def cross_loss(
 ) -> dict[str, torch.Tensor]:
     """The training loss of one CrossBatch: `cross.loss` on aligned positions, CE on every scored one.
 
-    `exact_map` forces the exact-map divergence whatever `cross.loss` (validation's KL).
+    An aligned position weighs alpha x divergence + (1 - alpha) x CE, as with one tokenizer; an
+    unaligned answer position, which has no teacher signal, weighs its whole share in CE (the extra
+    alpha x CE term), so a student is not taught less of the text where the tokenizers disagree.
+    `exact_map` forces the exact-map divergence whatever `cross.loss` and leaves that term out (validation's KL).
     """
     rows, columns, targets = scored(batch, positions)
     hidden = position_hidden(model, batch.input_ids, batch.attention_mask, rows, columns)
     head = model.get_output_embeddings()
     totals = totals or (batch.num_tokens, len(targets))
+    unaligned = slice(batch.num_tokens, len(batch.rows))
+    extra = not exact_map and spec.alpha > 0 and len(batch.rows) > batch.num_tokens
     if exact_map or cross.loss == "exact_map":
-        return chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, spec, chunk_positions, None, totals)
+        terms = chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, spec, chunk_positions, None, totals)
+        if extra:
+            none = batch.topk_ids[:0]
+            ce = chunked_distillation_loss(hidden[unaligned], head.weight, head.bias, targets[unaligned], none, batch.topk_logprobs[:0], CE_ONLY, chunk_positions, None, (1, totals[1]))
+            terms["loss"] = terms["loss"] + spec.alpha * ce["loss"]
+        return terms
     logits = head(hidden)
     logprobs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # float32 at least, as the chunked loss
-    ce_sum = -logprobs.gather(-1, targets[:, None]).sum()
+    target_logprobs = logprobs.gather(-1, targets[:, None])[:, 0]
     if cross.loss == "uld":
         kd_sum = uld_distance(batch.teacher_logprobs, logprobs[: batch.num_tokens]).sum()
     else:
         kd_sum = gold_terms(batch, logprobs, spec, cross)
-    return combine_terms(kd_sum, ce_sum, *totals, spec)
+    terms = combine_terms(kd_sum, -target_logprobs.sum(), *totals, spec)
+    if extra:
+        terms["loss"] = terms["loss"] - spec.alpha * target_logprobs[unaligned].sum() / max(totals[1], 1)
+    return terms
 
 
 @torch.inference_mode()
