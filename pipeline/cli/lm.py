@@ -72,7 +72,8 @@ def teacher(
 @clean_errors
 def student(
     cache: Path = typer.Option(..., parser=cache_location, help="cache directory written by the teacher, or its object-store URL"),
-    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer folder (must match the cache's); default: the one shipped in the cache"),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer folder (must match the cache's unless --cross-tokenizer); default: student.tokenizer, else the one shipped in the cache"),
+    cross_tokenizer: Optional[str] = typer.Option(None, help="distil across tokenizers with this loss: exact_map, uld or gold (student.cross_tokenizer.loss)"),
     out: Path = typer.Option(..., help="folder for the trained student (an HF model folder with its model card)"),
     params: ParamsFile = None,
     init: Optional[str] = typer.Option(None, help="'scratch' (a random student from student.model), 'prune' (cut from --teacher) or a pretrained HF causal-LM folder"),
@@ -109,6 +110,7 @@ def student(
         device=device,
         precision=precision,
         save_every=save_every,
+        cross_tokenizer=None if cross_tokenizer is None else {"loss": cross_tokenizer},
     )
     checkpoints = checkpoints or out.parent / f".{out.name}-partial"
     train_student(cache, settings, out, tokenizer, loss_log, checkpoint_dir=checkpoints, teacher=teacher_model)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pipeline.atomic import write_json
 from pipeline.cache.reader import Cache
 from pipeline.lm.charts import plot_training
+from pipeline.lm.cross_tokenizer import cross_agreement, decode, own_tokenizer_converter
 from pipeline.lm.losses import sampled_forward_kl, sparse_forward_kl
 from pipeline.lm.streaming import TopKBatch, stream_batches
 from pipeline.lm.student import position_logits
@@ -89,6 +90,11 @@ def validation_sequences(cache: Cache, count: int, split: str = "validation") ->
     return sequences[:count]
 
 
+def cross_sequences(convert: Any, sequences: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The speed sequences in the student's own tokens (the same text)."""
+    return [torch.tensor(convert.student(decode(convert.teacher, ids.numpy()), add_special_tokens=False)["input_ids"]) for ids in sequences]
+
+
 def format_table(metrics: dict[str, Any]) -> str:
     columns = [
         ("params", "params", "{:,}"),
@@ -113,6 +119,18 @@ def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Pat
     tokens = 0
     for name, path in students.items():
         model = load_causal_lm(path)
+        convert = own_tokenizer_converter(cache, path)
+        if convert is not None:  # distilled across tokenizers: scored on aligned positions, CE per student token
+            scores = cross_agreement(model, convert.batches(stream_batches(cache, split, batch_size)))
+            report = convert.report()
+            scores = {key: scores[key] for key in ("top1_agreement", "kl_to_teacher", "ce")} | {
+                "aligned_positions": scores["aligned"],
+                "aligned_share": report["aligned_student_share"],
+                "mapped_mass_share": report["mapped_mass_share"],
+            }
+            speed = tokens_per_second(model, [ids[: model.config.max_position_embeddings] for ids in cross_sequences(convert, sequences)], batch_size)
+            models[name] = {"params": count_parameters(model), **scores, "tokens_per_s": speed, "speedup_vs_teacher": speed / teacher_speed}
+            continue
         scores = student_agreement(model, cache, split, batch_size)
         tokens = scores.pop("tokens")
         models["teacher"]["ce"] = scores.pop("teacher_ce")

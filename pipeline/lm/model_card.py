@@ -25,7 +25,8 @@ def model_card(cache: Cache, settings: dict[str, Any], parameters: int, steps: i
         f"# Student distilled from {teacher.get('name', 'an unnamed teacher')}",
         "",
         f"A {architecture} with {parameters:,} parameters, trained by offline knowledge distillation on a cached teacher output.",
-        "Load it with `AutoModelForCausalLM.from_pretrained(folder)`; the tokenizer in this folder is the teacher's.",
+        "Load it with `AutoModelForCausalLM.from_pretrained(folder)`; "
+        + ("the tokenizer in this folder is the student's own (distilled across tokenizers)." if settings.get("cross_tokenizer") else "the tokenizer in this folder is the teacher's."),
         "",
         "## Teacher and cache",
         "",

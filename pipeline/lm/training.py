@@ -20,13 +20,15 @@ from pipeline.cache.reader import Cache
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
 from pipeline.lm.chunked_loss import chunked_distillation_loss
+from pipeline.lm.cross_tokenizer import CrossBatch, CrossTokenizer, CrossTokenizerSettings, cross_loss, cross_tokenizer, describe_report
+from pipeline.lm.cross_tokenizer import scored as cross_scored
 from pipeline.lm.losses import LossSpec
 from pipeline.lm.model_card import model_card
 from pipeline.lm.parallel import DEVICE_PATTERN, Parallel, Precision, Processes, autocast, training_processes
 from pipeline.lm.prune import PruneSettings
 from pipeline.lm.resume import OtherRunError, check_same_run, full_model_state, load_training_state, restore_training_state, save_training_state
 from pipeline.lm.streaming import Positions, TopKBatch, count_batches, prefetched, scored_positions, stream_batches
-from pipeline.lm.student import SCRATCH, initial_student, position_hidden
+from pipeline.lm.student import PRUNE, SCRATCH, initial_student, position_hidden
 from pipeline.models import count_parameters, save_checkpoint
 from pipeline.settings import Positive
 from pipeline.training import train_loop, write_loss_log
@@ -56,6 +58,16 @@ class StudentSettings(LossSpec):
     parallel: Parallel = "ddp"  # with several processes (torchrun): ddp, or fsdp (FSDP2, for students that do not fit one GPU)
     eval_every: int = Field(0, ge=0)  # validation KL every N steps (0: at the end only)
     save_every: int = Field(0, ge=0)  # a resumable training state every N steps (0: none)
+    tokenizer: str | None = None  # the student's tokenizer folder (default: a pretrained init's own, else the cache's)
+    cross_tokenizer: CrossTokenizerSettings | None = None  # set to train a student whose tokenizer differs from the cache's (pipeline/lm/cross_tokenizer.py)
+
+    def dump(self) -> dict[str, Any]:
+        """The settings as JSON values; the cross-tokenizer keys only when set, so a same-tokenizer run records what it always did."""
+        unset = {name for name in CROSS_TOKENIZER_KEYS if getattr(self, name) is None}
+        return self.model_dump(mode="json", exclude=unset)
+
+
+CROSS_TOKENIZER_KEYS = ("tokenizer", "cross_tokenizer")
 
 
 # Settings a resumed run may change: they decide when things happen or where, not what is computed.
@@ -80,7 +92,8 @@ def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, sett
     if actual != expected:
         raise PipelineError(
             f"tokenizer mismatch: the cache was made with tokenizer {expected[:12]} "
-            f"({manifest['tokenizer']['tokenizer_size']} tokens), the student's at {tokenizer_path} is {actual[:12]} ({len(tokenizer)} tokens)"
+            f"({manifest['tokenizer']['tokenizer_size']} tokens), the student's at {tokenizer_path} is {actual[:12]} ({len(tokenizer)} tokens); "
+            "to distil across tokenizers set student.cross_tokenizer"
         )
     if cache.sampled and settings.loss != "forward_kl":
         raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: it supports student.loss forward_kl only (its unbiased estimator), not '{settings.loss}'")
@@ -104,14 +117,18 @@ def batch_loss(model: torch.nn.Module, batch: TopKBatch, settings: StudentSettin
     `validation` scores the KL `kd evaluate` reports instead of the training loss.
     """
     spec, positions = (VALIDATION_SPEC, "response") if validation else (settings, settings.positions)
+    if isinstance(batch, CrossBatch):
+        return cross_loss(model, batch, spec, settings.cross_tokenizer or CrossTokenizerSettings(), positions, settings.chunk_positions, totals, exact_map=validation)
     rows, columns, targets = scored_positions(batch, positions)
     hidden = position_hidden(model, batch.input_ids, batch.attention_mask, rows, columns)
     head = model.get_output_embeddings()
     return chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, spec, settings.chunk_positions, batch.counts, totals)
 
 
-def scored_counts(batch: TopKBatch, positions: str) -> tuple[int, int]:
+def scored_counts(batch: TopKBatch | CrossBatch, positions: str) -> tuple[int, int]:
     """(divergence positions, CE positions) of a batch."""
+    if isinstance(batch, CrossBatch):
+        return batch.num_tokens, len(cross_scored(batch, positions)[0])
     return batch.num_tokens, len(scored_positions(batch, positions)[0])
 
 
@@ -135,8 +152,8 @@ class StepPlan:
     micro-batches can fill, and the few sequences beyond are left for that epoch.
     """
 
-    def __init__(self, cache: Cache, settings: StudentSettings, processes: Processes) -> None:
-        self.cache, self.settings, self.processes = cache, settings, processes
+    def __init__(self, cache: Cache, settings: StudentSettings, processes: Processes, convert: CrossTokenizer | None = None) -> None:
+        self.cache, self.settings, self.processes, self.convert = cache, settings, processes, convert
         self._steps: dict[int, int] = {}
 
     def batches(self, epoch: int, rank: int) -> int:
@@ -186,7 +203,7 @@ class StepPlan:
         step = start
         while step < self.total:
             stream = stream_batches(self.cache, "train", s.batch_size, s.seed + epoch, s.shuffle_rows, self.processes.rank, self.processes.world, skip=done * accumulation)
-            batches = prefetched(stream)
+            batches = prefetched(stream if self.convert is None else self.convert.batches(stream))
             try:
                 for _ in range(done, self.steps_in(epoch)):
                     if step == self.total:
@@ -201,7 +218,7 @@ class StepPlan:
             epoch, done = epoch + 1, 0
 
 
-def validation_kl(model: torch.nn.Module, cache: Cache, settings: StudentSettings, processes: Processes) -> float | None:
+def validation_kl(model: torch.nn.Module, cache: Cache, settings: StudentSettings, processes: Processes, convert: CrossTokenizer | None = None) -> float | None:
     """Mean KL(teacher || student) over the cache's validation split (top-k + tail, or the sampled estimate).
 
     Every process scores the whole split, so FSDP's collectives line up and no reduction is needed.
@@ -213,7 +230,8 @@ def validation_kl(model: torch.nn.Module, cache: Cache, settings: StudentSetting
     was_training = model.training
     model.eval()
     with torch.no_grad():  # float32 even when training in bf16: the figure `kd evaluate` reports
-        for batch in stream_batches(cache, "validation", settings.batch_size):
+        batches = stream_batches(cache, "validation", settings.batch_size)
+        for batch in batches if convert is None else convert.batches(batches):
             kl += model(batch.to(processes.device), (1, 1), validation=True)["kd"].item()  # totals (1, 1): sums, not means
             positions += batch.num_tokens
     model.train(was_training)
@@ -239,7 +257,7 @@ def accumulated_step(model: torch.nn.Module, group: list[TopKBatch], settings: S
 
 def run_identity(cache: Cache, settings: StudentSettings, processes: Processes) -> dict[str, Any]:
     """What a saved training state must share with this run to be resumed by it."""
-    dump = settings.model_dump(mode="json", exclude=RESUMABLE_CHANGES)
+    dump = {key: value for key, value in settings.dump().items() if key not in RESUMABLE_CHANGES}
     return {f"student.{key}": value for key, value in dump.items()} | {"cache": cache.manifest["manifest_sha256"], "processes": processes.world}
 
 
@@ -262,14 +280,39 @@ def train_student(
     folder, needed by init prune. Run under torchrun, each process trains on its share of the shards.
     """
     cache = Cache.open(cache_dir)
-    tokenizer_path = student_tokenizer_path(cache, tokenizer_path, settings.init)
+    tokenizer_path = student_tokenizer_path(cache, tokenizer_path or (Path(settings.tokenizer) if settings.tokenizer else None), settings.init)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    check_compatibility(cache, tokenizer, tokenizer_path, settings)
+    convert = None
+    if settings.cross_tokenizer is None:
+        check_compatibility(cache, tokenizer, tokenizer_path, settings)
+    else:
+        convert = cross_student(cache, tokenizer, settings)
     cache.check_shards("train")
     if cache.splits.get("validation", {}).get("shards"):
         cache.check_shards("validation")  # a damaged shard stops the run now, not at the first validation
     with training_processes(settings.device) as processes:
-        return _train(cache, settings, out_dir, tokenizer, loss_log, checkpoint_dir, teacher, restart_other_runs, processes)
+        return _train(cache, settings, out_dir, tokenizer, loss_log, checkpoint_dir, teacher, restart_other_runs, processes, convert)
+
+
+def cross_student(cache: Cache, tokenizer: Any, settings: StudentSettings) -> CrossTokenizer:
+    """The converter for a student with its own tokenizer, after the checks its settings need; logs the validation split's alignment."""
+    cache.require_task(CAUSAL_LM_TASK, "a causal LM student")
+    cross = settings.cross_tokenizer or CrossTokenizerSettings()
+    if settings.init == PRUNE:
+        raise PipelineError("student.init prune starts from the teacher's own vocabulary: it cannot be combined with student.cross_tokenizer")
+    if cross.loss != "exact_map" and settings.temperature != 1:
+        raise PipelineError(f"student.cross_tokenizer.loss {cross.loss} compares probabilities at temperature 1: leave student.temperature at 1.0")
+    convert = cross_tokenizer(cache, tokenizer, cross)
+    if cache.splits.get("validation", {}).get("shards"):
+        totals = dict.fromkeys(convert.totals, 0.0)
+        for batch in convert.batches(stream_batches(cache, "validation", settings.batch_size)):
+            for name, value in batch.stats.items():
+                totals[name] += value
+        convert.totals = dict.fromkeys(convert.totals, 0.0)
+        if not totals["aligned"]:
+            raise PipelineError(f"no position of {cache.path}'s validation split aligns with the student tokenizer: nothing to distil (check that it is a tokenizer for the same kind of text)")
+        log.info("cross-tokenizer, validation split: %s", describe_report(convert.report(totals)))
+    return convert
 
 
 def _train(
@@ -282,11 +325,13 @@ def _train(
     teacher: Path | None,
     restart_other_runs: bool,
     processes: Processes,
+    convert: CrossTokenizer | None = None,
 ) -> StudentRun:
-    student = initial_student(settings.init, settings.model, cache.vocab_size, settings.seed, prune=settings.prune, teacher=teacher).to(processes.device)
+    vocab_size = cache.vocab_size if convert is None else len(tokenizer)
+    student = initial_student(settings.init, settings.model, vocab_size, settings.seed, prune=settings.prune, teacher=teacher).to(processes.device)
     model = processes.wrap(DistillationStep(student, settings), settings.parallel, student.model.layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    plan, identity = StepPlan(cache, settings, processes), run_identity(cache, settings, processes)
+    plan, identity = StepPlan(cache, settings, processes, convert), run_identity(cache, settings, processes)
     has_validation = bool(cache.splits.get("validation", {}).get("shards"))
     plan.report_unused()
     state = load_training_state(checkpoint_dir)
@@ -308,7 +353,7 @@ def _train(
     def after_step(rows: list[dict[str, float]]) -> None:
         step = len(rows)
         if settings.eval_every and step % settings.eval_every == 0 and step < plan.total and has_validation:
-            validation.append({"step": step, "val_kl": validation_kl(model, cache, settings, processes)})
+            validation.append({"step": step, "val_kl": validation_kl(model, cache, settings, processes, convert)})
         if checkpoint_dir is not None and settings.save_every and step % settings.save_every == 0 and step < plan.total:
             epoch, done = plan.position(step)
             save_training_state(checkpoint_dir, model, optimizer, {"identity": identity, "steps": rows, "validation": validation, "position": {"epoch": epoch, "steps_done": done}}, processes)
@@ -327,7 +372,7 @@ def _train(
         after_step=after_step,
         show_progress=processes.main,
     )
-    final_kl = validation_kl(model, cache, settings, processes)
+    final_kl = validation_kl(model, cache, settings, processes, convert)
     if final_kl is not None:
         validation.append({"step": len(steps), "val_kl": final_kl})
     model_state = full_model_state(model)
@@ -335,7 +380,7 @@ def _train(
         student_state = {key.removeprefix("student."): value for key, value in model_state.items()}
         card = model_card(
             cache,
-            settings.model_dump(mode="json"),
+            settings.dump(),
             count_parameters(student),
             len(steps),
             sum(row["positions"] for row in steps),
@@ -350,6 +395,8 @@ def _train(
                 write_loss_log(validation, validation_log_path(loss_log))
         if checkpoint_dir is not None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if convert is not None and processes.main:
+        log.info("cross-tokenizer, train split (every epoch): %s", describe_report(convert.report()))
     processes.barrier()
     return StudentRun(steps, validation)
 
