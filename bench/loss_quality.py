@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +38,7 @@ import yaml
 from bench.cache_size import write_bytes
 from bench.peers import PEER_SCHEMES, encode_peer, peer_loss
 from pipeline.backends import TeacherOutput, outputs_to_table
-from pipeline.backends.sampling import SampledIds, draw_teacher_samples
+from pipeline.backends.sampling import SampledIds, Sampling, draw_teacher_samples
 from pipeline.cache import Cache, read_manifest
 from pipeline.cache.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
 from pipeline.errors import PipelineError, run_main
@@ -144,11 +145,11 @@ def encode_compact(split: Split, ks: list[int], vocab_size: int) -> None:
         split.compact[k] = (encode(top, block), block)
 
 
-def draw(split: Split, specs: list[tuple[int, int]], seed: int) -> None:
-    """The sampled (head 0) and hybrid caches: per (head, N), N draws per position, fixed for all epochs."""
+def draw(split: Split, specs: list[tuple[int, int]], seed: int, method: Sampling = "iid") -> None:
+    """The sampled (head 0) and hybrid caches: per (head, N), N draws per position (iid or systematic), fixed for all epochs."""
     for head, n in specs:
         generator = torch.Generator().manual_seed(seed)
-        split.samples[head, n] = [draw_teacher_samples(full, n, generator, head) for full in split.full]
+        split.samples[head, n] = [draw_teacher_samples(full, n, generator, head, method) for full in split.full]
 
 
 def bytes_per_token(split: Split, variant: Variant, vocab_size: int, shard_rows: int) -> float | None:
@@ -283,6 +284,7 @@ def main() -> None:
     parser.add_argument("--extra-train", type=Path, nargs="*", default=[], help="caches of the same prompts whose train split joins the training set")
     parser.add_argument("--hybrid", type=head_and_draws, nargs="*", default=[], help="hybrid caches as HEADxDRAWS, e.g. 8x24: the exact top-HEAD plus DRAWS ids drawn from the rest")
     parser.add_argument("--peers", nargs="*", default=[], help=f"peer tools' cache schemes and losses (bench/peers.py): {', '.join(PEER_SCHEMES)}")
+    parser.add_argument("--draw-method", choices=get_args(Sampling), default="iid", help="how the sampled and hybrid caches of this run draw (pipeline.backends.sampling)")
     args = parser.parse_args()
     if max(args.k) > K_MAX:
         parser.error(f"k above {K_MAX}")
@@ -301,7 +303,9 @@ def main() -> None:
     validation, validation_match = rescore(teacher, validation_sequences)
     vocab_size = teacher.config.vocab_size
     del teacher
-    draw(train_split, [(0, n) for n in args.draws] + args.hybrid, settings.seed)
+    draw(train_split, [(0, n) for n in args.draws] + args.hybrid, settings.seed, args.draw_method)
+    if args.draw_method != "iid":
+        print(f"sampled and hybrid caches drawn {args.draw_method}")
     encode_compact(train_split, args.compact, vocab_size)
     for (head, n), samples in train_split.samples.items():
         listed = sum(len(s.ids) for s in samples) / sum(len(s.entries) for s in samples)

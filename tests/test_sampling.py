@@ -420,3 +420,23 @@ def test_kd_teacher_head_option_writes_a_hybrid_cache(tmp_path, tiny_teacher, pr
     encoding = read_manifest(out)["encoding"]
     assert encoding["storage"] == "hybrid" and encoding["draws"] == 5 and encoding["head"] == 3
     assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0
+
+
+def test_systematic_draws_are_unbiased_with_less_variance_than_independent_ones():
+    """Each id drawn N p_i times in expectation (so the estimator stays unbiased), floor or ceil of it every time."""
+    teacher, student = teacher_and_student()
+    samples = draw_teacher_samples(teacher.expand(20_000, V), 8, torch.Generator().manual_seed(0), sampling="systematic")
+    counts = torch.zeros(20_000, V, dtype=torch.float64)
+    counts[torch.from_numpy(np.repeat(np.arange(20_000), samples.entries)).long(), torch.from_numpy(samples.ids).long()] = torch.from_numpy(samples.counts).double()
+    expected = 8 * teacher.exp()
+    assert ((counts >= expected.floor()) & (counts <= expected.ceil())).all()
+    assert ((counts.mean(0) - expected).abs() <= 5 * counts.std(0) / 20_000**0.5 + 1e-9).all()
+    for head in (0, 4):
+        iid = hybrid_estimates(teacher, student, head, 8, 5_000, seed=1)[1]
+        ids, counts, logprobs = padded_samples(draw_teacher_samples(teacher.expand(5_000, V), 8, torch.Generator().manual_seed(1), head, "systematic"))
+        logits = student.expand(5_000, V).clone().requires_grad_(True)
+        kl = sampled_forward_kl(logprobs.double(), counts, F.log_softmax(logits, -1).gather(-1, ids))
+        (systematic,) = torch.autograd.grad(kl.sum(), logits)
+        dense_grad = dense_kl_and_grad(teacher, student)[1]
+        assert (systematic.mean(0) - dense_grad).abs().max() < 5 * (systematic.std(0).max() / 5_000**0.5)
+        assert systematic.var(0).sum() < 0.6 * iid.var(0).sum()

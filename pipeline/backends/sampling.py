@@ -11,11 +11,14 @@ turns them into the estimator.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+
+Sampling = Literal["iid", "systematic"]
 
 
 @dataclass
@@ -28,9 +31,13 @@ class SampledIds:
     logprobs: np.ndarray  # float32 [sum(entries)], the teacher's log-prob of each id at temperature 1
 
 
-def draw_teacher_samples(logprobs: torch.Tensor, draws: int, generator: torch.Generator, head: int = 0) -> SampledIds:
+def draw_teacher_samples(logprobs: torch.Tensor, draws: int, generator: torch.Generator, head: int = 0, sampling: Sampling = "iid") -> SampledIds:
     """`draws` ids with replacement from each row of log-probs [positions, V], listed as unique ids and counts.
 
+    `sampling` iid: independent draws (multinomial). systematic: one uniform offset u per row and the
+    draws at the points (u + j) / N of the cumulative distribution (systematic resampling): each id is
+    still drawn N p_i times in expectation, so the estimator stays unbiased, but an id of probability
+    p_i is drawn floor(N p_i) or ceil(N p_i) times, never 0 or 2 N p_i: far less noise per stored id.
     With `head` h > 0 (a hybrid cache) the row's h most likely ids are listed with count 0 and the
     draws come from the teacher restricted to the other ids. A row whose ids outside the head all
     have probability 0 in float32 draws uniformly among them: that tail's mass is 0, so the draws
@@ -47,7 +54,14 @@ def draw_teacher_samples(logprobs: torch.Tensor, draws: int, generator: torch.Ge
         probs.scatter_(-1, head_ids, 0.0)
         empty = (probs.sum(-1) == 0).nonzero()[:, 0]
         probs[empty] = torch.ones_like(probs[empty]).scatter_(-1, head_ids[empty], 0.0)
-    drawn = torch.multinomial(probs, draws, replacement=True, generator=generator)
+    if sampling == "systematic":
+        cumulative = probs.double().cumsum(-1)
+        offsets = 1 - torch.rand(len(probs), 1, generator=generator, dtype=torch.float64)  # in (0, 1]: no point at 0, where an id of probability 0 could sit
+        points = (offsets + torch.arange(draws, dtype=torch.float64)) / draws
+        drawn = torch.searchsorted(cumulative, points * cumulative[:, -1:]).clamp(max=probs.shape[-1] - 1)
+        del cumulative
+    else:
+        drawn = torch.multinomial(probs, draws, replacement=True, generator=generator)
     listed = torch.cat([head_ids, drawn], dim=-1).sort(dim=-1)  # head ids are never drawn: their probability is 0
     is_draw = torch.cat([torch.zeros_like(head_ids), torch.ones_like(drawn)], dim=-1).gather(-1, listed.indices).reshape(-1)
     first = torch.ones_like(listed.values, dtype=torch.bool)

@@ -293,7 +293,7 @@ class CrossTokenizer:
     def convert(self, batch: TopKBatch) -> CrossBatch:
         """Align every row of a cache batch and gather the teacher's entries at the aligned positions."""
         if batch.counts is not None:
-            raise PipelineError("cross-tokenizer distillation needs a top-k cache: a sampled cache's draws cannot be mapped onto another vocabulary")
+            raise PipelineError("cross-tokenizer distillation needs a top-k cache: a sampled or hybrid cache's draws cannot be mapped onto another vocabulary")
         input_ids, mask = batch.input_ids.numpy(), batch.attention_mask.numpy().astype(bool)
         teacher_starts = batch.response_start.numpy()
         offsets = np.concatenate([[0], np.cumsum(mask.sum(1) - teacher_starts)])
@@ -379,7 +379,7 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
     if actual != expected:
         raise PipelineError(f"the teacher tokenizer at {folder} is {actual[:12]}, but the cache was made with {expected[:12]}")
     if cache.sampled:
-        raise PipelineError(f"{cache.path} is a sampled cache: cross-tokenizer distillation needs a top-k cache (draws cannot be mapped onto another vocabulary)")
+        raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: cross-tokenizer distillation needs a top-k cache (draws cannot be mapped onto another vocabulary)")
     return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size)
 
 
