@@ -170,8 +170,8 @@ def train_student(cache, tiny_teacher, out):
 
 
 def test_unknown_cache_format_version(tmp_path, broken_cache, tiny_teacher):
-    edit_manifest(broken_cache, lambda m: m.update(format_version=3))
-    expected = f"error: {broken_cache / MANIFEST_FILE}: cache format version 3 is not supported (this is kd-pipeline {__version__}, reading versions 1, 2)"
+    edit_manifest(broken_cache, lambda m: m.update(format_version=4))
+    expected = f"error: {broken_cache / MANIFEST_FILE}: cache format version 4 is not supported (this is kd-pipeline {__version__}, reading versions 1, 2, 3)"
     assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == expected
     assert error_line(["verify", broken_cache]) == expected
     assert not (tmp_path / "student").exists()
@@ -233,3 +233,16 @@ def test_ray_and_object_storage_without_their_extras_are_one_line_each(tmp_path,
     message = "error: s3://bucket/cache: caches on object storage need universal_pathlib and the store's fsspec package: pip install 'kd-pipeline[s3]'"
     assert error_line([*teacher, "--out", "s3://bucket/cache"]) == message
     assert error_line(["verify", "s3://bucket/cache"]) == message
+
+
+def test_format_version_three_is_for_hybrid_caches_only(tmp_path, broken_cache, tiny_teacher):
+    from pipeline.cache.format import MANIFEST_CHECKSUM, manifest_checksum
+
+    def claim_version_3(manifest):
+        manifest["format_version"] = 3
+        manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
+
+    edit_manifest(broken_cache, claim_version_3)
+    expected = f"error: {broken_cache / MANIFEST_FILE}: format version 3 does not go with storage 'topk' (hybrid caches, and only they, are version 3)"
+    assert error_line(["verify", broken_cache]) == expected
+    assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == expected

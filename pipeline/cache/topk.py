@@ -35,6 +35,10 @@ class TopKTask:
         name = manifest_encoding(manifest).get("name")
         if manifest["format_version"] >= 2 and name not in ENCODINGS:
             raise PipelineError(f"{path}: unknown cache encoding '{name}'")
+        if (manifest_encoding(manifest).get("storage") == "hybrid") != (manifest["format_version"] == HYBRID_FORMAT_VERSION):
+            raise PipelineError(
+                f"{path}: format version {manifest['format_version']} does not go with storage '{manifest_encoding(manifest).get('storage')}' (hybrid caches, and only they, are version {HYBRID_FORMAT_VERSION})"
+            )
 
     def schema(self, manifest: dict[str, Any]) -> pa.Schema:
         return shard_schema(manifest_encoding(manifest))
