@@ -55,9 +55,9 @@ def test_draw_frequencies_follow_the_teacher():
     assert ((frequency - p).abs() <= 5 * (p * (1 - p) / 200_000).sqrt() + 1e-6).all()
 
 
-def estimates(teacher, student, draws, trials, temperature=1.0, seed=0):
-    """Per-trial estimated KL and gradient for the student's logits, each trial an independent cache."""
-    samples = draw_teacher_samples(teacher.expand(trials, V), draws, torch.Generator().manual_seed(seed))
+def estimates(teacher, student, draws, trials, temperature=1.0, seed=0, head=0):
+    """Per-trial estimated KL and gradient for the student's logits, each trial an independent sampled (head 0) or hybrid cache."""
+    samples = draw_teacher_samples(teacher.expand(trials, V), draws, torch.Generator().manual_seed(seed), head=head)
     ids, counts, logprobs = padded_samples(samples)
     logits = student.expand(trials, V).clone().requires_grad_(True)
     on_ids = F.log_softmax(logits / temperature, -1).gather(-1, ids)
@@ -111,12 +111,15 @@ def test_tempered_estimator_converges_with_many_draws():
         assert (grad.mean(0) - dense_grad).abs().max() < 0.01
 
 
-def test_training_paths_agree_on_a_sampled_batch_with_padding():
-    g = torch.Generator().manual_seed(5)
+def assert_training_paths_agree(seed, head=0):
+    """The chunked training loss equals the full-logit one, value and gradients, on a padded sampled (head 0) or hybrid batch."""
+    g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(9, 6, generator=g, dtype=torch.float64).requires_grad_(True)
     weight = torch.randn(V, 6, generator=g, dtype=torch.float64).requires_grad_(True)
     teacher = torch.log_softmax(torch.randn(7, V, generator=g) * 2, -1)
-    ids, counts, logprobs = padded_samples(draw_teacher_samples(teacher, 6, g))
+    ids, counts, logprobs = padded_samples(draw_teacher_samples(teacher, 6, g, head=head))
+    if head:
+        assert (counts == 0).any() and torch.isneginf(logprobs).any()  # head entries and padding both present
     targets = torch.randint(0, V, (9,), generator=g)
     for temperature in (1.0, 1.7):
         spec = LossSpec(alpha=0.8, temperature=temperature)
@@ -125,6 +128,10 @@ def test_training_paths_agree_on_a_sampled_batch_with_padding():
         assert torch.isfinite(full["loss"]) and full["loss"].item() == pytest.approx(chunked["loss"].item(), abs=1e-12)
         for a, b in zip(torch.autograd.grad(full["loss"], (hidden, weight)), torch.autograd.grad(chunked["loss"], (hidden, weight))):
             assert torch.isfinite(a).all() and torch.allclose(a, b, atol=1e-12)
+
+
+def test_training_paths_agree_on_a_sampled_batch_with_padding():
+    assert_training_paths_agree(seed=5)
 
 
 def test_sampled_cache_refuses_other_divergences():
@@ -219,13 +226,7 @@ def test_kd_teacher_draws_option_writes_a_sampled_cache(tmp_path, tiny_teacher, 
 
 
 def hybrid_estimates(teacher, student, head, draws, trials, seed=0):
-    """Per-trial estimated KL and gradient from independent hybrid (head > 0) or sampled (head 0) draws."""
-    samples = draw_teacher_samples(teacher.expand(trials, V), draws, torch.Generator().manual_seed(seed), head=head)
-    ids, counts, logprobs = padded_samples(samples)
-    logits = student.expand(trials, V).clone().requires_grad_(True)
-    kl = sampled_forward_kl(logprobs.double(), counts, F.log_softmax(logits, -1).gather(-1, ids))
-    (grad,) = torch.autograd.grad(kl.sum(), logits)
-    return kl.detach(), grad
+    return estimates(teacher, student, draws, trials, seed=seed, head=head)
 
 
 def test_hybrid_draws_list_the_exact_head_and_draw_from_the_rest():
@@ -293,31 +294,14 @@ def test_hybrid_has_lower_variance_than_sampling_with_the_same_stored_ids():
 def test_hybrid_estimator_with_temperature_converges_with_many_draws():
     teacher, student = teacher_and_student(seed=2)
     for temperature in (2.0, 0.5):
-        samples = draw_teacher_samples(teacher.expand(50, V), 5_000, torch.Generator().manual_seed(4), head=3)
-        ids, counts, logprobs = padded_samples(samples)
-        logits = student.expand(50, V).clone().requires_grad_(True)
-        kl = sampled_forward_kl(logprobs.double(), counts, F.log_softmax(logits / temperature, -1).gather(-1, ids), temperature)
-        (grad,) = torch.autograd.grad(kl.sum(), logits)
+        kl, grad = estimates(teacher, student, draws=5_000, trials=50, temperature=temperature, seed=4, head=3)
         dense_kl, dense_grad = dense_kl_and_grad(teacher, student, temperature)
-        assert kl.detach().mean() == pytest.approx(dense_kl.item(), abs=0.02)
+        assert kl.mean() == pytest.approx(dense_kl.item(), abs=0.02)
         assert (grad.mean(0) - dense_grad).abs().max() < 0.01
 
 
 def test_training_paths_agree_on_a_hybrid_batch_with_padding():
-    g = torch.Generator().manual_seed(6)
-    hidden = torch.randn(9, 6, generator=g, dtype=torch.float64).requires_grad_(True)
-    weight = torch.randn(V, 6, generator=g, dtype=torch.float64).requires_grad_(True)
-    teacher = torch.log_softmax(torch.randn(7, V, generator=g) * 2, -1)
-    ids, counts, logprobs = padded_samples(draw_teacher_samples(teacher, 6, g, head=3))
-    assert (counts == 0).any() and torch.isneginf(logprobs).any()  # head entries and padding both present
-    targets = torch.randint(0, V, (9,), generator=g)
-    for temperature in (1.0, 1.7):
-        spec = LossSpec(alpha=0.8, temperature=temperature)
-        full = distillation_loss(F.linear(hidden, weight), targets, ids, logprobs, spec, counts=counts)
-        chunked = chunked_distillation_loss(hidden, weight, None, targets, ids, logprobs, spec, 4, counts=counts)
-        assert torch.isfinite(full["loss"]) and full["loss"].item() == pytest.approx(chunked["loss"].item(), abs=1e-12)
-        for a, b in zip(torch.autograd.grad(full["loss"], (hidden, weight)), torch.autograd.grad(chunked["loss"], (hidden, weight))):
-            assert torch.isfinite(a).all() and torch.allclose(a, b, atol=1e-12)
+    assert_training_paths_agree(seed=6, head=3)
 
 
 HEAD = 4
