@@ -27,16 +27,38 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
 
 
-def write_error(path: Path, error: OSError) -> PipelineError:
+DISK_FULL_MESSAGES = ("No space left on device", "os error 28")  # how native writers (safetensors, tokenizers) report ENOSPC
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an error, or one it was raised from, is a full disk.
+
+    Python writes raise OSError ENOSPC; torch.save wraps it in a RuntimeError ("unexpected pos");
+    safetensors and tokenizers raise their own types with the system's message.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or any(text in str(seen) for text in DISK_FULL_MESSAGES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def write_error(path: Path, error: BaseException) -> PipelineError:
     """One line for a failed write; a full disk says so, since the fix is space, not a rerun."""
-    if error.errno == errno.ENOSPC:
+    if is_disk_full(error):
         return PipelineError(f"disk full while writing {path}; free space and rerun to resume")
-    return PipelineError(f"cannot write {path}: {error.strerror or error}")
+    return PipelineError(f"cannot write {path}: {getattr(error, 'strerror', None) or error}")
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """An error a write raised because of the file system (not a bug, not a PipelineError): said in one line."""
+    return not isinstance(error, PipelineError) and (isinstance(error, OSError) or is_disk_full(error))
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary name beside `path`; when the body succeeds, fsync it and rename it into place.
+    """Yield a temporary name beside `path` (its folder created); when the body succeeds, fsync it and rename it into place.
 
     A file at `path` is therefore always whole; a failed write leaves nothing and says why in one line.
     On an object store the body writes `path` itself: an object PUT is atomic already.
@@ -44,18 +66,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
     if is_remote(path):
         try:
             yield path
-        except OSError as error:
-            raise write_error(path, error) from error
+        except Exception as error:
+            if is_write_failure(error):
+                raise write_error(path, error) from error
+            raise
         return
     path = Path(path)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as error:
-        raise write_error(path, error) from error
+    except Exception as error:
+        if is_write_failure(error):
+            raise write_error(path, error) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -73,8 +100,8 @@ def atomic_dir(path: Path, replace: bool = True) -> Iterator[Path]:
     if replace:
         remove_temp_files(path.parent, [path.name])
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if replace:
             shutil.rmtree(path, ignore_errors=True)
@@ -83,8 +110,10 @@ def atomic_dir(path: Path, replace: bool = True) -> Iterator[Path]:
         except OSError:
             if replace or not path.is_dir():
                 raise
-    except OSError as error:
-        raise write_error(path, error) from error
+    except Exception as error:
+        if is_write_failure(error):
+            raise write_error(path, error) from error
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -97,7 +126,6 @@ def write_bytes(path: Path, data: bytes) -> None:
 def write_json(path: Path, value: Any) -> None:
     """Indented UTF-8 JSON, written atomically (the parent folder is created)."""
     path = path if is_remote(path) else Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
 
 

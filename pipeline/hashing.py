@@ -50,3 +50,23 @@ def tokenizer_sha256(tokenizer: Any) -> str:
     """Hash of the token -> id mapping and special tokens: what a cached id means."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     return sha256_json({"vocab": vocab, "special": tokenizer.all_special_tokens})
+
+
+TOKENIZER_RUNTIME_KEYS = ("version", "truncation", "padding")  # settings of a call, not of what text becomes which ids
+
+
+def tokenizer_definition_sha256(tokenizer: Any) -> str | None:
+    """Hash of the whole tokenizer: vocabulary, merges, normaliser, pre-tokeniser, post-processor, decoder,
+    added tokens, and which tokens are BOS, EOS, PAD and the other special ones.
+
+    Two tokenizers with this hash in common turn every text into the same ids and back. None for a
+    tokenizer without a `tokenizers` definition (a slow, Python-only one).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    definition = {key: value for key, value in json.loads(backend.to_str()).items() if key not in TOKENIZER_RUNTIME_KEYS}
+    model = definition.get("model") or {}
+    if isinstance(model.get("merges"), list):  # older `tokenizers` write a merge as "a b", newer ones as ["a", "b"]
+        model["merges"] = [merge.split(" ", 1) if isinstance(merge, str) else merge for merge in model["merges"]]
+    return sha256_json({"definition": definition, "special": tokenizer.special_tokens_map})

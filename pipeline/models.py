@@ -9,18 +9,24 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pipeline.atomic import atomic_dir
+from pipeline.outputs import FolderKind, write_marker
+
+STUDENT_FOLDER = FolderKind("student folder")
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out_dir: Path, state_dict: dict[str, torch.Tensor] | None = None, card: str | None = None) -> None:
+def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out_dir: Path, state_dict: dict[str, torch.Tensor] | None = None, card: str | None = None, kind: FolderKind | None = None) -> None:
     """save_pretrained into a temporary folder, then rename: a crash never leaves half a checkpoint.
 
-    `state_dict` replaces the model's own weights (a sharded model's gathered ones); `card` is written as README.md.
+    `state_dict` replaces the model's own weights (a sharded model's gathered ones); `card` is written as
+    README.md; `kind` marks the folder as that kind of output (pipeline.outputs), so a rerun may replace it.
     """
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if card is not None:
             (tmp / "README.md").write_text(card)
+        if kind is not None:
+            write_marker(tmp, kind)
 
 
 def load_causal_lm(path: Path) -> torch.nn.Module:

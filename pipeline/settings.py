@@ -7,13 +7,14 @@ bounds are `Field` constraints, and a bad value is one PipelineError line that n
 
 from __future__ import annotations
 
+import difflib
 import types
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.errors import PipelineError
 
@@ -24,6 +25,11 @@ Number = Union[int, float]  # a whole number stays one: settings copied into a c
 Alpha = Annotated[float, Field(ge=0, le=1)]  # weight of the distillation term; 1 - alpha on CE
 Temperature = Annotated[float, Field(gt=0)]
 Positive = Annotated[int, Field(ge=1)]
+
+# The sections a params file may have, and those of its sections made of sections. pipeline.params
+# assembles their models (a test checks that both agree); the names live here so that every entry
+# point refuses a misspelled section (`studnet:`) without importing every task's code.
+PARAMS_SECTIONS: dict[str, tuple[str, ...]] = {"data": (), "teacher": (), "student": (), "evaluate": (), "classify": ("data", "teacher", "student", "evaluate")}
 
 
 class Settings(BaseModel):
@@ -38,6 +44,19 @@ class Settings(BaseModel):
         if isinstance(values, dict):
             return {key: ({} if value is None and _is_section(cls, key) else value) for key, value in values.items()}
         return {} if values is None else values
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML `true` is not a number, nor 1 a boolean: pydantic would read `lr: true` as 1.0 and `chat_template: 1` as true."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        if _takes_number(field.annotation) and _holds_bool(value):
+            raise ValueError(f"expected a number, got {_yaml(value)}")
+        if _takes_bool(field.annotation) and value is not None and not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {_yaml(value)}")
+        return value
 
     def __init__(self, **values: Any) -> None:
         # pydantic calls a custom __init__ for nested models too: only the outermost call turns the
@@ -70,18 +89,45 @@ class Settings(BaseModel):
         return type(self).from_section(merge(self.model_dump(), given), section)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' appears twice in one section (lines {seen[key]} and {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params_file(path: Path) -> dict[str, Any]:
     """A YAML params file (params.yaml, or one given with --params) as a dict of sections."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"params file not found: {path}")
     try:
-        values: Any = yaml.safe_load(path.read_text()) or {}
+        values: Any = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506  # a SafeLoader
     except yaml.YAMLError as error:
-        raise PipelineError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from error
+        problem = getattr(error, "problem", None)
+        where = f" (line {error.problem_mark.line + 1})" if getattr(error, "problem_mark", None) is not None and "line" not in str(problem) else ""
+        raise PipelineError(f"{path} is not valid YAML: {problem or str(error).splitlines()[0]}{where}") from error
     if not isinstance(values, dict):
         raise PipelineError(f"{path} must hold a mapping of sections (data, teacher, student, ...)")
+    for key, value in values.items():
+        _check_section_name(path, str(key), list(PARAMS_SECTIONS))
+        if PARAMS_SECTIONS.get(key) and isinstance(value, dict):
+            for inner in value:
+                _check_section_name(path, f"{key}.{inner}", [f"{key}.{name}" for name in PARAMS_SECTIONS[key]])
     return values
+
+
+def _check_section_name(path: Path, name: str, known: list[str]) -> None:
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise PipelineError(f"{path}: unknown section '{name}' ({hint}known: {', '.join(sorted(known))})")
 
 
 def read_section(path: Path | None, section: str, model: type[S]) -> S:
@@ -137,6 +183,31 @@ def _known_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
             return []
         current = _model_type(fields[part].annotation)
     return sorted(getattr(current, "model_fields", {}))
+
+
+def _takes_number(annotation: Any) -> bool:
+    """Whether a field's type is a number (or an optional one, or a list of them), not a bool."""
+    if get_origin(annotation) is Annotated:
+        return _takes_number(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType, list, tuple):
+        args = [arg for arg in get_args(annotation) if arg is not type(None) and arg is not Ellipsis]
+        return bool(args) and bool not in args and any(_takes_number(arg) for arg in args)
+    return annotation in (int, float)
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type is a bool (or an optional one)."""
+    args = [arg for arg in get_args(annotation) if arg is not type(None)] if get_origin(annotation) in (Union, types.UnionType) else [annotation]
+    return args == [bool]
+
+
+def _yaml(value: Any) -> str:
+    """A value as the YAML that gave it (true, not True)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _holds_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value))
 
 
 def _is_section(model: type[BaseModel], key: str) -> bool:

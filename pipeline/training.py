@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
+from pipeline.outputs import FileKind
 
 B = TypeVar("B")
 LossTerms = dict[str, torch.Tensor]  # "loss" (what backward runs on) and any terms to log
@@ -89,10 +90,21 @@ def train_loop(
     return rows
 
 
+def is_loss_log(path: Path) -> bool:
+    """Whether a file is a loss log this package wrote: a CSV whose first column is `step`."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), [""])[0] == "step"
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+
+
+LOSS_LOG_FILE = FileKind("loss log", is_loss_log)
+
+
 def write_loss_log(log: list[dict[str, float]], path: Path) -> None:
     """The per-step log as CSV (what DVC plots read), written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(log[0]))

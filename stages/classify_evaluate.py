@@ -12,7 +12,7 @@ def main() -> None:
     students = {variant: Path(f"models/classify-{variant}") for variant in VARIANTS}
     settings = params("classify.evaluate", ClassifyEvaluateSettings)
     metrics = evaluate_classifier_students(
-        Path("data/classify-cache"), Path(teacher_ref()["path"]), students, None, settings, Path("reports/classify_metrics.json"), Path("reports/classify_reliability.png")
+        Path("data/classify-cache"), Path(teacher_ref()["path"]), students, None, settings, Path("reports/classify_metrics.json"), Path("reports/classify_reliability.png"), overwrite=True
     )
     print(format_classify_table(metrics))
 

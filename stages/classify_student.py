@@ -17,7 +17,7 @@ def main() -> None:
         raise SystemExit(f"usage: python -m stages.classify_student {{{','.join(VARIANTS)}}}")
     arch, targets = variant.split("-")
     settings = params("classify.student", ClassifyStudentSettings).variant(arch, targets)
-    train_classifier_from_cache(Path("data/classify-cache"), settings, Path(f"models/classify-{variant}"), Path(f"reports/classify/loss-{variant}.csv"), Path(teacher_ref()["path"]))
+    train_classifier_from_cache(Path("data/classify-cache"), settings, Path(f"models/classify-{variant}"), Path(f"reports/classify/loss-{variant}.csv"), Path(teacher_ref()["path"]), overwrite=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from stages.student import VARIANTS
 def main() -> None:
     students = {variant: Path(f"models/student-{variant}") for variant in VARIANTS}
     logs = {variant: Path(f"reports/loss/{variant}.csv") for variant in VARIANTS}
-    metrics = evaluate_students(Path("data/cache"), Path(teacher_ref()["path"]), students, params("evaluate", EvaluateSettings), Path("reports/metrics.json"), Path("reports/training.png"), logs)
+    metrics = evaluate_students(
+        Path("data/cache"), Path(teacher_ref()["path"]), students, params("evaluate", EvaluateSettings), Path("reports/metrics.json"), Path("reports/training.png"), logs, overwrite=True
+    )
     print(format_table(metrics))
 
 

@@ -8,7 +8,7 @@ from stages import params
 
 
 def main() -> None:
-    splits = prepare_prompts(params("data", DataSettings), Path("data/prepared"))
+    splits = prepare_prompts(params("data", DataSettings), Path("data/prepared"), overwrite=True)  # DVC owns the stage's outputs
     print(", ".join(f"{name}: {frame.height} prompts" for name, frame in splits.items()))
 
 

@@ -30,6 +30,7 @@ def main() -> None:
         checkpoint_dir=Path(f"models/.partial/student-{variant}"),
         teacher=Path(teacher_ref()["path"]),
         restart_other_runs=True,
+        overwrite=True,  # DVC owns the stage's outputs
     )
 
 

@@ -21,11 +21,11 @@ PROMPTS = REPO / "data" / "prompts.jsonl"
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 
 
-def make_tokenizer(vocab_size: int = 320):
+def make_tokenizer(vocab_size: int = 320, corpus: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    texts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
+    texts = corpus or [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -133,6 +133,35 @@ def float32_cache(tmp_path_factory, tiny_teacher, prepared) -> Path:
 
     out = tmp_path_factory.mktemp("cache") / "float32"
     assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings(cache=CacheEncoding(encoding="float32"))) is not None
+    return out
+
+
+def error_line(args) -> str:
+    """Run `kd ARGS` in-process; it must exit 1 with exactly one `error:` line, the last one printed (progress bars may come first)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], result.output
+    return lines[-1]
+
+
+@pytest.fixture
+def tiny_student_params(tmp_path) -> Path:
+    """A params file whose student is as small as a test can train in a second or two."""
+    path = tmp_path / "params.yaml"
+    path.write_text("student:\n  model: {hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 1, intermediate_size: 64}\n")
+    return path
+
+
+@pytest.fixture
+def cache_copy(tmp_path, tiny_cache) -> Path:
+    """A copy of the tiny cache a test may damage, at tmp_path/work/cache (so that its parent can be a target too)."""
+    out = tmp_path / "work" / "cache"
+    shutil.copytree(tiny_cache, out)
     return out
 
 

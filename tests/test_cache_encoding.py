@@ -170,6 +170,7 @@ def write_sampled_cache(tiny_cache, out):
     plan = json.loads((tiny_cache / PLAN_FILE).read_text())
     plan["encoding"] = CacheEncoding().block(manifest["tokenizer"]["vocab_size"], manifest["k"], draws=32)
     open_cache_for_writing(out, plan)
+    shutil.copytree(tiny_cache / "tokenizer", out / "tokenizer")
     for shard in planned_shards(plan):
         outputs = [o for seed in range(shard.stop - shard.start) for o in sampled_outputs(320, 32, seed)[:1]]
         write_shard(outputs_to_table([f"{shard.file}-{i}" for i in range(len(outputs))], outputs, plan["encoding"]), out / shard.file, zstd_level(plan["encoding"]))

@@ -293,10 +293,10 @@ def test_cli_classify_path_end_to_end(classify_cache, tiny_teacher, tmp_path):
 
 
 def test_report_refuses_classification_metrics_from_before_named_test_sets(tmp_path):
-    (tmp_path / "metrics.json").write_text(json.dumps({"models": {}}))  # the language-model table (empty) prints first
-    (tmp_path / "classify.json").write_text(json.dumps({"task": "classify", "split": "test", "models": {}}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"split": "validation", "models": {"teacher": {"params": 10}}}))  # the language-model table prints first
+    (tmp_path / "classify.json").write_text(json.dumps({"task": "classify", "split": "test", "models": {}}))  # one test split, no named sets
     result = run_kd_failing(["report", "metrics.json", "--classify-metrics", "classify.json"], tmp_path)
-    assert result.startswith("error: classify.json was written before issue 15") and result.count("\n") == 1
+    assert result == "error: classify.json is not a classification metrics file written by kd classify evaluate\n"
 
 
 def _evaluate_one_split(cache: Path, teacher: Path, tmp_path: Path, split: str) -> Path:

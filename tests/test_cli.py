@@ -28,7 +28,8 @@ def test_tokenizer_mismatch_is_refused(tmp_path, tiny_cache, other_tokenizer_dir
 
 
 def test_missing_cache_is_refused(tmp_path, tiny_teacher):
-    result = runner.invoke(app, ["student", "--cache", str(tmp_path), "--tokenizer", str(tiny_teacher), "--out", str(tmp_path / "s")])
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["student", "--cache", str(tmp_path / "empty"), "--tokenizer", str(tiny_teacher), "--out", str(tmp_path / "s")])
     assert result.exit_code == 1 and "manifest.json not found" in result.output
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import cache_rows
+from conftest import cache_rows, error_line
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
@@ -30,15 +30,6 @@ def kd(*args) -> str:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def error_line(*args) -> str:
-    """`kd ARGS` exits 1 with exactly one `error:` line, the last one printed."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert [line for line in lines if line.startswith("error:")] == lines[-1:], result.output
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +78,7 @@ def test_fraction_one_puts_every_prompt_in_validation(tmp_path, small_prompts):
     ],
 )
 def test_other_invalid_fractions_are_one_line(tmp_path, small_prompts, fraction, message):
-    assert error_line("prepare", small_prompts, "--out", tmp_path / "prepared", "--validation-fraction", fraction) == message
+    assert error_line(["prepare", small_prompts, "--out", tmp_path / "prepared", "--validation-fraction", fraction]) == message
     assert not (tmp_path / "prepared").exists()
 
 
@@ -112,7 +103,7 @@ def test_eval_cache_holds_every_prompt_in_validation(eval_cache, eval_prepared):
 
 def test_training_on_eval_cache_is_one_line_error(tmp_path, eval_cache):
     out = tmp_path / "student"
-    assert error_line("student", "--cache", eval_cache, "--out", out) == f"error: {eval_cache} {EVAL_ONLY}, for `kd evaluate`; train on a cache made with validation_fraction below 1"
+    assert error_line(["student", "--cache", eval_cache, "--out", out]) == f"error: {eval_cache} {EVAL_ONLY}, for `kd evaluate`; train on a cache made with validation_fraction below 1"
     assert not out.exists()
     with pytest.raises(PipelineError, match="evaluation-only cache"):
         train_student(eval_cache, StudentSettings(), out)
@@ -165,7 +156,7 @@ def test_evaluate_scores_students_on_eval_cache(tmp_path, eval_cache, tiny_teach
 
 
 def test_evaluate_split_option(tmp_path, eval_cache, tiny_cache, tiny_teacher, student_dir):
-    line = error_line("evaluate", "--cache", eval_cache, "--teacher", tiny_teacher, "--student", f"mine={student_dir}", "--split", "train")
+    line = error_line(["evaluate", "--cache", eval_cache, "--teacher", tiny_teacher, "--student", f"mine={student_dir}", "--split", "train"])
     assert line.startswith(f"error: {eval_cache} {EVAL_ONLY}")
     out = tmp_path / "train.json"
     kd("evaluate", "--cache", tiny_cache, "--teacher", tiny_teacher, "--student", f"mine={student_dir}", "--split", "train", "--out", out, "--speed-sequences", "2")

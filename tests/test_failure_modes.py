@@ -11,30 +11,22 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import cache_rows, tiny_settings
+from conftest import cache_rows, error_line, tiny_settings
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from pipeline import __version__
 from pipeline.backends.transformers_backend import TransformersBackend
-from pipeline.cache import MANIFEST_FILE, PLAN_FILE, read_manifest
+from pipeline.cache import MANIFEST_FILE, PLAN_FILE, manifest_checksum, read_manifest
 from pipeline.cache.verify import verify_cache
 from pipeline.cli import app
 from pipeline.data import read_prompts, split_prompts, write_splits
 from pipeline.errors import PipelineError, run_main
-from pipeline.lm.sequences import truncate
+from pipeline.lm.sequences import encode_prompt, fit, truncate
 from pipeline.lm.teacher import run_teacher
 from pipeline.teacher_model import resolve_teacher
 
 runner = CliRunner()
-
-
-def error_line(args) -> str:
-    """Run `kd ARGS`, expect exit 1 and exactly one `error:` line, the last one printed."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert [line for line in lines if line.startswith("error:")] == lines[-1:], result.output
-    return lines[-1]
 
 
 def leftovers(directory: Path) -> list[Path]:
@@ -49,6 +41,11 @@ BAD_PROMPT_FILES = [
     ("blank.jsonl", b'{"prompt": "ok"}\n{"prompt": "  \\t "}\n', "error: {path}: 1 row(s) have an empty prompt, first at row 1"),
     ("bad-bytes.jsonl", b'{"prompt": "ok"}\n{"prompt": "a\xff"}\n', "error: {path} is not valid UTF-8: byte 0xff on line 2"),
     ("duplicate.jsonl", b'{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "error: {path}: duplicate id(s) a (duplicate prompts get the same id)"),
+    ("number.jsonl", b'{"prompt": "ok"}\n{"prompt": 42}\n', "error: {path}: line 2: 'prompt' is a number, not text (quote it)"),
+    ("list.jsonl", b'{"prompt": ["a", "b"]}\n', "error: {path}: line 1: 'prompt' is a list, not text (quote it)"),
+    ("response-number.jsonl", b'{"prompt": "ok", "response": 1.5}\n', "error: {path}: line 1: 'response' is a number, not text (quote it)"),
+    ("malformed.jsonl", b'{"prompt": "ok"}\n{"prompt": "b"\n', "error: {path}: line 2 is not valid JSON (Expecting ',' delimiter at column 15)"),
+    ("not-an-object.jsonl", b'{"prompt": "ok"}\n["b"]\n', "error: {path}: line 2 is not a JSON object"),
 ]
 
 
@@ -59,6 +56,20 @@ def test_bad_prompt_file(tmp_path, name, content, message):
         path.write_bytes(content)
     assert error_line(["prepare", path, "--out", tmp_path / "prepared"]) == message.format(path=path)
     assert not (tmp_path / "prepared").exists()
+
+
+def test_a_parquet_prompt_column_that_is_not_text(tmp_path):
+    path = tmp_path / "prompts.parquet"
+    pl.DataFrame({"prompt": [["a", "b"], ["c"]]}).write_parquet(path)
+    assert error_line(["prepare", path, "--out", tmp_path / "prepared"]) == f"error: {path}: column 'prompt' holds List(String) values, not text"
+    assert not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.parametrize("suffix, content", [(".jsonl", '{"prompt": "first one"}\n{"prompt": "second"}\n'), (".csv", "prompt\nfirst one\nsecond\n")])
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path, suffix, content):
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    assert sorted(read_prompts(path)["prompt"].to_list()) == ["first one", "second"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -104,8 +115,32 @@ def test_prompt_over_the_length_limit_is_truncated_and_counted(tmp_path, long_pr
     assert "teacher: 1 sequence(s) longer than 252 tokens truncated (teacher.too_long: truncate)" in result.output
     assert read_manifest(out)["prompt_length"] == {"limit": 252, "too_long": "truncate", "truncated": 1}
     (row,) = [r for r in cache_rows(out) if r["id"] == "long"]
-    assert row["response_start"] == 252 and 252 < len(row["input_ids"]) <= 256
+    assert 245 <= row["response_start"] <= 252 and row["response_start"] < len(row["input_ids"]) <= 256
     assert verify_cache(out) == []
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
+    kept = tokenizer.decode(row["input_ids"][: row["response_start"]])
+    user = kept.removeprefix("<|im_start|>user\n").removesuffix("<|im_end|>\n<|im_start|>assistant\n")
+    assert kept == tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)  # the template is whole
+    assert " ".join(f"word{i}" for i in range(150)).startswith(user) and len(user) > 100  # the user text was cut, from its end
+
+
+def test_truncation_keeps_the_chat_template_whole(tiny_teacher):
+    """teacher.too_long: truncate shortens the user text; the template's markers (the assistant turn) stay, for generation and for scoring."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
+    prompt, response = "Tell me about a cat who sails the sea and sings. " * 12, "The cat sang every night under the stars."
+    for answer, limit in ((None, 40), (response, 40), (response, 60)):
+        ids, start = fit(tokenizer, prompt, answer, True, limit)
+        assert len(ids) <= limit and start <= (limit if answer is None else limit - 1)
+        text = tokenizer.decode(ids[:start])
+        assert text.startswith("<|im_start|>user\nTell me about a cat") and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        user = text.removeprefix("<|im_start|>user\n").removesuffix("<|im_end|>\n<|im_start|>assistant\n")
+        assert prompt.startswith(user) and ids[:start] == encode_prompt(tokenizer, user, True)
+        if answer is not None:
+            assert tokenizer.decode(ids[start:]) and response.startswith(tokenizer.decode(ids[start:]).removesuffix("<|im_end|>\n"))
+    short = "Name a colour."
+    assert fit(tokenizer, short, None, True, 40) == (encode_prompt(tokenizer, short, True), len(encode_prompt(tokenizer, short, True)))
+    with pytest.raises(PipelineError, match=r"^the chat template alone takes \d+ tokens, more than the 3 a prompt may have"):
+        fit(tokenizer, prompt, None, True, 3)
 
 
 def test_truncation_keeps_the_first_tokens_and_one_response_token():
@@ -246,3 +281,31 @@ def test_format_version_three_is_for_hybrid_caches_only(tmp_path, broken_cache, 
     expected = f"error: {broken_cache / MANIFEST_FILE}: format version 3 does not go with storage 'topk' (hybrid caches, and only they, are version 3)"
     assert error_line(["verify", broken_cache]) == expected
     assert train_student(broken_cache, tiny_teacher, tmp_path / "student") == expected
+
+
+def test_a_student_shorter_than_the_cached_sequences_is_refused(tmp_path, tiny_cache):
+    longest = max(len(row["input_ids"]) for row in cache_rows(tiny_cache))
+    params = tmp_path / "params.yaml"
+    params.write_text("student:\n  model: {hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 1, intermediate_size: 64, max_position_embeddings: 16}\n")
+    expected = f"error: student.model.max_position_embeddings is 16, but {{cache}} holds a sequence of {longest} tokens: raise it to at least {longest}"
+    assert error_line(["student", "--cache", tiny_cache, "--out", tmp_path / "s", "--params", params]) == expected.format(cache=tiny_cache)
+    older = tmp_path / "older"  # a cache from before the manifest recorded each shard's longest sequence: read from the shards
+    shutil.copytree(tiny_cache, older)
+    manifest = json.loads((older / MANIFEST_FILE).read_text())
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            entry.pop("longest_sequence")
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (older / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert error_line(["student", "--cache", older, "--out", tmp_path / "s", "--params", params]) == expected.format(cache=older)
+    assert not (tmp_path / "s").exists()
+
+
+def test_report_reads_only_the_metrics_kd_evaluate_writes(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"accuracy": 0.9}))
+    assert error_line(["report", other]) == f"error: {other} is not a metrics file written by kd evaluate"
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert error_line(["report", broken]).startswith(f"error: {broken} is not JSON (")
+    assert error_line(["report", tmp_path / "missing.json"]) == f"error: metrics file not found: {tmp_path / 'missing.json'} (run `dvc repro` first)"

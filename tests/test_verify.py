@@ -46,7 +46,7 @@ def test_intact_cache_verifies(tiny_cache):
     assert result.exit_code == 0, result.output
     splits = json.loads((tiny_cache / MANIFEST_FILE).read_text())["splits"].values()
     shards, tokens = sum(len(s["shards"]) for s in splits), sum(s["tokens"] for s in splits)
-    assert result.output.strip() == f"ok: {tiny_cache}: {shards} shards, 20 rows, {tokens} tokens match the manifest"
+    assert result.output.strip() == f"ok: {tiny_cache}: {shards} shards, 20 rows, {tokens} tokens and the shipped tokenizer match the manifest"
 
 
 def test_flipped_byte(cache):

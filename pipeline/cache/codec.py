@@ -157,6 +157,26 @@ class CacheRows:
         """Cached positions per row."""
         return self.seq_lengths - self.response_start
 
+    def id_outside(self, vocab_size: int) -> str | None:
+        """The first input or listed id outside 0 .. vocab_size - 1, described with its row, or None.
+
+        A reader checks every batch before using it: an index past the embedding table would crash a
+        student with a traceback, or on a GPU read another row's weights.
+        """
+        for name, ids, row_of in (("input", self.input_ids, np.repeat(np.arange(len(self.row_ids)), self.seq_lengths)), ("listed", self.entry_ids, None)):
+            bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+            if len(bad):
+                if row_of is None:
+                    row_of = np.repeat(np.repeat(np.arange(len(self.row_ids)), self.positions), self.entries)
+                return f"{name} id {int(ids[bad[0]])} of row '{self.row_ids[row_of[bad[0]]]}' is outside the vocabulary (0..{vocab_size - 1})"
+        return None
+
+
+def longest_sequence(table: pa.Table | pa.RecordBatch) -> int:
+    """The most input ids a row of a shard holds (0 for no rows): what a student's positions must cover."""
+    lengths = pc.list_value_length(table.column("input_ids"))
+    return int(pc.max(lengths).as_py() or 0)
+
 
 def flat_values(column: pa.ChunkedArray | pa.Array, depth: int) -> np.ndarray:
     """The values of a nested list column as one flat numpy array, without a Python object per value."""

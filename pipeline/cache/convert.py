@@ -18,8 +18,8 @@ import pyarrow as pa
 from pipeline.cache.codec import CacheEncoding, decode, encode, manifest_encoding
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, MANIFEST_CHECKSUM, MANIFEST_ONLY
 from pipeline.cache.plan import ShardSpec, planned_shards
-from pipeline.cache.reader import Cache, CachedShard, open_shard
-from pipeline.cache.writer import fill_cache, write_shard, zstd_level
+from pipeline.cache.reader import Cache, CachedShard, read_shard
+from pipeline.cache.writer import claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.errors import PipelineError
 from pipeline.storage import location, same_location
 
@@ -37,13 +37,14 @@ def conversion_plan(manifest: dict[str, Any], encoding: CacheEncoding) -> dict[s
     return plan
 
 
-def convert_cache(src: Path, dst: Path, encoding: CacheEncoding) -> dict[str, Any]:
-    """Write `dst`, the cache at `src` in `encoding`; returns the new manifest."""
+def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool = False) -> dict[str, Any]:
+    """Write `dst`, the cache at `src` in `encoding`; returns the new manifest. `overwrite` replaces what `dst` holds."""
     source = Cache.open(src)
     source.require_task(CAUSAL_LM_TASK, "kd convert", "a classification cache has one encoding, there is nothing to convert")
     dst = location(dst)
     if same_location(dst, source.path):
         raise PipelineError(f"convert writes a new cache: {dst} is the source itself")
+    claim_cache_folder(dst, [source.path], overwrite, option="DST")
     plan = conversion_plan(source.manifest, encoding)
     shards = {entry["file"]: shard for split in source.splits for entry, shard in zip(source.splits[split]["shards"], source.shards(split))}
     copy_tokenizer = partial(shutil.copytree, source.tokenizer_dir) if source.tokenizer_dir.is_dir() else None
@@ -55,7 +56,7 @@ def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: di
     for shard in shards:
         source = sources[shard.file]
         try:
-            table = open_shard(source).read()
+            table = read_shard(source).read()
         except (OSError, pa.ArrowInvalid) as error:
             raise PipelineError(f"shard {source.path} cannot be read: {str(error).splitlines()[0]}") from error
         write_shard(encode(decode(table, source_block), block), dst / shard.file, zstd_level(block))

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_json, tokenizer_sha256
+from pipeline.hashing import sha256_json, tokenizer_definition_sha256, tokenizer_sha256
+from pipeline.outputs import FolderKind
 from pipeline.storage import location
 
 FORMAT_NAME = "kd-topk-cache"
@@ -30,6 +31,8 @@ MANIFEST_CHECKSUM = "manifest_sha256"
 MANIFEST_ONLY = ("format", "format_version", "created_by", "splits", MANIFEST_CHECKSUM)  # what finalize adds to a plan
 LOGPROBS_MEANING = "raw log-softmax of the teacher at temperature 1"  # the manifest's `logprobs` for top-k and sampled caches
 
+CACHE_FOLDER = FolderKind("cache", (PLAN_FILE, MANIFEST_FILE))  # a folder with either file is a cache (or the start of one)
+
 CAUSAL_LM_TASK = "causal_lm_topk"
 CLASSIFY_TASK = "classify_soft_labels"
 
@@ -38,11 +41,31 @@ def tokenizer_record(tokenizer: Any, vocab_size: int, chat_template: bool) -> di
     """The plan's `tokenizer` block: what a cached id means, and where the shipped tokenizer files are."""
     return {
         "sha256": tokenizer_sha256(tokenizer),
+        "definition_sha256": tokenizer_definition_sha256(tokenizer),
         "vocab_size": vocab_size,
         "tokenizer_size": len(tokenizer),
         "chat_template": tokenizer.chat_template if chat_template else None,
         "files": TOKENIZER_DIR,
     }
+
+
+TokenizerDifference = Literal["vocabulary", "definition"]
+VOCABULARY_ONLY = "the cache records a hash of its tokenizer's vocabulary and special tokens only (it predates whole-tokenizer hashes), so merges and normalisation are not checked"
+
+
+def tokenizer_difference(record: dict[str, Any], tokenizer: Any) -> TokenizerDifference | None:
+    """How `tokenizer` differs from the one a cache's `tokenizer` block records, or None when it is that one.
+
+    "vocabulary": another token -> id mapping or other special tokens; "definition": the same
+    vocabulary, but merges, normaliser, pre-tokeniser, post-processor or special-token roles differ,
+    so the same text becomes other ids. A record without `definition_sha256` checks the vocabulary only.
+    """
+    if tokenizer_sha256(tokenizer) != record["sha256"]:
+        return "vocabulary"
+    expected = record.get("definition_sha256")
+    if expected is not None and tokenizer_definition_sha256(tokenizer) != expected:
+        return "definition"
+    return None
 
 
 def manifest_checksum(manifest: dict[str, Any]) -> str:

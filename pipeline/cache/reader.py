@@ -1,12 +1,16 @@
 """`Cache`: a cache opened once, the handle training, evaluation, verify, inspect and convert share.
 
-Opening reads and checks the manifest (format, version, checksum, the task's own checks); shards
-are opened lazily with the checks that cost no scan (present, full size, schema, row count), so a
-damaged file is named at open time. `kd verify` is the full audit (pipeline.cache.verify).
+Opening reads and checks the manifest (format, version, checksum, the task's own checks). Before a
+run, `check_shards` opens every shard with the checks that cost no scan (present, full size, schema,
+row count), so a missing or truncated file stops it at once. Every shard a command streams is read
+whole and checked against the manifest's sha256 before any of its rows is used (`read_shard`), so
+no command trains on, scores or summarises a shard that changed after the teacher wrote it. `kd
+verify` is the full audit (pipeline.cache.verify).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cache.codec import DRAWN_STORAGES, manifest_encoding
+from pipeline.cache.codec import DRAWN_STORAGES, longest_sequence, manifest_encoding
 from pipeline.cache.format import CAUSAL_LM_TASK, MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
@@ -31,31 +35,56 @@ class CachedShard:
     rows: int
     bytes: int
     schema: pa.Schema
+    sha256: str
 
 
 def open_shard(shard: CachedShard) -> pq.ParquetFile:
     """Open a shard after the checks that cost no scan: present, full size, schema, row count."""
+    _check_size(shard)
+    return _opened(shard, open_for_reading(shard.path))
+
+
+def read_shard(shard: CachedShard) -> pq.ParquetFile:
+    """A shard read whole into memory and checked against the manifest's sha256, then opened: what every reader streams.
+
+    The bytes are read anyway; hashing them costs a fraction of decoding them (bench/checksum_cost.py).
+    """
+    _check_size(shard)
+    try:
+        data = shard.path.read_bytes()
+    except OSError as error:
+        raise PipelineError(f"shard {shard.path} cannot be read: {error.strerror or error}") from error
+    if hashlib.sha256(data).hexdigest() != shard.sha256:
+        raise PipelineError(f"shard {shard.path} changed after the teacher wrote it (its sha256 is not the manifest's): nothing was read from it; run `kd verify {shard.path.parent.parent}`")
+    return _opened(shard, pa.BufferReader(data))
+
+
+def _check_size(shard: CachedShard) -> None:
     path = shard.path
     if not path.exists():
         raise PipelineError(f"shard {path} listed in the manifest is missing; rerun the teacher stage with the same --out to regenerate it")
     size = path.stat().st_size
     if size != shard.bytes:
         raise PipelineError(f"shard {path} is {size} bytes but the manifest says {shard.bytes} (truncated or rewritten); run `kd verify`")
+
+
+def _opened(shard: CachedShard, source: Any) -> pq.ParquetFile:
+    """The shard as Parquet, with its schema and row count checked against the manifest."""
     try:
-        parquet = pq.ParquetFile(open_for_reading(path))
+        parquet = pq.ParquetFile(source)
     except (OSError, pa.ArrowInvalid) as error:
-        raise PipelineError(f"shard {path} cannot be read: {str(error).splitlines()[0]}") from error
+        raise PipelineError(f"shard {shard.path} cannot be read: {str(error).splitlines()[0]}") from error
     if not parquet.schema_arrow.remove_metadata().equals(shard.schema.remove_metadata()):
-        raise PipelineError(f"shard {path} does not have the schema of its manifest's encoding")
+        raise PipelineError(f"shard {shard.path} does not have the schema of its manifest's encoding")
     if parquet.metadata.num_rows != shard.rows:
-        raise PipelineError(f"shard {path} has {parquet.metadata.num_rows} rows but the manifest says {shard.rows}; run `kd verify`")
+        raise PipelineError(f"shard {shard.path} has {parquet.metadata.num_rows} rows but the manifest says {shard.rows}; run `kd verify`")
     return parquet
 
 
 def iter_record_batches(shards: Sequence[CachedShard], batch_rows: int, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Stream record batches shard by shard: memory depends on batch_rows, not on the cache size."""
+    """Stream record batches shard by shard, each shard checked by its sha256 first: memory is one shard's bytes plus a batch."""
     for shard in shards:
-        parquet = open_shard(shard)
+        parquet = read_shard(shard)
         try:
             yield from parquet.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
         except (OSError, pa.ArrowInvalid) as error:
@@ -114,7 +143,7 @@ class Cache:
         if not self.splits.get(split, {}).get("shards"):
             raise PipelineError(self._missing_split(split))
         schema = self.task.schema(self.manifest)
-        return [CachedShard(self.path / e["file"], e["rows"], e["bytes"], schema) for e in self.splits[split]["shards"]]
+        return [CachedShard(self.path / e["file"], e["rows"], e["bytes"], schema, e["sha256"]) for e in self.splits[split]["shards"]]
 
     def _missing_split(self, split: str) -> str:
         """Why a split cannot be read: an evaluation-only cache has no train split (its prompt set was all validation)."""
@@ -125,6 +154,13 @@ class Cache:
         if rows.get(split) == 0:
             return f"cache {self.path} has no '{split}' split: its prepared data had no '{split}' rows (it has: {', '.join(others) or 'none'})"
         return f"cache {self.path} has no '{split}' split (it has: {', '.join(others) or 'none'})"
+
+    def longest_sequence(self, split: str) -> int:
+        """The longest sequence of a split: from the manifest, or (a cache from before it recorded one) read from the shards' input_ids."""
+        entries = self.splits[split]["shards"]
+        if all("longest_sequence" in entry for entry in entries):
+            return max((entry["longest_sequence"] for entry in entries), default=0)
+        return max((longest_sequence(open_shard(shard).read(columns=["input_ids"])) for shard in self.shards(split)), default=0)
 
     def check_shards(self, split: str) -> None:
         """Open every shard of a split: a damaged one stops a run now, not hours in."""

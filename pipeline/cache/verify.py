@@ -12,14 +12,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from transformers import AutoTokenizer
 
-from pipeline.cache.format import MANIFEST_FILE, checksum_problem
+from pipeline.cache.codec import longest_sequence
+from pipeline.cache.format import MANIFEST_FILE, TOKENIZER_DIR, checksum_problem, tokenizer_difference
 from pipeline.cache.plan import planned_shards
 from pipeline.cache.reader import Cache
 from pipeline.cache.tasks import task_of
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
-from pipeline.storage import location, open_for_reading
+from pipeline.hashing import sha256_file, tokenizer_sha256
+from pipeline.storage import local_folder, location, open_for_reading
 
 
 def verify_cache(cache_dir: Path) -> list[str]:
@@ -34,6 +36,7 @@ def verify_cache(cache_dir: Path) -> list[str]:
     if malformed:
         return problems + [f"{cache_dir / MANIFEST_FILE} is malformed: {malformed}"]
     problems += _manifest_problems(manifest)
+    problems += _tokenizer_problems(cache_dir, manifest)
     seen_ids: set[str] = set()
     for split in manifest["splits"].values():
         for entry in split["shards"]:
@@ -82,6 +85,24 @@ def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _tokenizer_problems(cache_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """The shipped tokenizer against the manifest's record of the one the cache was made with."""
+    record = manifest["tokenizer"]
+    folder = cache_dir / record.get("files", TOKENIZER_DIR)
+    if not folder.exists():
+        return [f"{folder.name}/: missing (the manifest says the tokenizer ships there)"]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local_folder(folder))
+    except Exception as error:  # transformers raises many types for a broken tokenizer folder
+        return [f"{folder.name}/: cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"]
+    difference = tokenizer_difference(record, tokenizer)
+    if difference == "vocabulary":
+        return [f"{folder.name}/: its vocabulary is {tokenizer_sha256(tokenizer)[:12]} ({len(tokenizer)} tokens), the cache was made with {record['sha256'][:12]} ({record['tokenizer_size']} tokens)"]
+    if difference == "definition":
+        return [f"{folder.name}/: it has the cache's vocabulary, but its merges, normaliser, pre-tokeniser, post-processor or special tokens differ from those the cache was made with"]
+    return []
+
+
 def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, Any], seen_ids: set[str]) -> list[str]:
     file, path = entry["file"], cache_dir / entry["file"]
     if not path.exists():
@@ -105,6 +126,8 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
     tokens = task.count_tokens(table)
     if tokens != entry["tokens"]:
         problems.append(f"{file}: {tokens} cached tokens, the manifest says {entry['tokens']}")
+    if "longest_sequence" in entry and longest_sequence(table) != entry["longest_sequence"]:
+        problems.append(f"{file}: its longest sequence is {longest_sequence(table)} tokens, the manifest says {entry['longest_sequence']}")
     duplicates = []
     for row_id in table.column("id").to_pylist():
         if row_id in seen_ids:

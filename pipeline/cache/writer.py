@@ -23,14 +23,18 @@ import pyarrow.parquet as pq
 
 from pipeline import __version__
 from pipeline.atomic import atomic_dir, atomic_path, remove_temp_files, write_bytes, write_error, write_json
-from pipeline.cache.format import CARD_FILE, FORMAT_NAME, MANIFEST_CHECKSUM, MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, manifest_checksum, read_manifest
+from pipeline.cache.codec import longest_sequence
+from pipeline.cache.format import CACHE_FOLDER, CARD_FILE, FORMAT_NAME, MANIFEST_CHECKSUM, MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, load_manifest, manifest_checksum, read_manifest
 from pipeline.cache.plan import ShardSpec, planned_shards, worker_shards
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
+from pipeline.outputs import OVERWRITE_FLAG, claim_folder
 from pipeline.storage import is_remote, location, open_for_reading, remove_tree, upload_folder
 
 log = logging.getLogger(__name__)
+
+REHASH_FLAG = "--rehash"  # kd finalize: checksum shards that an earlier manifest listed with other checksums
 
 
 class OtherSettingsError(PipelineError):
@@ -83,9 +87,22 @@ def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:
         existing = json.loads(plan_path.read_text())
         if existing != plan:
             changed = sorted(k for k in set(existing) | set(plan) if existing.get(k) != plan.get(k))
-            raise OtherSettingsError(f"{cache_dir} holds a cache made with other settings ({', '.join(changed)} differ); use a new output directory or delete it")
+            raise OtherSettingsError(f"{cache_dir} holds a cache made with other settings ({', '.join(changed)} differ); use a new output directory, or pass {OVERWRITE_FLAG} to replace it")
     else:
         write_json(plan_path, plan)
+
+
+def claim_cache_folder(out_dir: Path, inputs: Sequence[Path | None], overwrite: bool = False, num_workers: int = 1, option: str = "--out") -> None:
+    """Check a cache's output folder before any work (pipeline.outputs); with `overwrite`, clear it so the cache starts afresh.
+
+    Without `overwrite` an existing cache is resumed (same settings) or refused (other settings), and a
+    folder of anything else is refused.
+    """
+    if overwrite and num_workers > 1:
+        raise PipelineError(f"{OVERWRITE_FLAG} replaces the whole cache, which other workers are filling: run it with one worker")
+    claim_folder(out_dir, CACHE_FOLDER, option, inputs, overwrite)
+    if overwrite and out_dir.exists():
+        remove_tree(out_dir)
 
 
 def ship_tokenizer(cache_dir: Path, save: Callable[[Path], Any]) -> None:
@@ -169,17 +186,23 @@ def fill_cache(
 def shard_entry(cache_dir: Path, shard: ShardSpec, task: CacheTask) -> dict[str, Any]:
     path = cache_dir / shard.file
     parquet = pq.ParquetFile(open_for_reading(path))
+    table = parquet.read(columns=list(task.token_columns))
     return {
         "file": shard.file,
         "rows": parquet.metadata.num_rows,
-        "tokens": task.count_tokens(parquet.read(columns=list(task.token_columns))),
+        "tokens": task.count_tokens(table),
+        "longest_sequence": longest_sequence(table),
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
 
 
-def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, Any]:
-    """Write the dataset card and manifest.json once every planned shard exists; returns the manifest."""
+def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write the dataset card and manifest.json once every planned shard exists; returns the manifest.
+
+    `listed` maps shard files to the sha256 an earlier manifest gave them: a shard that no longer
+    matches is refused, so finalizing never approves a shard that changed after it was checksummed.
+    """
     missing = pending_shards(cache_dir, shards)
     if missing:
         raise PipelineError(f"cannot finalize {cache_dir}: {len(missing)} shard(s) missing, first {missing[0].file}")
@@ -189,6 +212,11 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
     splits: dict[str, Any] = {}
     for shard in shards:
         entry = shard_entry(cache_dir, shard, task)
+        if listed and shard.file in listed and listed[shard.file] != entry["sha256"]:
+            raise PipelineError(
+                f"cannot finalize {cache_dir}: {shard.file} changed after {MANIFEST_FILE} listed it (its sha256 differs); "
+                f"delete it and rerun the teacher with the same --out to regenerate it, or pass {REHASH_FLAG} to accept the shards as they are now"
+            )
         split = splits.setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
         for key in ("rows", "tokens", "bytes"):
             split[key] += entry[key]
@@ -206,14 +234,27 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec]) -> dict[str, An
     return manifest
 
 
-def finalize_from_plan(cache_dir: Path) -> dict[str, Any]:
-    """`kd finalize`: write the manifest of a cache that parallel workers filled."""
+def finalize_from_plan(cache_dir: Path, rehash: bool = False) -> dict[str, Any]:
+    """`kd finalize`: write the manifest of a cache that parallel workers filled.
+
+    A shard an existing manifest lists must still have the sha256 it lists (see finalize_cache), unless
+    `rehash`: then the shards are taken as they are now.
+    """
     cache_dir = location(cache_dir)
     plan_path = cache_dir / PLAN_FILE
     if not plan_path.exists():
         raise PipelineError(f"nothing to finalize in {cache_dir}: {PLAN_FILE} not found (run the teacher stage first)")
+    listed = {}
+    if (cache_dir / MANIFEST_FILE).exists() and not rehash:
+        try:
+            manifest = load_manifest(cache_dir)
+            listed = {entry["file"]: entry["sha256"] for split in manifest["splits"].values() for entry in split["shards"]}
+        except (PipelineError, KeyError, TypeError, AttributeError) as error:
+            raise PipelineError(
+                f"cannot finalize {cache_dir}: the shard checksums of its {MANIFEST_FILE} cannot be read ({error}); pass {REHASH_FLAG} to checksum the shards as they are now"
+            ) from None
     remove_temp_files(cache_dir)
-    return finalize_cache(cache_dir, planned_shards(json.loads(plan_path.read_text())))
+    return finalize_cache(cache_dir, planned_shards(json.loads(plan_path.read_text())), listed)
 
 
 def publish(fill: Callable[[Path], dict[str, Any] | None], work_dir: Path, final_dir: Path, name: str = "teacher") -> dict[str, Any]:

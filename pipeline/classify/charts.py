@@ -10,6 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.reporting import CHART_METADATA  # noqa: E402
+
 
 def plot_reliability(models: dict[str, Any], split: str, path: Path) -> None:
     """Accuracy against mean confidence per confidence bin (the diagonal is perfect calibration), ECE in the legend."""
@@ -28,6 +31,6 @@ def plot_reliability(models: dict[str, Any], split: str, path: Path) -> None:
     counts.set_title("Examples per bin")
     counts.legend(fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png", metadata=CHART_METADATA)
     plt.close(figure)

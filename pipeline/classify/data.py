@@ -82,7 +82,7 @@ def read_labelled(path: Path, labels: Sequence[str], text_column: str = "text", 
     Ids come from an `id` column, else from the text, so a repeated text is a repeated id.
     """
     path = Path(path)
-    frame = read_frame(path, "text")
+    frame = read_frame(path, "text", (text_column, label_column))
     if text_column not in frame.columns:
         raise PipelineError(f"{path} has no '{text_column}' column (columns: {', '.join(frame.columns)})")
     columns = {"text": pl.col(text_column).cast(pl.String)}

@@ -25,7 +25,7 @@ from pipeline.classify.student import TextClassifier, load_classifier, one_threa
 from pipeline.classify.training import predict_logits
 from pipeline.errors import PipelineError
 from pipeline.models import count_parameters, load_causal_lm
-from pipeline.reporting import model_table
+from pipeline.reporting import ReportKind, model_table
 from pipeline.settings import Positive, Settings
 
 
@@ -96,6 +96,15 @@ def vocabulary_coverage(train: SoftLabels, test: SoftLabels) -> float | None:
     seen = {token for text in train.input_ids for token in text}
     tokens = [token for text in test.input_ids for token in text]
     return sum(token in seen for token in tokens) / len(tokens) if tokens and seen else None
+
+
+def is_classify_metrics(value: Any) -> bool:
+    """Whether a JSON value is what `kd classify evaluate` writes: named test splits, the headline among them, each with its models."""
+    splits = value.get("splits") if isinstance(value, dict) and value.get("task") == "classify" else None
+    return isinstance(splits, dict) and value.get("headline") in splits and all(isinstance(s, dict) and isinstance(s.get("models"), dict) for s in splits.values())
+
+
+CLASSIFY_METRICS_FILE = ReportKind("classification metrics file", "kd classify evaluate", is_classify_metrics)
 
 
 def evaluate_classifiers(
@@ -215,9 +224,20 @@ def _share(value: float | None) -> str:
 
 
 def evaluate_classifier_students(
-    cache_dir: Path, teacher_path: Path, students: dict[str, Path], splits: list[str] | None, settings: ClassifyEvaluateSettings, metrics_path: Path | None = None, chart_path: Path | None = None
+    cache_dir: Path,
+    teacher_path: Path,
+    students: dict[str, Path],
+    splits: list[str] | None,
+    settings: ClassifyEvaluateSettings,
+    metrics_path: Path | None = None,
+    chart_path: Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """`kd classify evaluate` and the classify_evaluate stage: the metrics, written as JSON, and the reliability diagram of the headline split."""
+    """`kd classify evaluate` and the classify_evaluate stage: the metrics, written as JSON, and the reliability diagram of the headline split.
+
+    The output files are checked before any work (pipeline.outputs); `overwrite` lets them replace other files.
+    """
+    CLASSIFY_METRICS_FILE.claim(metrics_path, chart_path, [cache_dir, teacher_path, *students.values()], overwrite)
     metrics = evaluate_classifiers(cache_dir, teacher_path, students, splits, settings.latency_examples, settings.calibration_bins, settings.headline)
     if metrics_path is not None:
         write_json(metrics_path, metrics)

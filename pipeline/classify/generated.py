@@ -18,6 +18,9 @@ from pipeline.atomic import write_bytes
 from pipeline.cache.format import CAUSAL_LM_TASK
 from pipeline.cache.reader import Cache
 from pipeline.errors import PipelineError
+from pipeline.outputs import FileKind
+
+TEXTS_FILE = FileKind("texts file")  # what `kd classify augment` and `answers` write: any existing file is the user's
 
 log = logging.getLogger(__name__)
 

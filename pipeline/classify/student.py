@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import PipelineError
+from pipeline.outputs import FolderKind, write_marker
 from pipeline.settings import Positive, Settings
 
 Arch = Literal["bilstm", "bag"]
@@ -139,6 +140,9 @@ def pad_batch(texts: Sequence[Sequence[int]], max_tokens: int) -> tuple[torch.Te
     return ids, mask
 
 
+CLASSIFIER_FOLDER = FolderKind("classifier folder")
+
+
 def save_classifier(model: TextClassifier, meta: dict[str, Any], tokenizer_dir: Path | None, out_dir: Path) -> None:
     """Weights, config and label names (and the teacher tokenizer, so the student runs on raw text alone).
 
@@ -151,6 +155,7 @@ def save_classifier(model: TextClassifier, meta: dict[str, Any], tokenizer_dir: 
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        write_marker(tmp, CLASSIFIER_FOLDER)
 
 
 def init_embeddings_from_teacher(model: TextClassifier, table: torch.Tensor) -> None:

@@ -26,7 +26,7 @@ from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
 from pipeline.cache.reader import Cache
 from pipeline.cache.soft_labels import SOFT_LABEL_SCHEMA, mass_summary
-from pipeline.cache.writer import CacheJob, fill_cache, write_shard
+from pipeline.cache.writer import CacheJob, claim_cache_folder, fill_cache, write_shard
 from pipeline.classify.prompt import ClassifyPrompt, render_prompt, verbalizer_ids
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows
@@ -88,14 +88,16 @@ def run_classify_teacher(
     worker_index: int = 0,
     num_workers: int = 1,
     backend: TeacherBackend | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Fill this worker's shards (runner local) or all of them on Ray; returns the manifest once every shard exists.
 
     `data` maps split names to read_labelled frames; `teacher` is {name, path, weights_sha256}.
-    Every check runs before the directory is created.
+    Every check runs before the directory is created; `overwrite` replaces what `out_dir` holds.
     """
     check_ids_across_splits(data)
     out_dir = location(out_dir)
+    claim_cache_folder(out_dir, [Path(teacher["path"])], overwrite, num_workers)
     make_job = partial(classify_teacher_job, data, teacher, out_dir, settings)
     if settings.runner == "ray":
         check_ray_run(worker_index, num_workers, backend)

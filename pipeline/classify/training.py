@@ -15,11 +15,12 @@ from pydantic import Field, field_validator
 from pipeline.cache.reader import Cache
 from pipeline.cache.soft_labels import SoftLabels, read_soft_labels
 from pipeline.classify.loss import fit_label_temperature, hard_targets, hinton_loss, label_kl, scaled_label_logprobs
-from pipeline.classify.student import Arch, ClassifierConfig, TextClassifier, init_embeddings_from_teacher, one_thread, pad_batch, save_classifier, student_vocab
+from pipeline.classify.student import CLASSIFIER_FOLDER, Arch, ClassifierConfig, TextClassifier, init_embeddings_from_teacher, one_thread, pad_batch, save_classifier, student_vocab
 from pipeline.errors import PipelineError
 from pipeline.models import count_parameters, load_causal_lm
+from pipeline.outputs import claim_file, claim_folder
 from pipeline.settings import Alpha, Positive, Settings, Temperature
-from pipeline.training import backward_terms, epoch_steps, train_loop, write_loss_log
+from pipeline.training import LOSS_LOG_FILE, backward_terms, epoch_steps, train_loop, write_loss_log
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,17 @@ def train_classifier(model: TextClassifier, train: SoftLabels, settings: Classif
         )
 
 
-def train_classifier_from_cache(cache_dir: Path, settings: ClassifyTrainSettings, out_dir: Path, loss_log: Path | None = None, teacher: Path | None = None) -> list[dict[str, float]]:
+def train_classifier_from_cache(
+    cache_dir: Path, settings: ClassifyTrainSettings, out_dir: Path, loss_log: Path | None = None, teacher: Path | None = None, overwrite: bool = False
+) -> list[dict[str, float]]:
     """Train on the cache's train split and save the classifier (with the cache's tokenizer) to out_dir.
 
-    `teacher` is the teacher model's folder, read only for `embedding_init: teacher`.
+    `teacher` is the teacher model's folder, read only for `embedding_init: teacher`. The outputs are
+    checked before any work (pipeline.outputs); `overwrite` lets them replace folders and files of other kinds.
     """
+    claim_folder(out_dir, CLASSIFIER_FOLDER, "--out", [cache_dir, teacher], overwrite)
+    if loss_log is not None:
+        claim_file(loss_log, LOSS_LOG_FILE, "--loss-log", [cache_dir, teacher, out_dir], overwrite)
     cache = Cache.open(cache_dir)
     train = read_soft_labels(cache, "train")
     label_temperature = fit_label_temperature(train.label_logprobs, train.label) if settings.label_temperature == "fit" else float(settings.label_temperature)

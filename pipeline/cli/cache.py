@@ -8,18 +8,21 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import cache_location, clean_errors, echo_fill_result
+from pipeline.cli.common import Overwrite, cache_location, clean_errors, echo_fill_result
 
 app = typer.Typer()
 
 
 @app.command()
 @clean_errors
-def finalize(path: Path = typer.Argument(..., parser=cache_location, help="cache directory (or object-store URL) that parallel workers filled")) -> None:
+def finalize(
+    path: Path = typer.Argument(..., parser=cache_location, help="cache directory (or object-store URL) that parallel workers filled"),
+    rehash: bool = typer.Option(False, "--rehash", help="checksum the shards as they are now, even those an existing manifest lists with other checksums"),
+) -> None:
     """Write manifest.json once every shard exists (the worker that finishes last does this itself)."""
     from pipeline.cache import finalize_from_plan
 
-    echo_fill_result(finalize_from_plan(path), path, 0, "tokens", "tokens")
+    echo_fill_result(finalize_from_plan(path, rehash), path, 0, "tokens", "tokens")
 
 
 @app.command()
@@ -27,6 +30,7 @@ def finalize(path: Path = typer.Argument(..., parser=cache_location, help="cache
 def verify(path: Path = typer.Argument(..., parser=cache_location, help="cache directory or object-store URL")) -> None:
     """Check a cache against its manifest: checksums, schema, counts, value sanity, ids in the vocabulary."""
     from pipeline.cache import read_manifest
+    from pipeline.cache.format import VOCABULARY_ONLY
     from pipeline.cache.verify import verify_cache
 
     problems = verify_cache(path)
@@ -34,9 +38,12 @@ def verify(path: Path = typer.Argument(..., parser=cache_location, help="cache d
         typer.echo(f"error: {problem}", err=True)
     if problems:
         raise typer.Exit(1)
-    splits = read_manifest(path)["splits"]
+    manifest = read_manifest(path)
+    splits = manifest["splits"]
     shards = sum(len(s["shards"]) for s in splits.values())
-    typer.echo(f"ok: {path}: {shards} shards, {sum(s['rows'] for s in splits.values())} rows, {sum(s['tokens'] for s in splits.values())} tokens match the manifest")
+    typer.echo(f"ok: {path}: {shards} shards, {sum(s['rows'] for s in splits.values())} rows, {sum(s['tokens'] for s in splits.values())} tokens and the shipped tokenizer match the manifest")
+    if manifest["tokenizer"].get("definition_sha256") is None:
+        typer.echo(f"note: {VOCABULARY_ONLY}")
 
 
 @app.command()
@@ -60,6 +67,7 @@ def convert(
     tail_log_step: Optional[float] = typer.Option(None, help="compact: step of the log tail mass"),
     token_logprob_step: Optional[float] = typer.Option(None, help="compact: step of the actual token's log-prob"),
     zstd_level: Optional[int] = typer.Option(None, help="compact: Parquet zstd level"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Rewrite a cache in another encoding, shard by shard (rerun to resume); options left unset take the default compact settings (those in params.yaml)."""
     from pipeline.cache.codec import CacheEncoding
@@ -68,7 +76,7 @@ def convert(
     settings = CacheEncoding().updated(
         "", encoding=encoding, sqrt_step=sqrt_step, drop_zero_level=drop_zero_level, tail_log_step=tail_log_step, token_logprob_step=token_logprob_step, zstd_level=zstd_level
     )
-    manifest = convert_cache(src, dst, settings)
+    manifest = convert_cache(src, dst, settings, overwrite)
     tokens = sum(s["tokens"] for s in manifest["splits"].values())
     size = sum(s["bytes"] for s in manifest["splits"].values())
     typer.echo(f"converted: {tokens} tokens in {dst}, encoding {encoding}, {size / max(1, tokens):.1f} bytes/token")

@@ -10,6 +10,7 @@ import typer
 from pipeline.cli.common import (
     EmbeddedDir,
     NumWorkers,
+    Overwrite,
     ParamsFile,
     RayAddress,
     TeacherModel,
@@ -47,6 +48,7 @@ def teacher(
     worker_index: WorkerIndex = 0,
     use_ray: UseRay = False,
     ray_address: RayAddress = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Label texts zero-shot with the teacher and write the soft-label cache."""
     from pipeline.classify.data import ClassifyDataSettings, read_classify_data
@@ -61,7 +63,7 @@ def teacher(
         files = ClassifyDataSettings.from_section({**files.model_dump(), **given}, "classify.data")
     data = read_classify_data(files, settings.prompt.label_names)
     teacher_ref = resolve_teacher(model or read_section(params, "teacher", TeacherSettings).model, embedded_dir)
-    manifest = run_classify_teacher(data, teacher_ref, out, settings, worker_index, num_workers)
+    manifest = run_classify_teacher(data, teacher_ref, out, settings, worker_index, num_workers, overwrite=overwrite)
     echo_fill_result(manifest, out, worker_index, "rows", "texts")
 
 
@@ -78,12 +80,13 @@ def student(
     epochs: Optional[int] = None,
     loss_log: Optional[Path] = typer.Option(None, help="CSV file for the per-step loss log"),
     teacher_model: Optional[Path] = typer.Option(None, "--teacher", help="teacher model folder, for embedding_init teacher"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a BiLSTM or bag-of-embeddings classifier on the cache's train split."""
     from pipeline.classify.training import ClassifyStudentSettings, train_classifier_from_cache
 
     section = read_section(params, "classify.student", ClassifyStudentSettings).updated("classify.student", alpha=alpha, temperature=temperature, epochs=epochs)
-    train_classifier_from_cache(cache, section.variant(arch, targets), out, loss_log, teacher_model)
+    train_classifier_from_cache(cache, section.variant(arch, targets), out, loss_log, teacher_model, overwrite)
 
 
 @app.command()
@@ -99,12 +102,13 @@ def evaluate(
     headline: Optional[str] = typer.Option(None, help="split printed first and drawn in the chart [default: classify.evaluate.headline of --params, else the first split]"),
     latency_examples: Optional[int] = typer.Option(None, help="texts of the headline split timed one by one [default: classify.evaluate of --params, else 32]"),
     calibration_bins: Optional[int] = typer.Option(None, help="confidence bins of ECE and the diagram [default: classify.evaluate of --params, else 10]"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Accuracy, agreement, ECE, size and latency of the teacher and the classifiers."""
     from pipeline.classify.evaluate import ClassifyEvaluateSettings, evaluate_classifier_students, format_classify_table
 
     settings = read_section(params, "classify.evaluate", ClassifyEvaluateSettings).updated("classify.evaluate", headline=headline, latency_examples=latency_examples, calibration_bins=calibration_bins)
-    metrics = evaluate_classifier_students(cache, teacher_model, student_folders(student_dirs), splits or None, settings, out, chart)
+    metrics = evaluate_classifier_students(cache, teacher_model, student_folders(student_dirs), splits or None, settings, out, chart, overwrite)
     typer.echo(format_classify_table(metrics))
 
 
@@ -122,12 +126,15 @@ def augment(
     ngram: float = typer.Option(0.25, help="probability that only a random 1- to 5-gram is kept"),
     seed: int = typer.Option(0, help="seed of the augmentation"),
     text_column: str = "text",
+    overwrite: Overwrite = False,
 ) -> None:
     """Tang et al.'s augmentation (masking, same-class word substitution, n-gram sampling): unlabelled texts for the teacher to label."""
     from pipeline.classify.augment import AugmentSettings, augment_texts, read_lexicon
     from pipeline.classify.data import TextSet, read_text_set
-    from pipeline.classify.generated import write_jsonl
+    from pipeline.classify.generated import TEXTS_FILE, write_jsonl
+    from pipeline.outputs import claim_file
 
+    claim_file(out, TEXTS_FILE, "--out", [texts, lexicon], overwrite)
     settings = AugmentSettings(copies=copies, mask=mask, substitute=substitute, ngram=ngram, seed=seed)
     source = read_text_set(TextSet(path=texts, sample=sample), [], text_column, label_column="", seed=sample_seed)
     new = augment_texts(source["text"].to_list(), settings, read_lexicon(lexicon) if lexicon else None)
@@ -142,10 +149,13 @@ def answers(
     out: Path = typer.Option(..., help="JSONL of the answers as texts (no labels: `kd classify teacher` labels them)"),
     split: str = typer.Option("validation", help="cache split (an evaluation-only prompt set puts every prompt in validation)"),
     min_words: int = typer.Option(3, help="drop answers shorter than this"),
+    overwrite: Overwrite = False,
 ) -> None:
     """The teacher's answers in a cache as texts: what the LLM wrote, for a generated transfer set."""
-    from pipeline.classify.generated import answers_as_texts, write_jsonl
+    from pipeline.classify.generated import TEXTS_FILE, answers_as_texts, write_jsonl
+    from pipeline.outputs import claim_file
 
+    claim_file(out, TEXTS_FILE, "--out", [cache], overwrite)
     rows = answers_as_texts(cache, split, min_words)
     write_jsonl(rows, out)
     typer.echo(f"{len(rows)} texts in {out}")

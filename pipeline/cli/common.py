@@ -19,6 +19,7 @@ NumWorkers = Annotated[int, typer.Option(help="processes filling disjoint shards
 WorkerIndex = Annotated[int, typer.Option(help="which of the --num-workers processes this is, from 0")]
 UseRay = Annotated[bool, typer.Option("--ray", help="run on a Ray cluster: a pool of actors fills the shards (runner ray; docs/ray.md)")]
 RayAddress = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address for --ray [default: ray.address of --params, else $RAY_ADDRESS or a local cluster]")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an output that exists and holds something else (never one of the command's inputs); a cache starts afresh")]
 ParamsFile = Annotated[Optional[Path], typer.Option("--params", help="params.yaml whose sections give the settings (options override them)")]
 
 

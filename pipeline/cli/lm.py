@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -10,8 +9,21 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import EmbeddedDir, NumWorkers, ParamsFile, RayAddress, TeacherModel, UseRay, WorkerIndex, cache_location, clean_errors, echo_fill_result, ray_runner, student_folders
-from pipeline.errors import PipelineError
+from pipeline.cli.common import (
+    EmbeddedDir,
+    NumWorkers,
+    Overwrite,
+    ParamsFile,
+    RayAddress,
+    TeacherModel,
+    UseRay,
+    WorkerIndex,
+    cache_location,
+    clean_errors,
+    echo_fill_result,
+    ray_runner,
+    student_folders,
+)
 from pipeline.settings import read_section
 from pipeline.teacher_model import EMBEDDED_DIR
 
@@ -26,12 +38,13 @@ def prepare(
     text_column: str = "prompt",
     validation_fraction: float = typer.Option(0.2, help="share of prompts held out for validation; 1 makes an evaluation-only set (train empty)"),
     seed: int = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Validate a prompt set, assign stable ids and split it."""
     from pipeline.data import DataSettings, prepare_prompts
 
     settings = DataSettings.from_section({"prompts": prompts, "text_column": text_column, "validation_fraction": validation_fraction, "seed": seed}, "data")
-    splits = prepare_prompts(settings, out)
+    splits = prepare_prompts(settings, out, overwrite)
     typer.echo(", ".join(f"{name}: {frame.height} prompts" for name, frame in splits.items()))
 
 
@@ -55,6 +68,7 @@ def teacher(
     worker_index: WorkerIndex = 0,
     use_ray: UseRay = False,
     ray_address: RayAddress = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Run the teacher over prepared prompts and write the top-k (or sampled, or hybrid) cache."""
     from pipeline.lm.teacher import TeacherSettings, run_teacher
@@ -64,7 +78,7 @@ def teacher(
     settings = read_section(params, "teacher", TeacherSettings).updated(
         "teacher", model=model, k=k, draws=draws, head=head, backend=backend, batch_size=batch_size, device=device, too_long=too_long, generation=generation, **ray_runner(use_ray, ray_address)
     )
-    manifest = run_teacher(prepared, resolve_teacher(settings.model, embedded_dir), out, settings, worker_index, num_workers)
+    manifest = run_teacher(prepared, resolve_teacher(settings.model, embedded_dir), out, settings, worker_index, num_workers, overwrite=overwrite)
     echo_fill_result(manifest, out, worker_index, "tokens", "tokens")
 
 
@@ -91,6 +105,7 @@ def student(
     checkpoints: Optional[Path] = typer.Option(None, help="folder of the training state [default: .OUT-partial beside --out]; a rerun resumes from it"),
     nproc: int = typer.Option(1, help="processes to train on (DDP, or FSDP2 with student.parallel fsdp): relaunches this command under torchrun"),
     loss_log: Optional[Path] = typer.Option(None, help="CSV file for the per-step loss log (the validation log goes beside it)"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a student from a cache (resuming from its training state when one is there)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -113,7 +128,7 @@ def student(
         cross_tokenizer=None if cross_tokenizer is None else {"loss": cross_tokenizer},
     )
     checkpoints = checkpoints or out.parent / f".{out.name}-partial"
-    train_student(cache, settings, out, tokenizer, loss_log, checkpoint_dir=checkpoints, teacher=teacher_model)
+    train_student(cache, settings, out, tokenizer, loss_log, checkpoint_dir=checkpoints, teacher=teacher_model, overwrite=overwrite)
 
 
 def launch_torchrun(nproc: int) -> None:
@@ -146,12 +161,14 @@ def evaluate(
     params: ParamsFile = None,
     speed_sequences: Optional[int] = typer.Option(None, help="validation sequences timed [default: evaluate.speed_sequences of --params, else 16]"),
     split: str = typer.Option("validation", help="the cache split scored: validation, or train to compare with the prompts a student trained on"),
+    any_teacher: bool = typer.Option(False, "--any-teacher", help="compare with a --teacher other than the one that made the cache (its weights hash differs)"),
+    overwrite: Overwrite = False,
 ) -> None:
     """Compare students with the teacher on the cache's validation split (or --split)."""
     from pipeline.lm.metrics import EvaluateSettings, evaluate_students, format_table
 
     settings = read_section(params, "evaluate", EvaluateSettings).updated("evaluate", speed_sequences=speed_sequences)
-    metrics = evaluate_students(cache, teacher_model, student_folders(student_dirs), settings, out, split=split)
+    metrics = evaluate_students(cache, teacher_model, student_folders(student_dirs), settings, out, split=split, overwrite=overwrite, any_teacher=any_teacher)
     typer.echo(format_table(metrics))
 
 
@@ -162,16 +179,11 @@ def report(
     classify_metrics: Path = typer.Option(Path("reports/classify_metrics.json"), help="classification metrics, printed too when the file exists"),
 ) -> None:
     """Print the metrics table written by the evaluate stage (and the classification table when it exists)."""
-    from pipeline.lm.metrics import format_table
+    from pipeline.lm.metrics import METRICS_FILE, format_table
 
-    if not metrics.exists():
-        raise PipelineError(f"metrics file not found: {metrics} (run `dvc repro` first)")
-    typer.echo(format_table(json.loads(metrics.read_text())))
+    typer.echo(format_table(METRICS_FILE.read(metrics)))
     if classify_metrics.exists():
-        from pipeline.classify.evaluate import format_classify_table
+        from pipeline.classify.evaluate import CLASSIFY_METRICS_FILE, format_classify_table
 
-        classification = json.loads(classify_metrics.read_text())
-        if "splits" not in classification:
-            raise PipelineError(f"{classify_metrics} was written before issue 15 (one test split, no 'splits' key): rerun classify_evaluate (`dvc repro`)")
         typer.echo("")
-        typer.echo(format_classify_table(classification))
+        typer.echo(format_classify_table(CLASSIFY_METRICS_FILE.read(classify_metrics)))

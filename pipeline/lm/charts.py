@@ -10,6 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.reporting import CHART_METADATA  # noqa: E402
+
 
 def plot_training(logs: dict[str, list[dict[str, float]]], metrics: dict[str, Any], path: Path) -> None:
     """Loss curves of every student beside their validation KL to the teacher."""
@@ -26,6 +29,6 @@ def plot_training(logs: dict[str, list[dict[str, float]]], metrics: dict[str, An
     kl_bars.set_ylabel("KL to teacher (validation, nats/token)")
     kl_bars.set_title("Lower is closer to the teacher")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png", metadata=CHART_METADATA)
     plt.close(figure)

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from pipeline.cache.format import tokenizer_difference
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
 from pipeline.lm.chunked_loss import chunked_distillation_loss
@@ -375,9 +376,10 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
             "set student.cross_tokenizer.teacher_tokenizer to the teacher's tokenizer folder"
         )
     teacher = AutoTokenizer.from_pretrained(folder)
-    expected, actual = cache.manifest["tokenizer"]["sha256"], tokenizer_sha256(teacher)
-    if actual != expected:
-        raise PipelineError(f"the teacher tokenizer at {folder} is {actual[:12]}, but the cache was made with {expected[:12]}")
+    difference = tokenizer_difference(cache.manifest["tokenizer"], teacher)
+    if difference is not None:
+        actual = tokenizer_sha256(teacher)[:12] if difference == "vocabulary" else "the same vocabulary with another definition (merges, normaliser or special tokens)"
+        raise PipelineError(f"the teacher tokenizer at {folder} is {actual}, but the cache was made with {cache.manifest['tokenizer']['sha256'][:12]}")
     if cache.sampled:
         raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: cross-tokenizer distillation needs a top-k cache (draws cannot be mapped onto another vocabulary)")
     return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size)
@@ -391,8 +393,13 @@ def own_tokenizer_converter(cache: Any, folder: Path) -> CrossTokenizer | None:
     if not (folder / "tokenizer_config.json").exists():
         return None
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer_sha256(tokenizer) == cache.manifest["tokenizer"]["sha256"]:
+    difference = tokenizer_difference(cache.manifest["tokenizer"], tokenizer)
+    if difference is None:
         return None
+    if difference == "definition":
+        raise PipelineError(
+            f"the tokenizer in {folder} has the cache's vocabulary but other merges, normaliser, pre-tokeniser, post-processor or special tokens: the student would read other ids than it learned from; give it the tokenizer the cache was made with"
+        )
     return cross_tokenizer(cache, tokenizer, CrossTokenizerSettings())
 
 

@@ -9,16 +9,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig
 
 from pipeline.atomic import write_json
 from pipeline.cache.reader import Cache
+from pipeline.errors import PipelineError
+from pipeline.hashing import weights_sha256
 from pipeline.lm.charts import plot_training
 from pipeline.lm.cross_tokenizer import cross_agreement, decode, own_tokenizer_converter
 from pipeline.lm.losses import sampled_forward_kl, sparse_forward_kl
 from pipeline.lm.streaming import TopKBatch, stream_batches
 from pipeline.lm.student import position_logits
 from pipeline.models import count_parameters, load_causal_lm
-from pipeline.reporting import model_table
+from pipeline.reporting import ReportKind, model_table
 from pipeline.settings import Positive, Settings
 from pipeline.training import read_loss_log
 
@@ -28,6 +31,15 @@ class EvaluateSettings(Settings):
 
     speed_sequences: Positive = 16  # validation sequences timed, teacher and students side by side
     batch_size: Positive = 8
+
+
+def is_metrics(value: Any) -> bool:
+    """Whether a JSON value is what `kd evaluate` writes: models by name, each with its parameter count."""
+    models = value.get("models") if isinstance(value, dict) else None
+    return isinstance(models, dict) and bool(models) and all(isinstance(m, dict) and isinstance(m.get("params"), int) for m in models.values())
+
+
+METRICS_FILE = ReportKind("metrics file", "kd evaluate", is_metrics)
 
 
 def kl_to_teacher(logits: torch.Tensor, batch: TopKBatch) -> torch.Tensor:
@@ -107,10 +119,50 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(model_table(metrics["models"], columns, 12, 15))
 
 
-def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Path], speed_sequences: int = 16, batch_size: int = 8, split: str = "validation") -> dict[str, Any]:
-    """Metrics of each student against the cached teacher on one split (only that split is read), with throughput measured side by side."""
+def check_teacher(cache: Cache, teacher_path: Path, any_teacher: bool = False) -> None:
+    """Refuse a teacher folder other than the one that made the cache (by weights hash), unless `any_teacher`."""
+    if not (Path(teacher_path) / "config.json").is_file():
+        raise PipelineError(f"teacher model folder not found or has no config.json: {teacher_path}")
+    try:
+        actual = weights_sha256(Path(teacher_path))
+    except FileNotFoundError as error:
+        raise PipelineError(f"--teacher {teacher_path}: {error}") from None
+    expected = cache.manifest.get("teacher", {}).get("weights_sha256")
+    if actual != expected and not any_teacher:
+        raise PipelineError(
+            f"--teacher {teacher_path} is not the teacher that made {cache.path} (weights sha256 {actual[:12]}, the cache's {str(expected)[:12]}); give that teacher, or pass --any-teacher to compare with this model anyway"
+        )
+
+
+def check_student_folder(name: str, path: Path, cache: Cache) -> Any:
+    """A student folder's problems, before any model loads: not a model, an unreadable config, too few embedding rows for the cache's ids.
+
+    Returns its tokenizer converter (see own_tokenizer_converter): None for a student with the cache's tokenizer.
+    """
+    if not (Path(path) / "config.json").is_file():
+        raise PipelineError(f"student '{name}' at {path} is not a model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PipelineError(f"student '{name}' at {path}: config.json cannot be read ({str(error).splitlines()[0]})") from None
+    convert = own_tokenizer_converter(cache, path)
+    rows = getattr(config, "vocab_size", None)
+    if convert is None and (not isinstance(rows, int) or rows < cache.vocab_size):
+        raise PipelineError(f"student '{name}' at {path} has {rows} embedding rows, but {cache.path} holds token ids up to {cache.vocab_size - 1}: it is not a student of this cache")
+    return convert
+
+
+def evaluate_models(
+    cache_dir: Path, teacher_path: Path, students: dict[str, Path], speed_sequences: int = 16, batch_size: int = 8, split: str = "validation", any_teacher: bool = False
+) -> dict[str, Any]:
+    """Metrics of each student against the cached teacher on one split (only that split is read), with throughput measured side by side.
+
+    The teacher must be the cache's (by weights hash) unless `any_teacher`; every folder is checked before any model loads.
+    """
     cache = Cache.open(cache_dir)
     cache.check_shards(split)  # a missing or damaged split stops the run before any model loads
+    check_teacher(cache, teacher_path, any_teacher)
+    converters = {name: check_student_folder(name, path, cache) for name, path in students.items()}
     sequences = validation_sequences(cache, speed_sequences, split)
     teacher = load_causal_lm(teacher_path)
     teacher_speed = tokens_per_second(teacher, sequences, batch_size)
@@ -119,7 +171,7 @@ def evaluate_models(cache_dir: Path, teacher_path: Path, students: dict[str, Pat
     tokens = 0
     for name, path in students.items():
         model = load_causal_lm(path)
-        convert = own_tokenizer_converter(cache, path)
+        convert = converters[name]
         if convert is not None:  # distilled across tokenizers: scored on aligned positions, CE per student token
             scores = cross_agreement(model, convert.batches(stream_batches(cache, split, batch_size)))
             report = convert.report()
@@ -148,9 +200,15 @@ def evaluate_students(
     chart_path: Path | None = None,
     loss_logs: dict[str, Path] | None = None,
     split: str = "validation",
+    overwrite: bool = False,
+    any_teacher: bool = False,
 ) -> dict[str, Any]:
-    """`kd evaluate` and the evaluate stage: the metrics, written as JSON, and the training chart from the loss logs."""
-    metrics = evaluate_models(cache_dir, teacher_path, students, settings.speed_sequences, settings.batch_size, split)
+    """`kd evaluate` and the evaluate stage: the metrics, written as JSON, and the training chart from the loss logs.
+
+    The output files are checked before any work (pipeline.outputs); `overwrite` lets them replace other files.
+    """
+    METRICS_FILE.claim(metrics_path, chart_path, [cache_dir, teacher_path, *students.values()], overwrite)
+    metrics = evaluate_models(cache_dir, teacher_path, students, settings.speed_sequences, settings.batch_size, split, any_teacher)
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     if chart_path is not None and loss_logs:

@@ -22,11 +22,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from pipeline.atomic import atomic_path, remove_temp_files
 from pipeline.errors import PipelineError
 from pipeline.lm.parallel import Processes
+from pipeline.outputs import FolderKind
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "training-state.pt"
 FORMAT_VERSION = 1  # rng: one entry per process, by rank
+TRAINING_STATE_FOLDER = FolderKind("training state", (STATE_FILE,))
 
 
 class OtherRunError(PipelineError):
@@ -77,11 +79,10 @@ def save_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.o
     model_state, optimizer_state = full_state(model, optimizer)
     rng = all_rng_states(processes)
     if processes.main:
-        folder.mkdir(parents=True, exist_ok=True)
         remove_temp_files(folder, [STATE_FILE])
         state = {"format_version": FORMAT_VERSION, "model": model_state, "optimizer": optimizer_state, "rng": rng, **run}
-        with atomic_path(folder / STATE_FILE) as tmp:
-            torch.save(state, tmp)
+        with atomic_path(folder / STATE_FILE) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)  # through a Python file, so a full disk is an OSError in the chain, not only "unexpected pos"
     processes.barrier()
 
 

@@ -32,11 +32,54 @@ def encode_conversation(tokenizer: Any, prompt: str, response: str, use_chat_tem
     return full, len(prompt_ids)
 
 
-def encode_rows(tokenizer: Any, rows: pl.DataFrame, use_chat_template: bool) -> list[Encoded]:
-    """One (ids, response start) per row; a prompt still to be answered starts its response at len(ids)."""
-    if "response" in rows.columns:
-        return [encode_conversation(tokenizer, p, r, use_chat_template) for p, r in zip(rows["prompt"], rows["response"])]
-    return [(ids, len(ids)) for ids in (encode_prompt(tokenizer, p, use_chat_template) for p in rows["prompt"])]
+def encode_row(tokenizer: Any, prompt: str, response: str | None, use_chat_template: bool) -> Encoded:
+    """(ids, response start) of one row; a prompt still to be answered (response None) starts its response at len(ids)."""
+    if response is not None:
+        return encode_conversation(tokenizer, prompt, response, use_chat_template)
+    ids = encode_prompt(tokenizer, prompt, use_chat_template)
+    return ids, len(ids)
+
+
+def encode_rows(tokenizer: Any, rows: pl.DataFrame, use_chat_template: bool, limit: int | None = None) -> list[Encoded]:
+    """One (ids, response start) per row; with `limit`, a row longer than it is fitted to it (`fit`)."""
+    responses = rows["response"] if "response" in rows.columns else [None] * rows.height
+    if limit is None:
+        return [encode_row(tokenizer, p, r, use_chat_template) for p, r in zip(rows["prompt"], responses)]
+    return [fit(tokenizer, p, r, use_chat_template, limit) for p, r in zip(rows["prompt"], responses)]
+
+
+def fit(tokenizer: Any, prompt: str, response: str | None, use_chat_template: bool, limit: int) -> Encoded:
+    """The row's ids within `limit` tokens (teacher.too_long: truncate), the chat template kept whole.
+
+    A prompt keeps as much as fits (leaving one token for a scored response); a prompt over that is
+    shortened in its user text, so the template's markers (the assistant turn above all) stay where
+    the teacher expects them. Without a chat template the prompt keeps its first tokens. A scored
+    response longer than the room left is cut at its end.
+    """
+    encoded = encode_row(tokenizer, prompt, response, use_chat_template)
+    if len(encoded[0]) <= limit:
+        return encoded
+    room = limit if response is None else limit - 1
+    if encoded[1] > room:
+        if not use_chat_template:
+            return truncate(encoded, limit)
+        encoded = encode_row(tokenizer, shortened_prompt(tokenizer, prompt, room), response, use_chat_template)
+    ids, start = encoded
+    return ids[:limit], start
+
+
+def shortened_prompt(tokenizer: Any, prompt: str, room: int) -> str:
+    """The longest start of `prompt` (whole tokens of it) whose chat-template rendering fits in `room` tokens."""
+    user_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    keep = len(user_ids) - (len(encode_prompt(tokenizer, prompt, True)) - room)
+    while keep > 0:
+        text = tokenizer.decode(user_ids[:keep]).rstrip("\ufffd")  # a cut through a character decodes to U+FFFD
+        excess = len(encode_prompt(tokenizer, text, True)) - room
+        if excess <= 0:
+            return text
+        keep -= excess
+    overhead = len(encode_prompt(tokenizer, "", True))
+    raise PipelineError(f"the chat template alone takes {overhead} tokens, more than the {room} a prompt may have: raise the teacher's length limit, or set teacher.chat_template: false")
 
 
 def length_limit(max_length: int, max_new_tokens: int, scoring: bool) -> int:

@@ -140,7 +140,11 @@ def stream_batches(cache: Cache, split: str, batch_size: int, seed: int | None =
         if order is not None:
             records = records.take(pa.array(order))
         for start in range(skip * batch_size, records.num_rows, batch_size):
-            yield to_topk_batch(records.slice(start, batch_size), block)
+            rows = decode(records.slice(start, batch_size), block)
+            outside = rows.id_outside(cache.vocab_size)
+            if outside:
+                raise PipelineError(f"{cache.path}, {split} split: {outside}; the cache is damaged: run `kd verify {cache.path}`")
+            yield to_topk_batch(rows)
         skip = 0
 
 

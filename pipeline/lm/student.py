@@ -3,11 +3,15 @@ or one pruned from the teacher itself (`student.init: prune`, see pipeline.lm.pr
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.activations import ACT2FN
 
 from pipeline.errors import PipelineError
 from pipeline.lm.prune import PruneSettings, pruned_student
@@ -25,11 +29,44 @@ DEFAULT_STUDENT = {
 }
 
 
+LLAMA_FIELDS = frozenset(inspect.signature(LlamaConfig.__init__).parameters) - {"self", "kwargs", "vocab_size"}
+SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim")
+
+
+def student_config(fields: dict[str, Any], vocab_size: int = 256) -> LlamaConfig:
+    """The LlamaConfig of a scratch student: DEFAULT_STUDENT with `fields` (student.model) over it, tied embeddings by default.
+
+    Every field must be a LlamaConfig field with a value it accepts, and the shapes must fit together;
+    a problem raises ValueError naming it (the settings turn it into one line naming `student.model`).
+    The vocabulary comes from the cache.
+    """
+    if "vocab_size" in fields:
+        raise ValueError("vocab_size comes from the cache (its tokenizer's output vocabulary): remove it")
+    unknown = sorted(set(fields) - LLAMA_FIELDS)
+    if unknown:
+        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, LLAMA_FIELDS, n=1)) else name for name in unknown]
+        raise ValueError(f"not LlamaConfig field(s): {', '.join(hints)}")
+    settings = {"tie_word_embeddings": True, **DEFAULT_STUDENT, **fields}
+    for name in SIZES:
+        value = settings.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if settings.get("hidden_act", "silu") not in ACT2FN:
+        raise ValueError(f"hidden_act '{settings['hidden_act']}' is not an activation transformers knows (e.g. silu, gelu, relu)")
+    heads, kv_heads = settings["num_attention_heads"], settings.get("num_key_value_heads") or settings["num_attention_heads"]
+    if heads % kv_heads:
+        raise ValueError(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
+    try:
+        return LlamaConfig(vocab_size=vocab_size, **settings)
+    except (StrictDataclassError, TypeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[-1].strip().removeprefix("ValueError: ").removeprefix("TypeError: ").rstrip(".")
+        raise ValueError(reason[:1].lower() + reason[1:]) from None
+
+
 def build_student(config: dict[str, Any], vocab_size: int, seed: int) -> LlamaForCausalLM:
     """A randomly initialised student; embeddings tied to the output layer to keep it small."""
     torch.manual_seed(seed)
-    settings = {**DEFAULT_STUDENT, **config}
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, **settings))
+    return LlamaForCausalLM(student_config(config, vocab_size))
 
 
 def pretrained_student(folder: Path, vocab_size: int) -> torch.nn.Module:

@@ -29,11 +29,11 @@ from pipeline.cache.codec import CacheEncoding, listed_ids
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
-from pipeline.cache.writer import CacheJob, fill_cache, write_shard, zstd_level
+from pipeline.cache.writer import CacheJob, claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows
-from pipeline.lm.sequences import Encoded, encode_rows, length_limit, refuse_too_long, truncate
+from pipeline.lm.sequences import Encoded, encode_rows, length_limit, refuse_too_long
 from pipeline.settings import Positive, Settings
 from pipeline.storage import location
 
@@ -74,15 +74,18 @@ def run_teacher(
     worker_index: int = 0,
     num_workers: int = 1,
     backend: TeacherBackend | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Fill this worker's shards of `out_dir` (teacher.runner local) or all of them on Ray; returns the manifest once every shard exists.
 
     `teacher` is {name, path, weights_sha256} from resolve_teacher. Every check that can fail
     runs before the directory is created; a single-worker run that fails before its first shard
-    removes the directory it created, so no half-made cache is left behind.
+    removes the directory it created, so no half-made cache is left behind. `out_dir` must be new,
+    empty or a cache; `overwrite` replaces whatever it holds.
     """
-    splits = {name: read_split(prepared_dir, name) for name in SPLITS}
     out_dir = location(out_dir)
+    claim_cache_folder(out_dir, [prepared_dir, Path(teacher["path"])], overwrite, num_workers)
+    splits = {name: read_split(prepared_dir, name) for name in SPLITS}
     make_job = partial(teacher_job, splits, teacher, out_dir, settings)
     if settings.runner == "ray":
         check_ray_run(worker_index, num_workers, backend)
@@ -144,7 +147,7 @@ def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shard
             outputs = []
             rows = splits[shard.split].slice(shard.start, shard.stop - shard.start)
             for seed, chunk in _seeded_chunks(shard, rows, settings):
-                encoded = [truncate(e, limit) for e in encode_rows(backend.tokenizer, chunk, settings.chat_template)]
+                encoded = encode_rows(backend.tokenizer, chunk, settings.chat_template, limit)
                 outputs += _teacher_outputs(backend, encoded, "response" in chunk.columns, settings, seed)
                 tokens += sum(len(o.input_ids) for o in outputs[-chunk.height :])
                 progress.update(chunk.height)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import AutoTokenizer
 
-from pipeline.cache.format import CAUSAL_LM_TASK
+from pipeline.cache.format import CAUSAL_LM_TASK, VOCABULARY_ONLY, tokenizer_difference
 from pipeline.cache.reader import Cache
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
@@ -26,12 +26,14 @@ from pipeline.lm.losses import LossSpec
 from pipeline.lm.model_card import model_card
 from pipeline.lm.parallel import DEVICE_PATTERN, Parallel, Precision, Processes, autocast, training_processes
 from pipeline.lm.prune import PruneSettings
-from pipeline.lm.resume import OtherRunError, check_same_run, full_model_state, load_training_state, restore_training_state, save_training_state
+from pipeline.lm.resume import TRAINING_STATE_FOLDER, OtherRunError, check_same_run, full_model_state, load_training_state, restore_training_state, save_training_state
 from pipeline.lm.streaming import Positions, TopKBatch, count_batches, prefetched, scored_positions, stream_batches
-from pipeline.lm.student import PRUNE, SCRATCH, initial_student, position_hidden
-from pipeline.models import count_parameters, save_checkpoint
+from pipeline.lm.student import PRUNE, SCRATCH, initial_student, position_hidden, student_config
+from pipeline.models import STUDENT_FOLDER, count_parameters, save_checkpoint
+from pipeline.outputs import claim_file, claim_folder
 from pipeline.settings import Positive
-from pipeline.training import train_loop, write_loss_log
+from pipeline.storage import remove_tree
+from pipeline.training import LOSS_LOG_FILE, train_loop, write_loss_log
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,12 @@ class StudentSettings(LossSpec):
     tokenizer: str | None = None  # the student's tokenizer folder (default: a pretrained init's own, else the cache's)
     cross_tokenizer: CrossTokenizerSettings | None = None  # set to train a student whose tokenizer differs from the cache's (pipeline/lm/cross_tokenizer.py)
 
+    @field_validator("model")
+    @classmethod
+    def _llama_fields(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        student_config(fields)  # a typo (hiden_size) or shapes that do not fit are refused here, not trained past
+        return fields
+
     def dump(self) -> dict[str, Any]:
         """The settings as JSON values; the cross-tokenizer keys only when set, so a same-tokenizer run records what it always did."""
         unset = {name for name in CROSS_TOKENIZER_KEYS if getattr(self, name) is None}
@@ -83,22 +91,45 @@ class StudentRun:
     validation: list[dict[str, float]]
 
 
+def tokenizer_mismatch(cache: Cache, tokenizer: Any, tokenizer_path: Path) -> str | None:
+    """Why a student's tokenizer is not the one the cache was made with (the whole tokenizer, where the cache records it), or None."""
+    record = cache.manifest["tokenizer"]
+    difference = tokenizer_difference(record, tokenizer)
+    if difference is None:
+        return None
+    actual = (
+        f"{tokenizer_sha256(tokenizer)[:12]} ({len(tokenizer)} tokens)"
+        if difference == "vocabulary"
+        else "the same vocabulary with other merges, normaliser, pre-tokeniser, post-processor or special tokens"
+    )
+    made_with = f"the cache was made with tokenizer {record['sha256'][:12]} ({record['tokenizer_size']} tokens)"
+    if Path(tokenizer_path) == Path(cache.tokenizer_dir):
+        return f"tokenizer mismatch: {made_with}, but the one shipped in {tokenizer_path} is {actual}: it was changed after the teacher wrote it; restore it, or give the teacher's tokenizer with --tokenizer"
+    hint = "to distil across tokenizers set student.cross_tokenizer" if difference == "vocabulary" else "the same text would become other ids: use the tokenizer the cache was made with"
+    return f"tokenizer mismatch: {made_with}, the student's at {tokenizer_path} is {actual}; {hint}"
+
+
 def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, settings: StudentSettings) -> None:
     """Refuse a cache this student cannot learn from, saying what differs."""
     cache.require_task(CAUSAL_LM_TASK, "a causal LM student")
-    manifest = cache.manifest
-    expected = manifest["tokenizer"]["sha256"]
-    actual = tokenizer_sha256(tokenizer)
-    if actual != expected:
-        raise PipelineError(
-            f"tokenizer mismatch: the cache was made with tokenizer {expected[:12]} "
-            f"({manifest['tokenizer']['tokenizer_size']} tokens), the student's at {tokenizer_path} is {actual[:12]} ({len(tokenizer)} tokens); "
-            "to distil across tokenizers set student.cross_tokenizer"
-        )
+    mismatch = tokenizer_mismatch(cache, tokenizer, tokenizer_path)
+    if mismatch:
+        raise PipelineError(mismatch)
+    if cache.manifest["tokenizer"].get("definition_sha256") is None:
+        log.warning("%s: %s", cache.path, VOCABULARY_ONLY)
     if cache.sampled and settings.loss != "forward_kl":
         raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: it supports student.loss forward_kl only (its unbiased estimator), not '{settings.loss}'")
     if cache.sampled and settings.tail != "bucket":
         raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: it has no top-k tail to treat, so student.tail '{settings.tail}' does not apply (leave it at bucket)")
+
+
+def check_positions(student: torch.nn.Module, cache: Cache, init: str) -> None:
+    """Refuse a student whose position limit is below the cache's longest sequence: it would train past what it was built for."""
+    limit = student.config.max_position_embeddings
+    longest = max(cache.longest_sequence(split) for split in cache.splits if cache.splits[split].get("shards"))
+    if longest > limit:
+        where = "student.model.max_position_embeddings" if init == SCRATCH else f"the student's max_position_embeddings ({init})"
+        raise PipelineError(f"{where} is {limit}, but {cache.path} holds a sequence of {longest} tokens: raise it to at least {longest}")
 
 
 def student_tokenizer_path(cache: Cache, tokenizer_path: Path | None, init: str = SCRATCH) -> Path:
@@ -270,6 +301,7 @@ def train_student(
     checkpoint_dir: Path | None = None,
     teacher: Path | None = None,
     restart_other_runs: bool = False,
+    overwrite: bool = False,
 ) -> StudentRun:
     """Train a student on the cache's train split, save it (HF folder, tokenizer, model card) to out_dir.
 
@@ -278,7 +310,10 @@ def train_student(
     `save_every` steps: a rerun resumes from it (refusing one from a run with other settings unless
     `restart_other_runs`), and it is deleted once the student is saved. `teacher` is the teacher's
     folder, needed by init prune. Run under torchrun, each process trains on its share of the shards.
+    Every output path is checked before any work (pipeline.outputs); `overwrite` lets them replace
+    folders and files that are not this kind of output.
     """
+    claim_student_outputs(cache_dir, settings, out_dir, tokenizer_path, loss_log, checkpoint_dir, teacher, overwrite)
     cache = Cache.open(cache_dir)
     tokenizer_path = student_tokenizer_path(cache, tokenizer_path or (Path(settings.tokenizer) if settings.tokenizer else None), settings.init)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -292,6 +327,19 @@ def train_student(
         cache.check_shards("validation")  # a damaged shard stops the run now, not at the first validation
     with training_processes(settings.device) as processes:
         return _train(cache, settings, out_dir, tokenizer, loss_log, checkpoint_dir, teacher, restart_other_runs, processes, convert)
+
+
+def claim_student_outputs(
+    cache_dir: Path, settings: StudentSettings, out_dir: Path, tokenizer_path: Path | None, loss_log: Path | None, checkpoint_dir: Path | None, teacher: Path | None, overwrite: bool
+) -> None:
+    """Refuse, before any work, outputs that would replace the user's files or the run's own inputs."""
+    pretrained = Path(settings.init) if settings.init not in (SCRATCH, PRUNE) else None
+    inputs = [cache_dir, tokenizer_path, Path(settings.tokenizer) if settings.tokenizer else None, teacher, pretrained]
+    claim_folder(out_dir, STUDENT_FOLDER, "--out", inputs, overwrite)
+    if checkpoint_dir is not None and claim_folder(checkpoint_dir, TRAINING_STATE_FOLDER, "--checkpoints", [*inputs, out_dir], overwrite):
+        remove_tree(checkpoint_dir)
+    for path in [loss_log, validation_log_path(loss_log)] if loss_log is not None else []:
+        claim_file(path, LOSS_LOG_FILE, "--loss-log", [*inputs, out_dir], overwrite)
 
 
 def cross_student(cache: Cache, tokenizer: Any, settings: StudentSettings) -> CrossTokenizer:
@@ -328,7 +376,10 @@ def _train(
     convert: CrossTokenizer | None = None,
 ) -> StudentRun:
     vocab_size = cache.vocab_size if convert is None else len(tokenizer)
-    student = initial_student(settings.init, settings.model, vocab_size, settings.seed, prune=settings.prune, teacher=teacher).to(processes.device)
+    student = initial_student(settings.init, settings.model, vocab_size, settings.seed, prune=settings.prune, teacher=teacher)
+    if convert is None:
+        check_positions(student, cache, settings.init)
+    student = student.to(processes.device)
     model = processes.wrap(DistillationStep(student, settings), settings.parallel, student.model.layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     plan, identity = StepPlan(cache, settings, processes, convert), run_identity(cache, settings, processes)
@@ -387,7 +438,7 @@ def _train(
             {"val_kl": final_kl} if final_kl is not None else None,
             type(student).__name__,
         )
-        save_checkpoint(student.eval(), tokenizer, out_dir, student_state, card)
+        save_checkpoint(student.eval(), tokenizer, out_dir, student_state, card, STUDENT_FOLDER)
         log.info("student: %.2fM parameters, %d steps, saved to %s", count_parameters(student) / 1e6, len(steps), out_dir)
         if loss_log is not None:
             write_loss_log(steps, loss_log)
