@@ -133,7 +133,8 @@ def remove_temp_files(folder: Path, files: Sequence[str] | None = None) -> None:
     """Delete what killed writers of these files left behind; only the files' owner may call this.
 
     files None: every temporary file or folder below `folder`, for a caller that owns all of it.
-    An object store has none: its files are written directly.
+    An object store has none: its files are written directly. Each folder is listed once, so the
+    cost is linear in the files (a cache of 300k shards is one listing per split).
     """
     if is_remote(folder):
         return
@@ -141,7 +142,16 @@ def remove_temp_files(folder: Path, files: Sequence[str] | None = None) -> None:
     if files is None:
         leftovers = list(folder.rglob(f".*{TEMP_MARK}*"))
     else:
-        leftovers = [p for file in files for p in (folder / file).parent.glob(f".{Path(file).name}{TEMP_MARK}*")]
+        wanted: dict[Path, set[str]] = {}
+        for file in files:
+            wanted.setdefault((folder / file).parent, set()).add(Path(file).name)
+        leftovers = [
+            entry
+            for parent, names in wanted.items()
+            if parent.is_dir()
+            for entry in parent.iterdir()
+            if entry.name.startswith(".") and TEMP_MARK in entry.name and entry.name[1:].rsplit(TEMP_MARK, 1)[0] in names
+        ]
     for leftover in leftovers:
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)

@@ -309,3 +309,18 @@ def test_report_reads_only_the_metrics_kd_evaluate_writes(tmp_path):
     broken.write_text("{")
     assert error_line(["report", broken]).startswith(f"error: {broken} is not JSON (")
     assert error_line(["report", tmp_path / "missing.json"]) == f"error: metrics file not found: {tmp_path / 'missing.json'} (run `dvc repro` first)"
+
+
+def test_removing_leftover_temporaries_lists_each_folder_once_and_keeps_the_rest(tmp_path):
+    from pipeline.atomic import remove_temp_files
+
+    for folder in ("train", "validation"):
+        (tmp_path / folder).mkdir()
+    names = [f"train/shard-{i:05d}.parquet" for i in range(3)] + ["validation/shard-00000.parquet"]
+    left = [tmp_path / f"{Path(n).parent}/.{Path(n).name}.tmp-{pid}" for n in names for pid in (11, 12)]
+    others = [tmp_path / "train" / ".shard-00009.parquet.tmp-11", tmp_path / "train" / "shard-00000.parquet", tmp_path / "train" / ".notes"]
+    for path in left + others:
+        path.write_bytes(b"x")
+    (tmp_path / "train" / ".shard-00001.parquet.tmp-13").mkdir()  # a folder a killed writer left
+    remove_temp_files(tmp_path, names)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file() or p.name.endswith("-13")) == sorted(others)

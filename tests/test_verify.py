@@ -196,3 +196,35 @@ def test_verify_finds_an_id_outside_the_vocabulary_in_a_compact_shard(cache):
     forge_compact(cache, huge_first_gap)
     row_id = pq.read_table(cache / "train" / "shard-00000.parquet").column("id")[1].as_py()
     assert verify_cache(cache) == [f"train/shard-00000.parquet: a listed id is outside the vocabulary (0..319), first in row '{row_id}' (1 row(s))"]
+
+
+def test_repeated_row_ids_are_found_by_hash_then_confirmed_by_id(cache, monkeypatch):
+    """Row-id uniqueness keeps 8-byte hashes, not the ids; a repeat is named where it occurs, as a direct set over all ids says."""
+    shard = cache / "train" / "shard-00001.parquet"
+    first_id = pq.read_table(cache / "train" / "shard-00000.parquet").column("id")[0].as_py()
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    rows[2]["id"] = first_id
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard, compression="zstd")
+    manifest = json.loads((cache / MANIFEST_FILE).read_text())
+    entry = manifest["splits"]["train"]["shards"][1]
+    manifest["splits"]["train"]["bytes"] += shard.stat().st_size - entry["bytes"]
+    entry.update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    (cache / MANIFEST_FILE).write_text(json.dumps(manifest))
+    seen, repeated = set(), []  # the reference: every id of the cache, in manifest order
+    for split in manifest["splits"].values():
+        for e in split["shards"]:
+            for row_id in pq.read_table(cache / e["file"]).column("id").to_pylist():
+                if row_id in seen:
+                    repeated.append((e["file"], row_id))
+                seen.add(row_id)
+    assert repeated == [("train/shard-00001.parquet", first_id)]
+    assert verify_cache(cache) == [f"train/shard-00001.parquet: 1 id(s) appear more than once in the cache, first '{first_id}'"]
+    monkeypatch.setattr("pipeline.cache.verify._id_hashes", lambda ids: np.zeros(len(ids), dtype=np.uint64))  # every row collides
+    assert verify_cache(cache) == [f"train/shard-00001.parquet: 1 id(s) appear more than once in the cache, first '{first_id}'"]
+
+
+def test_every_row_colliding_by_hash_is_not_a_repeat(cache, monkeypatch):
+    monkeypatch.setattr("pipeline.cache.verify._id_hashes", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    assert verify_cache(cache) == []

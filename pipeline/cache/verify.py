@@ -7,9 +7,12 @@ shards' values must satisfy is the task's (pipeline.cache.tasks); the rest is co
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import AutoTokenizer
@@ -37,11 +40,43 @@ def verify_cache(cache_dir: Path) -> list[str]:
         return problems + [f"{cache_dir / MANIFEST_FILE} is malformed: {malformed}"]
     problems += _manifest_problems(manifest)
     problems += _tokenizer_problems(cache_dir, manifest)
-    seen_ids: set[str] = set()
-    for split in manifest["splits"].values():
-        for entry in split["shards"]:
-            problems += _shard_problems(cache_dir, entry, manifest, seen_ids)
-    return problems
+    entries = [entry for split in manifest["splits"].values() for entry in split["shards"]]
+    id_hashes: list[np.ndarray] = []
+    shard_problems = [_shard_problems(cache_dir, entry, manifest, id_hashes) for entry in entries]
+    for found, entry, repeated in zip(shard_problems, entries, _repeated_ids(cache_dir, entries, id_hashes)):
+        if repeated:
+            found.append(f"{entry['file']}: {len(repeated)} id(s) appear more than once in the cache, first '{repeated[0]}'")
+    return problems + [problem for found in shard_problems for problem in found]
+
+
+def _id_hashes(ids: list[str]) -> np.ndarray:
+    """64-bit hashes of row ids: what the uniqueness check keeps in memory (8 bytes a row, not the ids)."""
+    return np.array([int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little") for row_id in ids], dtype=np.uint64)
+
+
+def _repeated_ids(cache_dir: Path, entries: list[dict[str, Any]], id_hashes: list[np.ndarray]) -> list[list[str]]:
+    """Per shard, the ids an earlier row of the cache already had (in manifest order).
+
+    The first pass kept only 64-bit hashes; rows whose hash occurs twice are read again and compared
+    by their ids, so a hash collision never reports a duplicate that is not one.
+    """
+    every = np.concatenate(id_hashes) if id_hashes else np.zeros(0, dtype=np.uint64)
+    values, counts = np.unique(every, return_counts=True)
+    suspects = values[counts > 1]
+    repeated: list[list[str]] = [[] for _ in entries]
+    if not len(suspects):
+        return repeated
+    seen: set[str] = set()
+    for index, (entry, hashes) in enumerate(zip(entries, id_hashes)):
+        rows = np.flatnonzero(np.isin(hashes, suspects))
+        if not len(rows):
+            continue
+        ids = pq.read_table(open_for_reading(cache_dir / entry["file"]), columns=["id"]).column("id").to_pylist()
+        for row in rows:
+            if ids[row] in seen:
+                repeated[index].append(ids[row])
+            seen.add(ids[row])
+    return repeated
 
 
 def _structure_problem(manifest: dict[str, Any]) -> str | None:
@@ -74,7 +109,7 @@ def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
     listed = [entry["file"] for split in manifest["splits"].values() for entry in split["shards"]]
     problems += [f"manifest.json does not list planned shard {file}" for file in sorted(planned - set(listed))]
     problems += [f"manifest.json lists {file}, which is not a planned shard" for file in sorted(set(listed) - planned)]
-    problems += [f"manifest.json lists {file} more than once" for file in sorted({f for f in listed if listed.count(f) > 1})]
+    problems += [f"manifest.json lists {file} more than once" for file, count in sorted(Counter(listed).items()) if count > 1]
     for name, split in manifest["splits"].items():
         for key in ("rows", "tokens", "bytes"):
             total = sum(entry[key] for entry in split["shards"])
@@ -103,8 +138,10 @@ def _tokenizer_problems(cache_dir: Path, manifest: dict[str, Any]) -> list[str]:
     return []
 
 
-def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, Any], seen_ids: set[str]) -> list[str]:
+def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, Any], id_hashes: list[np.ndarray]) -> list[str]:
+    """What is wrong with one shard; appends its row-id hashes to `id_hashes` (empty for a shard that cannot be read)."""
     file, path = entry["file"], cache_dir / entry["file"]
+    id_hashes.append(np.zeros(0, dtype=np.uint64))
     if not path.exists():
         return [f"{file}: missing"]
     problems = []
@@ -128,11 +165,5 @@ def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, 
         problems.append(f"{file}: {tokens} cached tokens, the manifest says {entry['tokens']}")
     if "longest_sequence" in entry and longest_sequence(table) != entry["longest_sequence"]:
         problems.append(f"{file}: its longest sequence is {longest_sequence(table)} tokens, the manifest says {entry['longest_sequence']}")
-    duplicates = []
-    for row_id in table.column("id").to_pylist():
-        if row_id in seen_ids:
-            duplicates.append(row_id)
-        seen_ids.add(row_id)
-    if duplicates:
-        problems.append(f"{file}: {len(duplicates)} id(s) appear more than once in the cache, first '{duplicates[0]}'")
+    id_hashes[-1] = _id_hashes(table.column("id").to_pylist())
     return problems + [f"{file}: {problem}" for problem in task.value_problems(table, manifest)]
