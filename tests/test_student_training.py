@@ -265,3 +265,30 @@ def test_one_named_gpu_for_several_processes_is_refused(monkeypatch):
     with pytest.raises(PipelineError, match=r"cuda:1 names one GPU, but 2 processes"):
         with training_processes("cuda:1"):
             pass
+
+
+def test_validation_during_training_is_a_bounded_seeded_sample(tiny_cache):
+    """Whole split when it is small (what `kd evaluate` reports), else a seeded sample of about eval_positions positions."""
+    from pipeline.lm.metrics import kl_to_teacher
+    from pipeline.lm.parallel import training_processes
+    from pipeline.lm.student import position_logits
+    from pipeline.lm.training import DistillationStep, validation_kl
+
+    cache = Cache.open(tiny_cache)
+    model = build_student(STUDENT, cache.vocab_size, 0).eval()
+    whole = StudentSettings(**BASE, eval_positions=None)
+    with training_processes("cpu") as processes:
+        full = validation_kl(DistillationStep(model, whole), cache, whole, processes)
+        assert full == pytest.approx(student_agreement(model, cache, "validation")["kl_to_teacher"], rel=1e-5)
+        sampled = StudentSettings(**BASE, eval_positions=5, batch_size=1)
+        reference, positions = [], 0  # the same seeded stream, scored through full logits
+        for batch in stream_batches(cache, "validation", 1, seed=sampled.seed):
+            with torch.no_grad():
+                reference.append(kl_to_teacher(position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns), batch))
+            positions += batch.num_tokens
+            if positions >= 5:
+                break
+        expected = torch.cat(reference).mean().item()
+        assert validation_kl(DistillationStep(model, sampled), cache, sampled, processes) == pytest.approx(expected, rel=1e-5)
+        assert validation_kl(DistillationStep(model, sampled), cache, sampled, processes) == validation_kl(DistillationStep(model, sampled), cache, sampled, processes)
+    assert 5 <= positions < cache.splits["validation"]["tokens"] and expected != full  # a sample, not the split

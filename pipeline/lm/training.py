@@ -59,6 +59,7 @@ class StudentSettings(LossSpec):
     precision: Precision = "fp32"  # or bf16: mixed precision, float32 master weights
     parallel: Parallel = "ddp"  # with several processes (torchrun): ddp, or fsdp (FSDP2, for students that do not fit one GPU)
     eval_every: int = Field(0, ge=0)  # validation KL every N steps (0: at the end only)
+    eval_positions: Positive | None = 1024  # validation KL during training on a seeded sample of about this many positions (None: the whole split); `kd evaluate` scores the whole split
     save_every: int = Field(0, ge=0)  # a resumable training state every N steps (0: none)
     tokenizer: str | None = None  # the student's tokenizer folder (default: a pretrained init's own, else the cache's)
     cross_tokenizer: CrossTokenizerSettings | None = None  # set to train a student whose tokenizer differs from the cache's (pipeline/lm/cross_tokenizer.py)
@@ -79,7 +80,7 @@ CROSS_TOKENIZER_KEYS = ("tokenizer", "cross_tokenizer")
 
 
 # Settings a resumed run may change: they decide when things happen or where, not what is computed.
-RESUMABLE_CHANGES = {"eval_every", "save_every", "device"}
+RESUMABLE_CHANGES = {"eval_every", "eval_positions", "save_every", "device"}
 VALIDATION_SPEC = LossSpec(loss="forward_kl", tail="bucket", alpha=1.0, temperature=1.0)  # the KL `kd evaluate` reports
 
 
@@ -252,21 +253,39 @@ class StepPlan:
 def validation_kl(model: torch.nn.Module, cache: Cache, settings: StudentSettings, processes: Processes, convert: CrossTokenizer | None = None) -> float | None:
     """Mean KL(teacher || student) over the cache's validation split (top-k + tail, or the sampled estimate).
 
-    Every process scores the whole split, so FSDP's collectives line up and no reduction is needed.
-    None when the cache has no validation split.
+    A split larger than `student.eval_positions` is scored on a seeded sample of it (shards and rows
+    in the seeded order, batches until that many positions), the same sample at every validation, so
+    validation stays a bounded cost at any cache size. Every process scores the same positions, so
+    FSDP's collectives line up and no reduction is needed. None when the cache has no validation split.
     """
     if not cache.splits.get("validation", {}).get("shards"):
         return None
     kl, positions = 0.0, 0
+    sample = validation_is_sampled(cache, settings)
     was_training = model.training
     model.eval()
     with torch.no_grad():  # float32 even when training in bf16: the figure `kd evaluate` reports
-        batches = stream_batches(cache, "validation", settings.batch_size)
+        batches = stream_batches(cache, "validation", settings.batch_size, seed=settings.seed if sample else None)
         for batch in batches if convert is None else convert.batches(batches):
             kl += model(batch.to(processes.device), (1, 1), validation=True)["kd"].item()  # totals (1, 1): sums, not means
             positions += batch.num_tokens
+            if sample and positions >= (settings.eval_positions or 0):
+                break
     model.train(was_training)
     return kl / max(positions, 1)
+
+
+def validation_is_sampled(cache: Cache, settings: StudentSettings) -> bool:
+    """Whether validation during training scores a sample (the split has more positions than student.eval_positions)."""
+    return settings.eval_positions is not None and cache.splits["validation"]["tokens"] > settings.eval_positions
+
+
+def describe_validation(cache: Cache, settings: StudentSettings) -> str:
+    """Which validation the training log shows: the whole split, or a sample of it."""
+    total = cache.splits["validation"]["tokens"]
+    if validation_is_sampled(cache, settings):
+        return f"validation KL on a seeded sample of about {settings.eval_positions:,} of the split's {total:,} positions (student.eval_positions); `kd evaluate` scores them all"
+    return f"validation KL on the whole validation split ({total:,} positions)"
 
 
 def accumulated_step(model: torch.nn.Module, group: list[TopKBatch], settings: StudentSettings, processes: Processes) -> dict[str, float]:
@@ -384,6 +403,8 @@ def _train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     plan, identity = StepPlan(cache, settings, processes, convert), run_identity(cache, settings, processes)
     has_validation = bool(cache.splits.get("validation", {}).get("shards"))
+    if has_validation and processes.main:
+        log.info("student: %s", describe_validation(cache, settings))
     plan.report_unused()
     state = load_training_state(checkpoint_dir)
     if state is not None and checkpoint_dir is not None:

@@ -1,0 +1,233 @@
+"""How every cost of a cache grows with its size: synthetic top-20 caches through the real writer, 4 sizes 4x apart.
+
+Each cache is written by `fill_cache` with a real plan (the teacher's tokenizer record, the default
+compact encoding and shard size) and outputs shaped like the default cache (about 19 listed ids per
+position, 248 tokens per row of which 208 are answer positions). For each size, each cost runs in a
+fresh process (so its peak RSS is its own): write, finalize, verify, inspect, read (every train
+batch), student start-up (call to the first step), validation (one pass of the student's validation
+as training runs it), and `dvc add`, `dvc status`, `dvc push` to a local remote. It prints a table of
+seconds and peak RSS per cost and size, and the growth exponent of each cost between the two largest
+sizes (log of the time ratio over log 4; 1 is linear).
+
+    python -m bench.scale --tokenizer models/smollm2-135m-instruct --params params.yaml --tokens 250000 1000000 4000000 16000000
+
+Not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COSTS = ("write", "finalize", "verify", "inspect", "read", "student_start", "validation", "dvc_add", "dvc_status", "dvc_push")
+PROMPT_TOKENS, ANSWER_TOKENS, K = 40, 208, 20
+
+
+class FirstStep(Exception):
+    """Raised at the first training step: student start-up is over."""
+
+
+def synthetic_outputs(rows: int, vocab: int, seed: int) -> list[Any]:
+    """Teacher outputs shaped like the default cache: peaky sorted top-20 distributions with some tail mass."""
+    from pipeline.backends.base import TeacherOutput
+
+    rng = np.random.default_rng(seed)
+    outputs = []
+    for _ in range(rows):
+        probs = np.sort(rng.dirichlet(np.full(K, 0.3), size=ANSWER_TOKENS), axis=1)[:, ::-1] * rng.uniform(0.7, 0.99, size=(ANSWER_TOKENS, 1))
+        ids = ((rng.integers(0, vocab, (ANSWER_TOKENS, 1)) + np.cumsum(rng.integers(1, vocab // K, (ANSWER_TOKENS, K)), axis=1)) % vocab).astype(np.int32)  # distinct: the offsets stay below vocab
+        answer = ids[:, 0]
+        outputs.append(
+            TeacherOutput(
+                input_ids=np.concatenate([rng.integers(0, vocab, PROMPT_TOKENS), answer]).astype(np.int32),
+                response_start=PROMPT_TOKENS,
+                topk_ids=ids,
+                topk_logprobs=np.log(probs).astype(np.float32),
+                token_logprobs=np.log(probs[:, 0]).astype(np.float32),
+            )
+        )
+    return outputs
+
+
+def write_cache(out: Path, tokens: int, tokenizer_dir: Path, shard_rows: int) -> None:
+    from transformers import AutoTokenizer
+
+    from pipeline.backends.base import outputs_to_table
+    from pipeline.cache.codec import CacheEncoding
+    from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
+    from pipeline.cache.writer import fill_cache, write_shard, zstd_level
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    vocab = len(tokenizer)
+    rows = max(10, tokens // ANSWER_TOKENS)
+    validation = rows // 5
+    block = CacheEncoding().block(vocab, K, None, 0)
+    plan = {
+        "task": CAUSAL_LM_TASK,
+        "teacher": {"name": "synthetic", "path": str(tokenizer_dir), "weights_sha256": "0" * 64, "backend": "synthetic", "dtype": "float32"},
+        "tokenizer": tokenizer_record(tokenizer, vocab, True),
+        "k": K,
+        "logprobs": LOGPROBS_MEANING,
+        "encoding": block,
+        "generation": {"max_new_tokens": ANSWER_TOKENS, "temperature": 0.7, "top_p": 0.9, "seed": 0, "batch_size": 16},
+        "source": {"sha256": f"synthetic-{tokens}", "rows": {"train": rows - validation, "validation": validation}},
+        "prompt_length": {"limit": 8192, "too_long": "refuse", "truncated": 0},
+        "shard_rows": shard_rows,
+    }
+
+    def fill(shards):
+        for shard in shards:
+            count = shard.stop - shard.start
+            ids = [f"{shard.split}-{shard.start + i}" for i in range(count)]
+            write_shard(outputs_to_table(ids, synthetic_outputs(count, vocab, shard.index + (0 if shard.split == "train" else 10**6)), block), out / shard.file, zstd_level(block))
+
+    from pipeline.cache.plan import planned_shards
+
+    fill_cache(out, plan, planned_shards(plan), fill, tokenizer.save_pretrained)
+
+
+def measure(cost: str, cache: Path, args: argparse.Namespace) -> float:
+    """Seconds of one cost, in this process."""
+    started = time.perf_counter()
+    if cost == "write":
+        write_cache(cache, args.size, args.tokenizer, args.shard_rows)
+    elif cost == "finalize":
+        from pipeline.cache import MANIFEST_FILE, finalize_from_plan
+
+        (cache / MANIFEST_FILE).unlink()
+        started = time.perf_counter()
+        finalize_from_plan(cache)
+    elif cost == "verify":
+        from pipeline.cache.verify import verify_cache
+
+        problems = verify_cache(cache)
+        assert not problems, problems[:3]
+    elif cost == "inspect":
+        from pipeline.cache.summary import summarize_cache
+
+        summarize_cache(cache)
+    elif cost == "read":
+        from pipeline.cache.reader import Cache
+        from pipeline.lm.streaming import stream_batches
+
+        sum(batch.num_tokens for batch in stream_batches(Cache.open(cache), "train", 8, seed=0))
+    elif cost in ("student_start", "validation"):
+        return student_cost(cost, cache, args)
+    else:
+        return dvc_cost(cost, cache, args)
+    return time.perf_counter() - started
+
+
+def student_cost(cost: str, cache: Path, args: argparse.Namespace) -> float:
+    import pipeline.lm.training as training
+    from pipeline.cache.reader import Cache
+    from pipeline.lm.parallel import training_processes
+    from pipeline.lm.student import initial_student
+    from pipeline.settings import read_section
+
+    settings = read_section(args.params, "student", training.StudentSettings)
+    if cost == "validation":
+        opened = Cache.open(cache)
+        with training_processes("cpu") as processes:
+            model = training.DistillationStep(initial_student(settings.init, settings.model, opened.vocab_size, 0), settings)
+            started = time.perf_counter()
+            training.validation_kl(model, opened, settings, processes)
+            return time.perf_counter() - started
+    entered: list[float] = []
+
+    def first_step(*_args, **_kwargs):
+        entered.append(time.perf_counter())
+        raise FirstStep
+
+    training.train_loop = first_step
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            training.train_student(cache, settings, Path(folder) / "student")
+        except FirstStep:
+            pass
+    return entered[0] - started
+
+
+def dvc_cost(cost: str, cache: Path, args: argparse.Namespace) -> float:
+    """dvc add / status / push of the cache in a scratch repository beside it (made on the first, `dvc_add`)."""
+    repo = cache.parent / "repo"
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def run(*command: str) -> None:
+        subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
+
+    if cost == "dvc_add":
+        repo.mkdir()
+        run("git", "init", "-q")
+        run(sys.executable, "-m", "dvc", "init", "-q")
+        run(sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(cache.parent / "remote"))
+        shutil.copytree(cache, repo / "cache")
+        started = time.perf_counter()
+        run(sys.executable, "-m", "dvc", "add", "cache")
+    else:
+        started = time.perf_counter()
+        run(sys.executable, "-m", "dvc", "status" if cost == "dvc_status" else "push")
+    return time.perf_counter() - started
+
+
+def one(args: argparse.Namespace) -> None:
+    seconds = measure(args.measure, args.cache, args)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": max(own, children) / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", type=Path, default=Path("models/smollm2-135m-instruct"), help="folder of the tokenizer the synthetic caches record")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the student of start-up and validation")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[250_000, 1_000_000, 4_000_000, 16_000_000], help="cache sizes in cached positions")
+    parser.add_argument("--shard-rows", type=int, default=64)
+    parser.add_argument("--costs", nargs="+", default=list(COSTS), choices=COSTS)
+    parser.add_argument("--work", type=Path, default=None, help="where the caches go [default: a temporary folder]")
+    parser.add_argument("--measure", choices=COSTS, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        return one(args)
+    work = args.work or Path(tempfile.mkdtemp(prefix="kd-scale-"))
+    results: dict[int, dict[str, dict[str, float]]] = {}
+    for tokens in args.tokens:
+        folder = work / f"t{tokens}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        results[tokens] = {}
+        for cost in ["write", *[c for c in args.costs if c != "write"]]:
+            common = ["--tokenizer", str(args.tokenizer), "--params", str(args.params), "--shard-rows", str(args.shard_rows)]
+            command = [sys.executable, "-m", "bench.scale", "--measure", cost, "--cache", str(folder / "cache"), "--size", str(tokens), *common]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise SystemExit(f"{cost} at {tokens} tokens failed:\n{result.stderr[-2000:]}")
+            results[tokens][cost] = json.loads(result.stdout.strip().splitlines()[-1])
+            print(f"{tokens:>12,} tokens  {cost:<14} {results[tokens][cost]['seconds']:10.2f} s  {results[tokens][cost]['peak_rss_mb']:8.0f} MB", flush=True)
+        shutil.rmtree(folder)
+    big, bigger = args.tokens[-2], args.tokens[-1]
+    print(f"\ncost            {'  '.join(f'{t:>14,}' for t in args.tokens)}   exponent ({big:,} -> {bigger:,})   peak RSS largest/smallest")
+    for cost in ["write", *[c for c in args.costs if c != "write"]]:
+        times = [results[t][cost]["seconds"] for t in args.tokens]
+        rss = [results[t][cost]["peak_rss_mb"] for t in args.tokens]
+        exponent = math.log(max(times[-1], 1e-6) / max(times[-2], 1e-6)) / math.log(bigger / big)
+        print(f"{cost:<15} {'  '.join(f'{s:12.2f} s' for s in times)}   {exponent:6.2f}   {rss[-1] / rss[0]:5.2f} ({rss[0]:.0f} -> {rss[-1]:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
