@@ -71,7 +71,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(tmp_path, even_cache):
 
 
 def test_max_steps_replaces_epochs_and_wraps_the_stream(tmp_path, tiny_cache):
-    per_epoch = sum(-(-shard["rows"] // 4) for shard in Cache.open(tiny_cache).splits["train"]["shards"])
+    per_epoch = -(-Cache.open(tiny_cache).splits["train"]["rows"] // 4)  # batches span shards: ceil(rows / batch_size)
     steps = 2 * per_epoch + 1
     run = train_student(tiny_cache, StudentSettings(**BASE, batch_size=4, epochs=1, max_steps=steps), tmp_path / "student")
     assert [row["epoch"] for row in run.steps] == [step // per_epoch for step in range(steps)]

@@ -3,11 +3,12 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cache_rows
 
 from pipeline.cache import Cache, read_manifest
 from pipeline.errors import PipelineError
 from pipeline.lm.metrics import student_agreement
-from pipeline.lm.streaming import TopKBatch, scored_positions, stream_batches
+from pipeline.lm.streaming import TopKBatch, count_batches, scored_positions, stream_batches
 from pipeline.lm.student import build_student
 from pipeline.lm.training import StudentSettings, batch_loss, train_student
 from pipeline.models import load_causal_lm
@@ -24,6 +25,23 @@ def test_batches_line_up_with_rows(tiny_cache):
         assert (batch.topk_logprobs[:, :-1] >= batch.topk_logprobs[:, 1:]).all()
         seen += batch.num_tokens
     assert seen == read_manifest(tiny_cache)["splits"]["train"]["tokens"]
+
+
+@pytest.mark.parametrize("batch_size, shuffle_rows", [(4, 256), (3, 2), (7, 256)])
+def test_batches_span_shards_and_skip_resumes_the_same_stream(tiny_cache, batch_size, shuffle_rows):
+    """Every batch but the last has batch_size rows whatever the shard size (5 rows here); each row once; skip=k is the stream from batch k."""
+    cache = Cache.open(tiny_cache)
+    batches = list(stream_batches(cache, "train", batch_size, seed=3, shuffle_rows=shuffle_rows))
+    sizes = [len(b.input_ids) for b in batches]
+    rows = cache.splits["train"]["rows"]
+    assert sizes == [batch_size] * (rows // batch_size) + ([rows % batch_size] if rows % batch_size else [])
+    assert len(batches) == count_batches(cache, "train", batch_size, seed=3, shuffle_rows=shuffle_rows)
+    every = sorted(tuple(ids[mask.bool()].tolist()) for b in batches for ids, mask in zip(b.input_ids, b.attention_mask))
+    assert every == sorted(tuple(row["input_ids"]) for row in cache_rows(tiny_cache)[:rows])
+    for skip in (1, 2, len(batches) - 1):
+        resumed = list(stream_batches(cache, "train", batch_size, seed=3, shuffle_rows=shuffle_rows, skip=skip))
+        assert len(resumed) == len(batches) - skip
+        assert all(torch.equal(a.input_ids, b.input_ids) and torch.equal(a.topk_ids, b.topk_ids) for a, b in zip(resumed, batches[skip:]))
 
 
 def test_training_lowers_kl_to_teacher_on_held_out_data(tmp_path, tiny_cache, tiny_teacher):

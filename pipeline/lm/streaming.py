@@ -110,42 +110,48 @@ def process_shards(cache: Cache, split: str, rng: np.random.Generator | None, ra
     return shards[rank::world]
 
 
-def window_batches(rows: int, batch_size: int, window: int) -> int:
-    """Batches `stream_batches` makes of a shard of `rows` rows read in windows of `window` rows."""
-    return sum(math.ceil(min(window, rows - start) / batch_size) for start in range(0, rows, window))
-
-
 def count_batches(cache: Cache, split: str, batch_size: int, seed: int, shuffle_rows: int = 256, rank: int = 0, world: int = 1) -> int:
     """How many batches `stream_batches` yields with these arguments, from the manifest alone."""
     shards = process_shards(cache, split, np.random.default_rng(seed), rank, world)
-    return sum(window_batches(shard.rows, batch_size, shuffle_rows) for shard in shards)
+    return math.ceil(sum(shard.rows for shard in shards) / batch_size)
 
 
 def stream_batches(cache: Cache, split: str, batch_size: int, seed: int | None = None, shuffle_rows: int = 256, rank: int = 0, world: int = 1, skip: int = 0) -> Iterator[TopKBatch]:
-    """Yield TopKBatch of `batch_size` sequences; with a seed, shards and rows come shuffled.
+    """Yield TopKBatch of `batch_size` sequences (the last may be smaller); with a seed, shards and rows come shuffled.
 
-    Shuffling is within windows of `shuffle_rows` rows of a shard, so memory stays bounded. With
-    `world` processes, process `rank` streams its own disjoint share of the shards. `skip` batches
-    are passed over without being decoded: where a resumed run picks the stream up again.
+    Rows stream shard after shard, shuffled within windows of `shuffle_rows` rows of a shard, so
+    memory stays bounded; a batch takes its rows across shard boundaries, so `batch_size` means what
+    it says whatever the shard size. With `world` processes, process `rank` streams its own disjoint
+    share of the shards. `skip` batches are passed over without being decoded: where a resumed run
+    picks the stream up again.
     """
-    block = cache.encoding
     rng = np.random.default_rng(seed) if seed is not None else None
     window = shuffle_rows if rng is not None else batch_size
+    skip_rows, carried = skip * batch_size, None
     for records in iter_record_batches(process_shards(cache, split, rng, rank, world), window):
         order = None if rng is None else rng.permutation(records.num_rows)  # drawn even when skipped: the stream stays the same
-        batches = math.ceil(records.num_rows / batch_size)
-        if skip >= batches:
-            skip -= batches
+        if skip_rows >= records.num_rows:
+            skip_rows -= records.num_rows
             continue
-        if order is not None:
-            records = records.take(pa.array(order))
-        for start in range(skip * batch_size, records.num_rows, batch_size):
-            rows = decode(records.slice(start, batch_size), block)
-            outside = rows.id_outside(cache.vocab_size)
-            if outside:
-                raise PipelineError(f"{cache.path}, {split} split: {outside}; the cache is damaged: run `kd verify {cache.path}`")
-            yield to_topk_batch(rows)
-        skip = 0
+        table = pa.Table.from_batches([records if order is None else records.take(pa.array(order))]).slice(skip_rows)
+        skip_rows = 0
+        if carried is not None:
+            table = pa.concat_tables([carried, table])
+        whole = table.num_rows - table.num_rows % batch_size
+        for start in range(0, whole, batch_size):
+            yield checked_batch(table.slice(start, batch_size), cache, split)
+        carried = table.slice(whole) if whole < table.num_rows else None
+    if carried is not None:
+        yield checked_batch(carried, cache, split)
+
+
+def checked_batch(records: pa.Table, cache: Cache, split: str) -> TopKBatch:
+    """Decode rows into a batch, after checking every id against the vocabulary."""
+    rows = decode(records, cache.encoding)
+    outside = rows.id_outside(cache.vocab_size)
+    if outside:
+        raise PipelineError(f"{cache.path}, {split} split: {outside}; the cache is damaged: run `kd verify {cache.path}`")
+    return to_topk_batch(rows)
 
 
 def prefetched(batches: Iterator[T], depth: int = 4) -> Iterator[T]:
