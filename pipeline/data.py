@@ -13,7 +13,7 @@ from pydantic import Field
 
 from pipeline.atomic import atomic_path, write_error
 from pipeline.errors import PipelineError
-from pipeline.outputs import FolderKind, claim_folder, write_marker
+from pipeline.outputs import FolderKind, claim_folder, holds_only, write_marker
 from pipeline.settings import Settings
 from pipeline.storage import remove_tree
 
@@ -23,7 +23,7 @@ JSON_LINES = (".jsonl", ".ndjson")
 UTF8_BOM = b"\xef\xbb\xbf"
 JSON_TYPES = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}
 SPLITS = ("train", "validation")
-PREPARED_FOLDER = FolderKind("prepared prompt set")
+PREPARED_FOLDER = FolderKind("prepared prompt set", lambda folder: holds_only(folder, [f"{split}.parquet" for split in SPLITS]))  # or one from before markers
 
 
 class DataSettings(Settings):

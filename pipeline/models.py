@@ -11,7 +11,16 @@ from transformers import AutoModelForCausalLM
 from pipeline.atomic import atomic_dir
 from pipeline.outputs import FolderKind, write_marker
 
-STUDENT_FOLDER = FolderKind("student folder")
+MODEL_CARD_TAG = "tags: [knowledge-distillation, kd-pipeline]"  # in every student's model card
+
+
+def _earlier_student(folder: Path) -> bool:
+    """A student folder from before markers: a model with the model card kd-pipeline writes."""
+    card = folder / "README.md"
+    return (folder / "config.json").is_file() and card.is_file() and MODEL_CARD_TAG in card.read_text(errors="replace")
+
+
+STUDENT_FOLDER = FolderKind("student folder", _earlier_student)
 
 
 def save_checkpoint(model: torch.nn.Module, tokenizer: Any, out_dir: Path, state_dict: dict[str, torch.Tensor] | None = None, card: str | None = None, kind: FolderKind | None = None) -> None:

@@ -220,3 +220,66 @@ def test_a_chart_is_replaced_only_when_kd_pipeline_drew_it(tmp_path):
     theirs.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     with pytest.raises(PipelineError, match=f"^--chart {theirs} exists and is not a chart drawn by kd-pipeline; choose another file name, or pass --overwrite"):
         claim_file(theirs, CHART_FILE, "--chart")
+
+
+def test_a_folder_with_a_foreign_manifest_is_not_a_cache(tmp_path, prepared, tiny_teacher):
+    site = tmp_path / "site"
+    (site / "assets").mkdir(parents=True)
+    (site / "manifest.json").write_text('{"name": "my web app", "icons": []}\n')
+    (site / "index.html").write_text("<html></html>\n")
+    (site / "assets" / ".logo.png.tmp-9").write_bytes(b"\x89PNG")
+    before = tree(site)
+    assert refused(["teacher", "--model", tiny_teacher, "--prepared", prepared, "--out", site, "--k", "4"]).startswith(f"error: --out {site} already holds files that are not a cache")
+    assert tree(site) == before
+
+
+def test_overwrite_deletes_nothing_when_a_check_fails(tmp_path, prepared, tiny_teacher, user_folder):
+    before = tree(user_folder)
+    message = error_line(["teacher", "--model", tiny_teacher, "--prepared", prepared, "--out", user_folder, "--k", "99999", "--overwrite"])
+    assert message == "error: k=99999 must be between 1 and the teacher's vocabulary size 320"
+    assert tree(user_folder) == before
+
+
+def test_the_training_state_folder_is_scratch_space_only(tmp_path, tiny_cache, params, user_folder):
+    out, checkpoints = tmp_path / "student", tmp_path / "state"
+    before = tree(user_folder)
+    assert refused(student(tiny_cache, out, params, "--checkpoints", user_folder, "--overwrite")) == (
+        f"error: --checkpoints {user_folder} already holds files that are not a training state (2 entries: notes.txt, sub); give a new or empty folder"
+    )
+    assert tree(user_folder) == before
+    inside = checkpoints / "loss.csv"
+    assert refused(student(tiny_cache, out, params, "--checkpoints", checkpoints, "--loss-log", inside)) == (
+        f"error: --loss-log {inside} lies inside --checkpoints {checkpoints}, which the command replaces or deletes; keep the two apart"
+    )
+    checkpoints.mkdir()
+    (checkpoints / ".training-state.pt.tmp-99999").write_bytes(b"half a state")  # a run killed while saving its first state
+    kd(student(tiny_cache, out, params, "--checkpoints", checkpoints, "--save-every", "2"))
+    assert not checkpoints.exists() and (out / "config.json").exists()
+
+
+def test_a_symbolic_link_is_not_an_output(tmp_path, tiny_cache, params, user_folder):
+    link = tmp_path / "link"
+    link.symlink_to(user_folder)
+    assert refused(student(tiny_cache, link, params)) == f"error: --out {link} is a symbolic link; give the folder or file it points to ({user_folder})"
+
+
+def test_outputs_from_before_markers_are_still_their_own(tmp_path, tiny_cache, params, small_prompts):
+    out = tmp_path / "student"
+    kd(student(tiny_cache, out, params))
+    (out / MARKER_FILE).unlink()  # as an earlier version left it: its model card says what it is
+    kd(student(tiny_cache, out, params))
+    prepared = tmp_path / "prepared"
+    kd(["prepare", small_prompts, "--out", prepared])
+    (prepared / MARKER_FILE).unlink()
+    kd(["prepare", small_prompts, "--out", prepared])
+
+
+def test_classify_teacher_never_replaces_its_own_data(tmp_path, tiny_teacher):
+    data = tmp_path / "data"
+    data.mkdir()
+    train = data / "train.jsonl"
+    train.write_text("".join(f'{{"text": "review number {i}", "label": "positive"}}\n' for i in range(4)))
+    assert refused(["classify", "teacher", "--model", tiny_teacher, "--train", train, "--out", data, "--overwrite"]) == (
+        f"error: --out {data} holds {train}, an input of this command; write the output somewhere else"
+    )
+    assert train.exists()

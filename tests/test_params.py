@@ -99,6 +99,13 @@ def test_a_params_file_with_a_misspelled_section_or_a_repeated_key_is_refused(tm
     assert result.exit_code == 1 and result.output.startswith("error: " + message.format(path=path))
 
 
+def test_yaml_merge_keys_and_llama_config_keyword_fields_are_accepted(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("student:\n  <<: {lr: 0.1, epochs: 2}\n  lr: 0.2\n  model: {rope_theta: 500000.0, attn_implementation: eager}\n")
+    settings = read_section(path, "student", StudentSettings)
+    assert (settings.lr, settings.epochs, settings.model["rope_theta"]) == (0.2, 2, 500000.0)
+
+
 def test_each_entry_point_reads_only_its_section(tmp_path):
     """A stage validates the params sections it declares in dvc.yaml, so a bad classify value does not stop the student."""
     path = bad_params(tmp_path, "classify.student", "epochs", 0)

@@ -48,15 +48,19 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool
     plan = conversion_plan(source.manifest, encoding)
     shards = {entry["file"]: shard for split in source.splits for entry, shard in zip(source.splits[split]["shards"], source.shards(split))}
     copy_tokenizer = partial(shutil.copytree, source.tokenizer_dir) if source.tokenizer_dir.is_dir() else None
-    fill = partial(_convert_shards, shards, dst, source.encoding, plan["encoding"])
-    return fill_cache(dst, plan, planned_shards(source.manifest), fill, copy_tokenizer)
+    fill = partial(_convert_shards, shards, dst, source.encoding, plan["encoding"], source.vocab_size)
+    return fill_cache(dst, plan, planned_shards(source.manifest), fill, copy_tokenizer, replace=overwrite)
 
 
-def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], shards: list[ShardSpec]) -> None:
+def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], vocab_size: int, shards: list[ShardSpec]) -> None:
     for shard in shards:
         source = sources[shard.file]
         try:
             table = read_shard(source).read()
         except (OSError, pa.ArrowInvalid) as error:
             raise PipelineError(f"shard {source.path} cannot be read: {str(error).splitlines()[0]}") from error
-        write_shard(encode(decode(table, source_block), block), dst / shard.file, zstd_level(block))
+        rows = decode(table, source_block)
+        outside = rows.id_outside(vocab_size)
+        if outside:
+            raise PipelineError(f"shard {source.path}: {outside}; the cache is damaged: run `kd verify`")
+        write_shard(encode(rows, block), dst / shard.file, zstd_level(block))

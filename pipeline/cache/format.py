@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_json, tokenizer_definition_sha256, tokenizer_sha256
-from pipeline.outputs import FolderKind
+from pipeline.outputs import FolderKind, holds_only
 from pipeline.storage import location
 
 FORMAT_NAME = "kd-topk-cache"
@@ -31,10 +31,23 @@ MANIFEST_CHECKSUM = "manifest_sha256"
 MANIFEST_ONLY = ("format", "format_version", "created_by", "splits", MANIFEST_CHECKSUM)  # what finalize adds to a plan
 LOGPROBS_MEANING = "raw log-softmax of the teacher at temperature 1"  # the manifest's `logprobs` for top-k and sampled caches
 
-CACHE_FOLDER = FolderKind("cache", (PLAN_FILE, MANIFEST_FILE))  # a folder with either file is a cache (or the start of one)
-
 CAUSAL_LM_TASK = "causal_lm_topk"
 CLASSIFY_TASK = "classify_soft_labels"
+
+
+def is_cache_folder(folder: Path) -> bool:
+    """A cache, or the start of one: a manifest of this format, a plan of a known task, or (a worker mid-rename) only a plan's temporary."""
+    for name, check in ((MANIFEST_FILE, lambda v: v.get("format") == FORMAT_NAME), (PLAN_FILE, lambda v: v.get("task") in (CAUSAL_LM_TASK, CLASSIFY_TASK) and "shard_rows" in v)):
+        try:
+            value = json.loads((folder / name).read_text()) if (folder / name).is_file() else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(value, dict) and check(value):
+            return True
+    return holds_only(folder, [PLAN_FILE], temporaries_only=True)
+
+
+CACHE_FOLDER = FolderKind("cache", is_cache_folder)
 
 
 def tokenizer_record(tokenizer: Any, vocab_size: int, chat_template: bool) -> dict[str, Any]:
@@ -50,7 +63,11 @@ def tokenizer_record(tokenizer: Any, vocab_size: int, chat_template: bool) -> di
 
 
 TokenizerDifference = Literal["vocabulary", "definition"]
-VOCABULARY_ONLY = "the cache records a hash of its tokenizer's vocabulary and special tokens only (it predates whole-tokenizer hashes), so merges and normalisation are not checked"
+DEFINITION_PARTS = "merges, normaliser, pre-tokeniser, post-processor or special tokens"  # what a "definition" difference is, in every message
+VOCABULARY_ONLY = (
+    "the cache records a hash of its tokenizer's vocabulary and special tokens only (it predates whole-tokenizer hashes, or its tokenizer has no `tokenizers` definition), "
+    "so merges and normalisation are not checked"
+)
 
 
 def tokenizer_difference(record: dict[str, Any], tokenizer: Any) -> TokenizerDifference | None:

@@ -116,8 +116,11 @@ def save_files(files: dict[str, bytes], folder: Path) -> None:
         (folder / name).write_bytes(data)
 
 
-def fill_cache_on_ray(out_dir: Path, make_job: Callable[[], CacheJob], settings: RaySettings, gpus: int) -> dict[str, Any]:
-    """Fill `out_dir` with a pool of Ray actors; returns the manifest (every shard is written before it returns)."""
+def fill_cache_on_ray(out_dir: Path, make_job: Callable[[], CacheJob], settings: RaySettings, gpus: int, replace: bool = False) -> dict[str, Any]:
+    """Fill `out_dir` with a pool of Ray actors; returns the manifest (every shard is written before it returns).
+
+    `replace` clears `out_dir` once the first actor has made the plan (and so passed the request's checks).
+    """
     ray = import_ray()
     if not ray.is_initialized():
         ray.init(address=settings.address, logging_level=logging.WARNING)
@@ -134,7 +137,7 @@ def fill_cache_on_ray(out_dir: Path, make_job: Callable[[], CacheJob], settings:
         actors += [writer_class.remote(job_ref, str(out_dir)) for _ in range(count - 1)]
         log.info("ray: %d actor(s) (%d CPU, %d GPU each) for %d shard(s)", len(actors), settings.cpus_per_actor, gpus, len(shards))
         save_tokenizer = partial(save_files, tokenizer_files) if tokenizer_files is not None else None
-        manifest = fill_cache(out_dir, plan, shards, partial(_fill_on_actors, ray, actors), save_tokenizer)
+        manifest = fill_cache(out_dir, plan, shards, partial(_fill_on_actors, ray, actors), save_tokenizer, replace=replace)
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -160,7 +160,7 @@ class Cache:
         entries = self.splits[split]["shards"]
         if all("longest_sequence" in entry for entry in entries):
             return max((entry["longest_sequence"] for entry in entries), default=0)
-        return max((longest_sequence(open_shard(shard).read(columns=["input_ids"])) for shard in self.shards(split)), default=0)
+        return max((longest_sequence(read_shard(shard).read(columns=["input_ids"])) for shard in self.shards(split)), default=0)
 
     def check_shards(self, split: str) -> None:
         """Open every shard of a split: a damaged one stops a run now, not hours in."""

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
 from pipeline.cache.codec import longest_sequence
-from pipeline.cache.format import MANIFEST_FILE, TOKENIZER_DIR, checksum_problem, tokenizer_difference
+from pipeline.cache.format import DEFINITION_PARTS, MANIFEST_FILE, TOKENIZER_DIR, checksum_problem, tokenizer_difference
 from pipeline.cache.plan import planned_shards
 from pipeline.cache.reader import Cache
 from pipeline.cache.tasks import task_of
@@ -134,7 +134,7 @@ def _tokenizer_problems(cache_dir: Path, manifest: dict[str, Any]) -> list[str]:
     if difference == "vocabulary":
         return [f"{folder.name}/: its vocabulary is {tokenizer_sha256(tokenizer)[:12]} ({len(tokenizer)} tokens), the cache was made with {record['sha256'][:12]} ({record['tokenizer_size']} tokens)"]
     if difference == "definition":
-        return [f"{folder.name}/: it has the cache's vocabulary, but its merges, normaliser, pre-tokeniser, post-processor or special tokens differ from those the cache was made with"]
+        return [f"{folder.name}/: it has the cache's vocabulary, but its {DEFINITION_PARTS} differ from those the cache was made with"]
     return []
 
 

@@ -93,16 +93,15 @@ def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:
 
 
 def claim_cache_folder(out_dir: Path, inputs: Sequence[Path | None], overwrite: bool = False, num_workers: int = 1, option: str = "--out") -> None:
-    """Check a cache's output folder before any work (pipeline.outputs); with `overwrite`, clear it so the cache starts afresh.
+    """Check a cache's output folder before any work (pipeline.outputs); nothing is deleted here.
 
     Without `overwrite` an existing cache is resumed (same settings) or refused (other settings), and a
-    folder of anything else is refused.
+    folder of anything else is refused. With it, `fill_cache(replace=True)` clears the folder once the
+    run's own checks have passed, so the cache starts afresh.
     """
     if overwrite and num_workers > 1:
         raise PipelineError(f"{OVERWRITE_FLAG} replaces the whole cache, which other workers are filling: run it with one worker")
     claim_folder(out_dir, CACHE_FOLDER, option, inputs, overwrite)
-    if overwrite and out_dir.exists():
-        remove_tree(out_dir)
 
 
 def ship_tokenizer(cache_dir: Path, save: Callable[[Path], Any]) -> None:
@@ -154,14 +153,17 @@ def fill_cache(
     save_tokenizer: Callable[[Path], Any] | None,
     worker_index: int = 0,
     num_workers: int = 1,
+    replace: bool = False,
 ) -> dict[str, Any] | None:
     """Write this worker's missing shards; returns the manifest once every shard exists.
 
     The plan is written (or checked) first, then `fill` writes this worker's missing shards, and the
     manifest comes last. A single-worker run that fails before its first shard removes the directory
-    it created.
+    it created. `replace` (`--overwrite`, checked by claim_cache_folder) first clears what `out_dir` holds.
     """
     own = worker_shards(shards, worker_index, num_workers)
+    if replace:
+        remove_tree(out_dir)
     created = not out_dir.exists()
     try:
         open_cache_for_writing(out_dir, plan)
@@ -249,10 +251,12 @@ def finalize_from_plan(cache_dir: Path, rehash: bool = False) -> dict[str, Any]:
         try:
             manifest = load_manifest(cache_dir)
             listed = {entry["file"]: entry["sha256"] for split in manifest["splits"].values() for entry in split["shards"]}
-        except (PipelineError, KeyError, TypeError, AttributeError) as error:
+        except PipelineError as error:
             raise PipelineError(
                 f"cannot finalize {cache_dir}: the shard checksums of its {MANIFEST_FILE} cannot be read ({error}); pass {REHASH_FLAG} to checksum the shards as they are now"
             ) from None
+        except (KeyError, TypeError, AttributeError):
+            raise PipelineError(f"cannot finalize {cache_dir}: its {MANIFEST_FILE} lists shards without a file or sha256; pass {REHASH_FLAG} to checksum the shards as they are now") from None
     remove_temp_files(cache_dir)
     return finalize_cache(cache_dir, planned_shards(json.loads(plan_path.read_text())), listed)
 

@@ -140,7 +140,7 @@ def pad_batch(texts: Sequence[Sequence[int]], max_tokens: int) -> tuple[torch.Te
     return ids, mask
 
 
-CLASSIFIER_FOLDER = FolderKind("classifier folder")
+CLASSIFIER_FOLDER = FolderKind("classifier folder", lambda folder: (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file())  # or one from before markers
 
 
 def save_classifier(model: TextClassifier, meta: dict[str, Any], tokenizer_dir: Path | None, out_dir: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -89,22 +90,24 @@ def run_classify_teacher(
     num_workers: int = 1,
     backend: TeacherBackend | None = None,
     overwrite: bool = False,
+    data_files: Sequence[Path] = (),
 ) -> dict[str, Any] | None:
     """Fill this worker's shards (runner local) or all of them on Ray; returns the manifest once every shard exists.
 
     `data` maps split names to read_labelled frames; `teacher` is {name, path, weights_sha256}.
-    Every check runs before the directory is created; `overwrite` replaces what `out_dir` holds.
+    Every check runs before the directory is created; `overwrite` replaces what `out_dir` holds (never
+    the teacher or `data_files`, the files `data` was read from).
     """
     check_ids_across_splits(data)
     out_dir = location(out_dir)
-    claim_cache_folder(out_dir, [Path(teacher["path"])], overwrite, num_workers)
+    claim_cache_folder(out_dir, [Path(teacher["path"]), *data_files], overwrite, num_workers)
     make_job = partial(classify_teacher_job, data, teacher, out_dir, settings)
     if settings.runner == "ray":
         check_ray_run(worker_index, num_workers, backend)
-        manifest = fill_cache_on_ray(out_dir, make_job, settings.ray, gpus_per_actor(settings.device))
+        manifest = fill_cache_on_ray(out_dir, make_job, settings.ray, gpus_per_actor(settings.device), replace=overwrite)
     else:
         job = make_job(backend)
-        manifest = fill_cache(out_dir, job.plan, job.shards, job.fill, job.save_tokenizer, worker_index, num_workers)
+        manifest = fill_cache(out_dir, job.plan, job.shards, job.fill, job.save_tokenizer, worker_index, num_workers, replace=overwrite)
     if manifest is not None:
         report_mass(mass_summary(Cache(out_dir, manifest)))
     return manifest

@@ -63,7 +63,8 @@ def teacher(
         files = ClassifyDataSettings.from_section({**files.model_dump(), **given}, "classify.data")
     data = read_classify_data(files, settings.prompt.label_names)
     teacher_ref = resolve_teacher(model or read_section(params, "teacher", TeacherSettings).model, embedded_dir)
-    manifest = run_classify_teacher(data, teacher_ref, out, settings, worker_index, num_workers, overwrite=overwrite)
+    data_files = [files.train.path, *(test.path for test in files.tests.values())]
+    manifest = run_classify_teacher(data, teacher_ref, out, settings, worker_index, num_workers, overwrite=overwrite, data_files=data_files)
     echo_fill_result(manifest, out, worker_index, "rows", "texts")
 
 

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pipeline.cache.format import tokenizer_difference
+from pipeline.cache.format import DEFINITION_PARTS, tokenizer_difference
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
 from pipeline.lm.chunked_loss import chunked_distillation_loss
@@ -378,7 +378,7 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
     teacher = AutoTokenizer.from_pretrained(folder)
     difference = tokenizer_difference(cache.manifest["tokenizer"], teacher)
     if difference is not None:
-        actual = tokenizer_sha256(teacher)[:12] if difference == "vocabulary" else "the same vocabulary with another definition (merges, normaliser or special tokens)"
+        actual = tokenizer_sha256(teacher)[:12] if difference == "vocabulary" else f"the same vocabulary with other {DEFINITION_PARTS}"
         raise PipelineError(f"the teacher tokenizer at {folder} is {actual}, but the cache was made with {cache.manifest['tokenizer']['sha256'][:12]}")
     if cache.sampled:
         raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: cross-tokenizer distillation needs a top-k cache (draws cannot be mapped onto another vocabulary)")
@@ -398,7 +398,7 @@ def own_tokenizer_converter(cache: Any, folder: Path) -> CrossTokenizer | None:
         return None
     if difference == "definition":
         raise PipelineError(
-            f"the tokenizer in {folder} has the cache's vocabulary but other merges, normaliser, pre-tokeniser, post-processor or special tokens: the student would read other ids than it learned from; give it the tokenizer the cache was made with"
+            f"the tokenizer in {folder} has the cache's vocabulary but other {DEFINITION_PARTS}: the student would read other ids than it learned from; give it the tokenizer the cache was made with"
         )
     return cross_tokenizer(cache, tokenizer, CrossTokenizerSettings())
 

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from pipeline.cache.reader import Cache
+from pipeline.models import MODEL_CARD_TAG
 
 
 def model_card(cache: Cache, settings: dict[str, Any], parameters: int, steps: int, tokens: int, validation: dict[str, float] | None, architecture: str) -> str:
@@ -19,7 +20,7 @@ def model_card(cache: Cache, settings: dict[str, Any], parameters: int, steps: i
         "---",
         "library_name: transformers",
         "pipeline_tag: text-generation",
-        "tags: [knowledge-distillation, kd-pipeline]",
+        MODEL_CARD_TAG,
         "---",
         "",
         f"# Student distilled from {teacher.get('name', 'an unnamed teacher')}",

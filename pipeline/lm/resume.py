@@ -22,13 +22,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from pipeline.atomic import atomic_path, remove_temp_files
 from pipeline.errors import PipelineError
 from pipeline.lm.parallel import Processes
-from pipeline.outputs import FolderKind
+from pipeline.outputs import FolderKind, holds_only
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "training-state.pt"
 FORMAT_VERSION = 1  # rng: one entry per process, by rank
-TRAINING_STATE_FOLDER = FolderKind("training state", (STATE_FILE,))
+TRAINING_STATE_FOLDER = FolderKind("training state", lambda folder: holds_only(folder, [STATE_FILE]), overridable=False)  # scratch space: never the user's files
 
 
 class OtherRunError(PipelineError):
@@ -84,6 +84,14 @@ def save_training_state(folder: Path, model: torch.nn.Module, optimizer: torch.o
         with atomic_path(folder / STATE_FILE) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)  # through a Python file, so a full disk is an OSError in the chain, not only "unexpected pos"
     processes.barrier()
+
+
+def remove_training_state(folder: Path) -> None:
+    """Delete the state file (and what killed writers of it left), then the folder if nothing else is in it."""
+    remove_temp_files(folder, [STATE_FILE])
+    (folder / STATE_FILE).unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def load_training_state(folder: Path | None) -> dict[str, Any] | None:

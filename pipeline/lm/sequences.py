@@ -71,12 +71,17 @@ def fit(tokenizer: Any, prompt: str, response: str | None, use_chat_template: bo
 def shortened_prompt(tokenizer: Any, prompt: str, room: int) -> str:
     """The longest start of `prompt` (whole tokens of it) whose chat-template rendering fits in `room` tokens."""
     user_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def start(keep: int) -> str:
+        return tokenizer.decode(user_ids[:keep]).rstrip("\ufffd")  # a cut through a character decodes to U+FFFD
+
     keep = len(user_ids) - (len(encode_prompt(tokenizer, prompt, True)) - room)
     while keep > 0:
-        text = tokenizer.decode(user_ids[:keep]).rstrip("\ufffd")  # a cut through a character decodes to U+FFFD
-        excess = len(encode_prompt(tokenizer, text, True)) - room
+        excess = len(encode_prompt(tokenizer, start(keep), True)) - room
         if excess <= 0:
-            return text
+            while keep < len(user_ids) and len(encode_prompt(tokenizer, start(keep + 1), True)) <= room:
+                keep += 1  # re-encoding can merge across the cut: take back what still fits
+            return start(keep)
         keep -= excess
     overhead = len(encode_prompt(tokenizer, "", True))
     raise PipelineError(f"the chat template alone takes {overhead} tokens, more than the {room} a prompt may have: raise the teacher's length limit, or set teacher.chat_template: false")

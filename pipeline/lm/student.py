@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ DEFAULT_STUDENT = {
 }
 
 
-LLAMA_FIELDS = frozenset(inspect.signature(LlamaConfig.__init__).parameters) - {"self", "kwargs", "vocab_size"}
+LEGACY_LLAMA_FIELDS = {"rope_theta", "rope_scaling", "attn_implementation"}  # LlamaConfig takes these as keyword arguments beyond its signature
+LLAMA_FIELDS = frozenset(inspect.signature(LlamaConfig.__init__).parameters) - {"self", "kwargs", "vocab_size"} | LEGACY_LLAMA_FIELDS
 SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim")
 
 
@@ -59,7 +61,8 @@ def student_config(fields: dict[str, Any], vocab_size: int = 256) -> LlamaConfig
     try:
         return LlamaConfig(vocab_size=vocab_size, **settings)
     except (StrictDataclassError, TypeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[-1].strip().removeprefix("ValueError: ").removeprefix("TypeError: ").rstrip(".")
+        reason = str(error).strip().splitlines()[-1].strip().removeprefix("ValueError: ").removeprefix("TypeError: ").split(". Errors:")[0].rstrip(".")
+        reason = re.sub(r"<class '(\w+)'>", r"\1", reason)
         raise ValueError(reason[:1].lower() + reason[1:]) from None
 
 

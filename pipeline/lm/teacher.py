@@ -90,9 +90,9 @@ def run_teacher(
     if settings.runner == "ray":
         check_ray_run(worker_index, num_workers, backend)
         gpus = gpus_per_actor(settings.device, settings.engine.tensor_parallel_size if settings.backend == "vllm" else 1)
-        return fill_cache_on_ray(out_dir, make_job, settings.ray, gpus)
+        return fill_cache_on_ray(out_dir, make_job, settings.ray, gpus, replace=overwrite)
     job = make_job(backend)
-    return fill_cache(out_dir, job.plan, job.shards, job.fill, job.save_tokenizer, worker_index, num_workers)
+    return fill_cache(out_dir, job.plan, job.shards, job.fill, job.save_tokenizer, worker_index, num_workers, replace=overwrite)
 
 
 def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_dir: Path, settings: TeacherSettings, backend: TeacherBackend | None = None) -> CacheJob:

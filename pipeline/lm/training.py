@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from pydantic import Field, field_validator
 from transformers import AutoTokenizer
 
-from pipeline.cache.format import CAUSAL_LM_TASK, VOCABULARY_ONLY, tokenizer_difference
+from pipeline.cache.format import CAUSAL_LM_TASK, DEFINITION_PARTS, VOCABULARY_ONLY, tokenizer_difference
 from pipeline.cache.reader import Cache
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
@@ -26,13 +25,12 @@ from pipeline.lm.losses import LossSpec
 from pipeline.lm.model_card import model_card
 from pipeline.lm.parallel import DEVICE_PATTERN, Parallel, Precision, Processes, autocast, training_processes
 from pipeline.lm.prune import PruneSettings
-from pipeline.lm.resume import TRAINING_STATE_FOLDER, OtherRunError, check_same_run, full_model_state, load_training_state, restore_training_state, save_training_state
+from pipeline.lm.resume import TRAINING_STATE_FOLDER, OtherRunError, check_same_run, full_model_state, load_training_state, remove_training_state, restore_training_state, save_training_state
 from pipeline.lm.streaming import Positions, TopKBatch, count_batches, prefetched, scored_positions, stream_batches
 from pipeline.lm.student import PRUNE, SCRATCH, initial_student, position_hidden, student_config
 from pipeline.models import STUDENT_FOLDER, count_parameters, save_checkpoint
 from pipeline.outputs import claim_file, claim_folder
 from pipeline.settings import Positive
-from pipeline.storage import remove_tree
 from pipeline.training import LOSS_LOG_FILE, train_loop, write_loss_log
 
 log = logging.getLogger(__name__)
@@ -98,11 +96,7 @@ def tokenizer_mismatch(cache: Cache, tokenizer: Any, tokenizer_path: Path) -> st
     difference = tokenizer_difference(record, tokenizer)
     if difference is None:
         return None
-    actual = (
-        f"{tokenizer_sha256(tokenizer)[:12]} ({len(tokenizer)} tokens)"
-        if difference == "vocabulary"
-        else "the same vocabulary with other merges, normaliser, pre-tokeniser, post-processor or special tokens"
-    )
+    actual = f"{tokenizer_sha256(tokenizer)[:12]} ({len(tokenizer)} tokens)" if difference == "vocabulary" else f"the same vocabulary with other {DEFINITION_PARTS}"
     made_with = f"the cache was made with tokenizer {record['sha256'][:12]} ({record['tokenizer_size']} tokens)"
     if Path(tokenizer_path) == Path(cache.tokenizer_dir):
         return f"tokenizer mismatch: {made_with}, but the one shipped in {tokenizer_path} is {actual}: it was changed after the teacher wrote it; restore it, or give the teacher's tokenizer with --tokenizer"
@@ -351,14 +345,19 @@ def train_student(
 def claim_student_outputs(
     cache_dir: Path, settings: StudentSettings, out_dir: Path, tokenizer_path: Path | None, loss_log: Path | None, checkpoint_dir: Path | None, teacher: Path | None, overwrite: bool
 ) -> None:
-    """Refuse, before any work, outputs that would replace the user's files or the run's own inputs."""
+    """Refuse, before any work, outputs that would replace the user's files or the run's own inputs.
+
+    The student folder is replaced only when it is saved; the training state folder must hold nothing
+    but a training state (it is scratch space, and never the user's files, `--overwrite` or not); the
+    loss log may not lie inside it.
+    """
     pretrained = Path(settings.init) if settings.init not in (SCRATCH, PRUNE) else None
     inputs = [cache_dir, tokenizer_path, Path(settings.tokenizer) if settings.tokenizer else None, teacher, pretrained]
-    claim_folder(out_dir, STUDENT_FOLDER, "--out", inputs, overwrite)
-    if checkpoint_dir is not None and claim_folder(checkpoint_dir, TRAINING_STATE_FOLDER, "--checkpoints", [*inputs, out_dir], overwrite):
-        remove_tree(checkpoint_dir)
+    claim_folder(out_dir, STUDENT_FOLDER, "--out", inputs, overwrite, apart_from={"--checkpoints": checkpoint_dir})
+    if checkpoint_dir is not None:
+        claim_folder(checkpoint_dir, TRAINING_STATE_FOLDER, "--checkpoints", inputs, apart_from={"--out": out_dir})
     for path in [loss_log, validation_log_path(loss_log)] if loss_log is not None else []:
-        claim_file(path, LOSS_LOG_FILE, "--loss-log", [*inputs, out_dir], overwrite)
+        claim_file(path, LOSS_LOG_FILE, "--loss-log", inputs, overwrite, apart_from={"--checkpoints": checkpoint_dir})
 
 
 def cross_student(cache: Cache, tokenizer: Any, settings: StudentSettings) -> CrossTokenizer:
@@ -466,7 +465,7 @@ def _train(
             if validation:
                 write_loss_log(validation, validation_log_path(loss_log))
         if checkpoint_dir is not None:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            remove_training_state(checkpoint_dir)
     if convert is not None and processes.main:
         log.info("cross-tokenizer, train split (every epoch): %s", describe_report(convert.report()))
     processes.barrier()
