@@ -45,12 +45,22 @@ class TransformersBackend:
         self.max_length = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
-    @torch.inference_mode()
     def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+        answers = self.answer(prompts, settings, seed)
+        return self.score([list(p) + a for p, a in zip(prompts, answers)], [len(p) for p in prompts], k, draws, seed, head)
+
+    @torch.inference_mode()
+    def answer(self, prompts: Sequence[list[int]], settings: GenerationSettings, seed: int, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
+        """`model.generate`'s answer to each prompt, cut after the first stop id (kept); no scoring.
+
+        stop_ids None: the model's own (its generation config's EOS).
+        """
         torch.manual_seed(seed)
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-        sequences: list[list[int]] = []
+        if stop_ids is None:
+            eos = self.model.generation_config.eos_token_id
+            stop_ids = (eos if isinstance(eos, list) else [eos]) if eos is not None else []
+        eos_ids = set(stop_ids)
+        answers: list[list[int]] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
             width = max(len(p) for p in batch)
@@ -66,12 +76,13 @@ class TransformersBackend:
                 max_new_tokens=settings.max_new_tokens,
                 pad_token_id=self.pad_id,
                 top_k=None,
+                **({"eos_token_id": list(stop_ids)} if stop_ids else {}),
                 **sampling,
             )[:, width:].tolist()
-            for prompt, response in zip(batch, generated):
+            for response in generated:
                 cut = next((i + 1 for i, t in enumerate(response) if t in eos_ids), len(response))
-                sequences.append(list(prompt) + response[:cut])
-        return self.score(sequences, [len(p) for p in prompts], k, draws, seed, head)
+                answers.append(response[:cut])
+        return answers
 
     @torch.inference_mode()
     def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherOutput | SampledOutput]:
