@@ -300,3 +300,18 @@ def test_vllm_greedy_answers_equal_hf_generate(tiny_teacher):
     finally:
         engine.close()
     assert got == [hf_greedy(tiny_teacher, p, 10, tokenizer.eos_token_id) for p in prompts]
+
+
+def test_answers_scored_together_after_one_prompt_pass_equal_separate_forwards(tiny_teacher):
+    """The joint path (the prompt's KV cache once, all answers in a batch) gives each answer's own forward's numbers."""
+    from pipeline.lm.generation import teacher_nlls
+
+    tokenizer, prompts = encoded_prompts(tiny_teacher)
+    rng = np.random.default_rng(1)
+    sets = {(mode, name): Answers([rng.integers(3, len(tokenizer), size=n).tolist() for n in rng.integers(1, 9, size=len(prompts))], [""] * len(prompts), 1.0) for mode in ("g", "s") for name in "ab"}
+    backend = TransformersBackend(tiny_teacher, batch_size=2)
+    joint = teacher_nlls(backend, prompts, sets)
+    for key, given in sets.items():
+        separate = teacher_nll(backend, prompts, given)
+        np.testing.assert_allclose(joint[key][0], separate[0], rtol=1e-4)
+        assert joint[key][1].tolist() == separate[1].tolist()

@@ -279,6 +279,22 @@ def teacher_nll(backend: Any, prompts: list[list[int]], answers: Answers) -> tup
     return sums, counts
 
 
+def teacher_nlls(backend: Any, prompts: list[list[int]], answers: dict[tuple[str, str], Answers], progress: tqdm | None = None) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """`teacher_nll` of every answer set at once: with a backend that runs a prompt once for all its answers
+    (`continuation_logprobs`, transformers) prompt by prompt, else one `score` pass per answer set."""
+    joint = getattr(backend, "continuation_logprobs", None)
+    if joint is None:
+        return {key: teacher_nll(backend, prompts, given) for key, given in answers.items()}
+    out = {key: (np.zeros(len(prompts)), np.zeros(len(prompts))) for key in answers}
+    for i, prompt in enumerate(prompts):
+        given = [(key, answer.tokens[i]) for key, answer in answers.items() if answer.tokens[i]]
+        for (key, _), logprobs in zip(given, joint(prompt, [tokens for _, tokens in given])):
+            out[key][0][i], out[key][1][i] = -float(np.sum(logprobs, dtype=np.float64)), len(logprobs)
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
 def per_prompt(answers: Answers, nll: tuple[np.ndarray, np.ndarray], stop_ids: list[int], teacher_texts: list[str] | None, references: list[str] | None) -> PerPrompt:
     stops = set(stop_ids)
     bigrams = np.array([distinct_bigrams(text) for text in answers.texts], dtype=np.float64).reshape(-1, 2)
@@ -375,8 +391,7 @@ def judge_models(
     modes = decodings(settings, sampling)
     paths = {**students, TEACHER: teacher}  # students first: only one engine is alive at a time, and the teacher's stays for scoring
     answers: dict[str, dict[str, Answers]] = {mode: {} for mode in modes}
-    nll: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {mode: {} for mode in modes}
-    with tqdm(total=len(encoded) * len(modes) * len(paths), unit="answer", desc="judge") as progress:
+    with tqdm(total=len(encoded) * len(modes) * len(paths), unit="answer", desc="judge: answers") as progress:
         for name, path in paths.items():
             backend = load_backend(settings.backend, Path(path), settings.dtype, settings.batch_size, settings.device, 1, settings.engine)
             for mode, decoding in modes.items():
@@ -384,11 +399,10 @@ def judge_models(
                 answers[mode][name] = generate_answers(backend, encoded, decoding, stop_ids, settings.batch_size, tokenizer, progress)
             if name != TEACHER:
                 _close(backend)
-        log.info("judge: the teacher scores %d answers", sum(len(a.tokens) for by_model in answers.values() for a in by_model.values()))
-        for mode in modes:
-            for name in paths:
-                nll[mode][name] = teacher_nll(backend, encoded, answers[mode][name])
-        _close(backend)
+    with tqdm(total=len(encoded), unit="prompt", desc="judge: teacher scores the answers") as progress:
+        scored = teacher_nlls(backend, encoded, {(mode, name): answers[mode][name] for mode in modes for name in paths}, progress)
+    _close(backend)
+    nll = {mode: {name: scored[mode, name] for name in paths} for mode in modes}
     report = score_answers(settings, prompt_set, modes, answers, nll, stop_ids, {name: model_parameters(Path(path)) for name, path in paths.items()}, comparisons)
     if metrics_path is not None:
         write_json(metrics_path, asdict(report))
