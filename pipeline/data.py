@@ -146,6 +146,13 @@ def text_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def sample_rows(frame: pl.DataFrame, count: int, seed: int) -> pl.DataFrame:
+    """The `count` rows with the smallest sha256(seed:id), in file order: the same rows on every machine, and adding rows to the file keeps most of them."""
+    rank = frame["id"].map_elements(lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest(), return_dtype=pl.String)
+    keep = frame.with_row_index("_row").with_columns(_rank=rank).sort("_rank").head(count).sort("_row")
+    return keep.drop("_row", "_rank")
+
+
 def split_prompts(prompts: pl.DataFrame, validation_fraction: float, seed: int) -> dict[str, pl.DataFrame]:
     """Assign each id to a split by a seeded hash: adding prompts never moves existing ones.
 

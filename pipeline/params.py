@@ -14,6 +14,7 @@ from pipeline.classify.evaluate import ClassifyEvaluateSettings
 from pipeline.classify.teacher import ClassifyTeacherSettings
 from pipeline.classify.training import ClassifyStudentSettings
 from pipeline.data import DataSettings
+from pipeline.lm.generation import JudgeSettings
 from pipeline.lm.metrics import EvaluateSettings
 from pipeline.lm.teacher import TeacherSettings
 from pipeline.lm.training import StudentSettings
@@ -36,6 +37,7 @@ class Params(Settings):
     teacher: TeacherSettings = TeacherSettings()
     student: StudentSettings = StudentSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
+    judge: JudgeSettings = JudgeSettings()
     classify: ClassifyParams = ClassifyParams()
 
 

@@ -1,4 +1,5 @@
-"""Stage student@VARIANT: train the distilled student, or the CE-only baseline (alpha = 0) on the same cache.
+"""Stage student@VARIANT: train the distilled student, or the CE-only baseline (alpha = 0) on the same cache;
+stage student_start saves their common untrained start (`student.init`), the row that shows what training did.
 
 The training state is saved outside the stage's outputs (which DVC deletes before a run), so after a
 crash `dvc repro` resumes it; a state left by a run with other settings is started over. For several
@@ -9,17 +10,21 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import run_main
-from pipeline.lm.training import StudentSettings, train_student
+from pipeline.lm.training import StudentSettings, save_initial_student, train_student
 from stages import params, teacher_ref
 
 VARIANTS = ("distilled", "ce_only")
+START = "start"
 
 
 def main() -> None:
     variant = sys.argv[1] if len(sys.argv) > 1 else ""
-    if variant not in VARIANTS:
-        raise SystemExit(f"usage: python -m stages.student {{{','.join(VARIANTS)}}}")
+    if variant not in (*VARIANTS, START):
+        raise SystemExit(f"usage: python -m stages.student {{{','.join((*VARIANTS, START))}}}")
     settings = params("student", StudentSettings)
+    if variant == START:
+        save_initial_student(Path("data/cache"), settings, Path(f"models/student-{START}"), teacher=Path(teacher_ref()["path"]), overwrite=True)
+        return
     if variant == "ce_only":
         settings = settings.updated("student", alpha=0.0)
     train_student(

@@ -186,9 +186,10 @@ def project(tmp_path, tiny_teacher, small_prompts) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["teacher"].update(model=str(tiny_teacher), k=8, batch_size=4, shard_rows=5)
     params["teacher"]["generation"]["max_new_tokens"] = 8
-    params["student"].update(epochs=2, batch_size=4)
+    params["student"].update(epochs=2, max_steps=None, batch_size=4)  # init prune as params.yaml: the tiny teacher's first layer
     params["student"]["model"] = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128}
     params["evaluate"]["speed_sequences"] = 4
+    small_judge(root, params)
     small_classify_path(root, params["classify"])
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], root)
@@ -197,6 +198,25 @@ def project(tmp_path, tiny_teacher, small_prompts) -> Path:
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
     shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # bytecode in the code folders stages depend on is not a change
     return root
+
+
+HELDOUT = [
+    {"id": "h1", "prompt": "Name a fruit that is yellow.", "reference": "A banana."},
+    {"id": "h2", "prompt": "What is two plus two?", "reference": "Four."},
+    {"id": "h3", "prompt": "Say hello in French.", "reference": "Bonjour."},
+    {"id": "h4", "prompt": "Give one word for happy.", "reference": "Glad."},
+]
+
+
+def small_judge(root: Path, params: dict) -> None:
+    """The judge stage on four hand-made held-out prompts; the heldout_prompts stage (a download from the package index) is left out."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    del spec["stages"]["heldout_prompts"]
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    prompts = root / params["judge"]["prompts"]
+    prompts.parent.mkdir(parents=True, exist_ok=True)
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in HELDOUT))
+    params["judge"].update(sample=3, max_new_tokens=6, batch_size=4, bootstrap=50)
 
 
 def small_classify_path(root: Path, classify: dict) -> None:

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from conftest import run
 
-ALL_STAGES = {"teacher_model", "prepare", "teacher", "student@distilled", "student@ce_only", "evaluate"}
+ALL_STAGES = {"teacher_model", "prepare", "teacher", "student_start", "student@distilled", "student@ce_only", "evaluate", "judge"}
+STUDENT_SIDE = {"student@distilled", "student@ce_only", "evaluate", "judge"}  # what a student setting reruns (the start depends only on init, prune, model and seed)
 CLASSIFY_STUDENTS = {f"classify_student@{arch}-{targets}" for arch in ("bilstm", "bag") for targets in ("soft", "hard")}
 ALL_STAGES |= {"classify_teacher", "classify_evaluate"} | CLASSIFY_STUDENTS
 
@@ -22,17 +23,23 @@ def repro(cwd):
 def test_repro_runs_everything_then_nothing_then_only_the_student_side(project):
     assert repro(project) == ALL_STAGES
     metrics = yaml.safe_load((project / "reports" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"teacher", "distilled", "ce_only"}
+    assert set(metrics["models"]) == {"teacher", "start", "distilled", "ce_only"}
     assert (project / "reports" / "training.png").stat().st_size > 0
+    judged = yaml.safe_load((project / "reports" / "generation.json").read_text())
+    assert set(judged["models"]) == {"greedy", "sampled"} and all(set(m) == {"start", "distilled", "ce_only", "teacher"} for m in judged["models"].values())
+    assert judged["prompts"]["judged"] == 3 and judged["comparisons"]["greedy"][0]["model"] == "distilled"
+    assert (project / "reports" / "generation.md").read_text().count("**ce_only**, sampled") == 3
+    report = run([sys.executable, "-m", "pipeline.cli", "report"], project)
+    assert "greedy decoding: 3 held-out prompts" in report and "answers to the first 2 held-out prompts" in report
 
     assert repro(project) == set()
 
     shard = project / "data" / "cache" / "train" / "shard-00000.parquet"
     written = shard.stat().st_mtime_ns
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["student"]["lr"] = 0.001
+    params["student"]["lr"] = 0.002  # params.yaml has 0.001
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    assert repro(project) == {"student@distilled", "student@ce_only", "evaluate"}
+    assert repro(project) == STUDENT_SIDE
     assert shard.stat().st_mtime_ns == written
 
     classify_metrics = yaml.safe_load((project / "reports" / "classify_metrics.json").read_text())
@@ -51,7 +58,8 @@ def test_repro_runs_everything_then_nothing_then_only_the_student_side(project):
     assert classify_shard.stat().st_mtime_ns == written
 
     # Edited code reruns the stages that run it, and only those (dvc.yaml lists code folders as deps).
-    assert changed_by_edit(project, "pipeline/lm/losses.py") == {"student@distilled", "student@ce_only", "evaluate"}
+    assert changed_by_edit(project, "pipeline/lm/losses.py") == STUDENT_SIDE | {"student_start"}
+    assert changed_by_edit(project, "pipeline/lm/generation.py") == STUDENT_SIDE | {"student_start"}  # pipeline/lm is one dep
     assert changed_by_edit(project, "pipeline/classify/training.py") == CLASSIFY_STUDENTS | {"classify_evaluate"}
     assert changed_by_edit(project, "pipeline/cache/reader.py") >= {"teacher", "student@distilled", "classify_teacher", "classify_evaluate"}
 
@@ -59,7 +67,7 @@ def test_repro_runs_everything_then_nothing_then_only_the_student_side(project):
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline"], project)
     output = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "student.alpha=0.5", "--name", "alpha-half"], project)
-    assert set(re.findall(r"Running stage '([^']+)'", output)) == {"student@distilled", "student@ce_only", "evaluate"}
+    assert set(re.findall(r"Running stage '([^']+)'", output)) == STUDENT_SIDE
     shown = _json_tail(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], project))
     experiments = [e for baseline in shown for e in (baseline.get("experiments") or [])]
     names = {run_["name"] for e in experiments for run_ in e.get("revs", [])}

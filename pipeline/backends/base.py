@@ -144,6 +144,9 @@ class TeacherBackend(Protocol):
     def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherOutput | SampledOutput]:
         """Answer each tokenised prompt and return top-k records (or, with `draws`, sampled or hybrid ones) for every response position."""
 
+    def answer(self, prompts: Sequence[list[int]], settings: GenerationSettings, seed: int, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
+        """Only the answers (token ids, ending with the stop id when the model stopped): what a judged model writes, without the scoring pass."""
+
     def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherOutput | SampledOutput]:
         """Top-k records for positions response_start.. of existing sequences; with `draws`, that many ids drawn per position (seeded),
         after the `head` most likely ids (a hybrid cache; `pipeline.backends.sampling.draw_teacher_samples`)."""

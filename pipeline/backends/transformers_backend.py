@@ -45,12 +45,22 @@ class TransformersBackend:
         self.max_length = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
-    @torch.inference_mode()
     def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+        answers = self.answer(prompts, settings, seed)
+        return self.score([list(p) + a for p, a in zip(prompts, answers)], [len(p) for p in prompts], k, draws, seed, head)
+
+    @torch.inference_mode()
+    def answer(self, prompts: Sequence[list[int]], settings: GenerationSettings, seed: int, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
+        """`model.generate`'s answer to each prompt, cut after the first stop id (kept); no scoring.
+
+        stop_ids None: the model's own (its generation config's EOS).
+        """
         torch.manual_seed(seed)
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-        sequences: list[list[int]] = []
+        if stop_ids is None:
+            eos = self.model.generation_config.eos_token_id
+            stop_ids = (eos if isinstance(eos, list) else [eos]) if eos is not None else []
+        eos_ids = set(stop_ids)
+        answers: list[list[int]] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
             width = max(len(p) for p in batch)
@@ -66,12 +76,13 @@ class TransformersBackend:
                 max_new_tokens=settings.max_new_tokens,
                 pad_token_id=self.pad_id,
                 top_k=None,
+                **({"eos_token_id": list(stop_ids)} if stop_ids else {}),
                 **sampling,
             )[:, width:].tolist()
-            for prompt, response in zip(batch, generated):
+            for response in generated:
                 cut = next((i + 1 for i, t in enumerate(response) if t in eos_ids), len(response))
-                sequences.append(list(prompt) + response[:cut])
-        return self.score(sequences, [len(p) for p in prompts], k, draws, seed, head)
+                answers.append(response[:cut])
+        return answers
 
     @torch.inference_mode()
     def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherOutput | SampledOutput]:
@@ -106,6 +117,36 @@ class TransformersBackend:
                     token_logprobs=token_logprobs,
                 )
         return outputs  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def continuation_logprobs(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Raw log-prob of every token of each continuation after the same prompt (several answers judged by this model).
+
+        The prompt is run once and its KV cache repeated for the batch of continuations (right padded,
+        so no position shifts): the same numbers as `score` on prompt + continuation, for about half the work.
+        """
+        if not continuations:
+            return []
+        if not prompt or any(not c for c in continuations):
+            raise PipelineError("continuation_logprobs needs a non-empty prompt and non-empty continuations")
+        out = self.model(input_ids=torch.tensor([list(prompt)], device=self.device), use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts every continuation's first token
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(continuations))
+        width = max(len(c) for c in continuations)
+        input_ids = torch.full((len(continuations), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(continuations), len(prompt) + width), dtype=torch.long)
+        attention_mask[:, : len(prompt)] = 1
+        for row, continuation in enumerate(continuations):
+            input_ids[row, : len(continuation)] = torch.tensor(list(continuation))
+            attention_mask[row, len(prompt) : len(prompt) + len(continuation)] = 1
+        logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), past_key_values=cache, use_cache=True).logits
+        result = []
+        for row, continuation in enumerate(continuations):
+            targets = torch.tensor(list(continuation), device=self.device)
+            later = torch.log_softmax(logits[row, : len(continuation) - 1].float(), dim=-1).gather(-1, targets[1:, None])[:, 0]
+            result.append(torch.cat([first[targets[:1]], later]).cpu().numpy())
+        return result
 
     def verbalizer_logprobs(self, prompts: Sequence[Sequence[int]], verbalizers: Sequence[Sequence[int]]) -> np.ndarray:
         """Raw log-prob of each verbalizer's token sequence after each prompt: float64 [len(prompts), len(verbalizers)]."""

@@ -306,6 +306,27 @@ class VLLMBackend:
             outputs.append(to_output(list(prompt) + list(completion.token_ids), len(prompt), completion.logprobs, 0, k))
         return outputs
 
+    def answer(self, prompts: Sequence[list[int]], settings: GenerationSettings, seed: int, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
+        """The generating engine's answer to each prompt, ending with the stop id it stopped at; no log-probs.
+
+        stop_ids None: the ids `model.generate` would stop at (`stop_token_ids`); per-request seeds as in `generate`.
+        """
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                max_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                seed=request_seed(seed, index),
+                ignore_eos=True,
+                stop_token_ids=list(self.stop_ids if stop_ids is None else stop_ids),
+                detokenize=False,
+            )
+            for index in range(len(prompts))
+        ]
+        return [list(result.outputs[0].token_ids) for result in self._run(prompts, params)]
+
     def verbalizer_logprobs(self, prompts: Sequence[Sequence[int]], verbalizers: Sequence[Sequence[int]]) -> np.ndarray:
         """Raw log P(verbalizer | prompt) [n, labels] for the classify task, as the transformers scorer computes it.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import field_validator, model_validator
 
-from pipeline.data import check_text, read_frame, text_id
+from pipeline.data import check_text, read_frame, sample_rows, text_id
 from pipeline.errors import PipelineError
 from pipeline.settings import Positive, Settings
 
@@ -66,13 +65,6 @@ def read_text_set(text_set: TextSet, labels: Sequence[str], text_column: str = "
     if text_set.sample > frame.height:
         raise PipelineError(f"{text_set.path}: sample {text_set.sample} is more than its {frame.height} rows")
     return sample_rows(frame, text_set.sample, seed)
-
-
-def sample_rows(frame: pl.DataFrame, count: int, seed: int) -> pl.DataFrame:
-    """The `count` rows with the smallest sha256(seed:id), in file order: the same rows on every machine, and adding rows to the file keeps most of them."""
-    rank = frame["id"].map_elements(lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest(), return_dtype=pl.String)
-    keep = frame.with_row_index("_row").with_columns(_rank=rank).sort("_rank").head(count).sort("_row")
-    return keep.drop("_row", "_rank")
 
 
 def read_labelled(path: Path, labels: Sequence[str], text_column: str = "text", label_column: str = "label", repeated_texts: str = "refuse") -> pl.DataFrame:

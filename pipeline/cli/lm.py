@@ -177,11 +177,25 @@ def evaluate(
 def report(
     metrics: Path = typer.Argument(Path("reports/metrics.json")),
     classify_metrics: Path = typer.Option(Path("reports/classify_metrics.json"), help="classification metrics, printed too when the file exists"),
+    generation: Path = typer.Option(Path("reports/generation.json"), help="generation metrics of the judge stage, printed too when the file exists"),
+    answers: Path = typer.Option(Path("reports/generation-answers.json"), help="the judge stage's answers: the first --examples are printed side by side"),
+    examples: int = typer.Option(2, help="held-out prompts whose answers are printed (greedy), 0 for none"),
 ) -> None:
-    """Print the metrics table written by the evaluate stage (and the classification table when it exists)."""
+    """Print the metrics table written by the evaluate stage (and the generation and classification tables when they exist)."""
     from pipeline.lm.metrics import METRICS_FILE, format_table
 
     typer.echo(format_table(METRICS_FILE.read(metrics)))
+    if generation.exists():
+        from pipeline.lm.generation import ANSWERS_FILE, GENERATION_FILE, format_examples, format_judge_table
+
+        judged = GENERATION_FILE.read(generation)
+        for mode in judged["models"]:
+            typer.echo("")
+            typer.echo(format_judge_table(judged, mode))
+        if examples and answers.exists():
+            typer.echo("")
+            typer.echo(f"answers to the first {examples} held-out prompts (all of them: reports/generation.md)")
+            typer.echo(format_examples(ANSWERS_FILE.read(answers), examples))
     if classify_metrics.exists():
         from pipeline.classify.evaluate import CLASSIFY_METRICS_FILE, format_classify_table
 

@@ -475,3 +475,22 @@ def _train(
 def validation_log_path(loss_log: Path) -> Path:
     """Where the validation log goes beside the step log: distilled.csv -> distilled-validation.csv."""
     return loss_log.with_name(f"{loss_log.stem}-validation{loss_log.suffix}")
+
+
+def save_initial_student(cache_dir: Path, settings: StudentSettings, out_dir: Path, teacher: Path | None = None, overwrite: bool = False) -> None:
+    """The untrained start of `student.init` (cut from the teacher, a random Llama or a pretrained folder), saved as a student folder.
+
+    Scored beside the trained students, it shows what training did: a pruned start is the teacher
+    minus layers, before any distillation or CE step.
+    """
+    claim_folder(out_dir, STUDENT_FOLDER, "--out", [cache_dir, teacher], overwrite)
+    cache = Cache.open(cache_dir)
+    if settings.cross_tokenizer is not None:
+        raise PipelineError("the untrained start is saved for students with the cache's tokenizer; unset student.cross_tokenizer")
+    tokenizer_path = student_tokenizer_path(cache, Path(settings.tokenizer) if settings.tokenizer else None, settings.init)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    check_compatibility(cache, tokenizer, tokenizer_path, settings)
+    student = initial_student(settings.init, settings.model, cache.vocab_size, settings.seed, prune=settings.prune, teacher=teacher)
+    card = model_card(cache, settings.dump(), count_parameters(student), 0, 0, None, type(student).__name__)
+    save_checkpoint(student.eval(), tokenizer, out_dir, card=card, kind=STUDENT_FOLDER)
+    log.info("untrained start (student.init %s): %.2fM parameters, saved to %s", settings.init, count_parameters(student) / 1e6, out_dir)
