@@ -220,6 +220,6 @@ def test_dvc_teacher_stage_resumes_from_its_work_directory(tmp_path, monkeypatch
     assert cache_rows(tmp_path / stage.CACHE) == cache_rows(tiny_cache)
 
     work.mkdir()
-    write_json(work / PLAN_FILE, {"k": 4})  # an unfinished run with other settings
+    write_json(work / PLAN_FILE, {**json.loads((tiny_cache / PLAN_FILE).read_text()), "k": 4})  # an unfinished run with other settings
     stage.main()
     assert not work.exists() and read_manifest(tmp_path / stage.CACHE) == read_manifest(tiny_cache)
