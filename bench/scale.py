@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+EXTRA: dict[str, float] = {}  # figures a cost reports beside its time
 COSTS = ("write", "finalize", "verify", "inspect", "read", "student_start", "validation", "dvc_add", "dvc_status", "dvc_push")
 PROMPT_TOKENS, ANSWER_TOKENS, K = 40, 208, 20
 
@@ -174,20 +175,28 @@ def dvc_cost(cost: str, cache: Path, args: argparse.Namespace) -> float:
         run("git", "init", "-q")
         run(sys.executable, "-m", "dvc", "init", "-q")
         run(sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(cache.parent / "remote"))
+        if args.dvc_cache_type:
+            run(sys.executable, "-m", "dvc", "config", "cache.type", args.dvc_cache_type)
         shutil.copytree(cache, repo / "cache")
         started = time.perf_counter()
         run(sys.executable, "-m", "dvc", "add", "cache")
+        EXTRA["repo_disk_mb"] = disk_mb(repo)  # workspace and DVC cache, hard links counted once
     else:
         started = time.perf_counter()
         run(sys.executable, "-m", "dvc", "status" if cost == "dvc_status" else "push")
     return time.perf_counter() - started
 
 
+def disk_mb(folder: Path) -> float:
+    """Disk the folder takes, hard links counted once (du)."""
+    return int(subprocess.run(["du", "-sk", str(folder)], capture_output=True, text=True, check=True).stdout.split()[0]) / 1024
+
+
 def one(args: argparse.Namespace) -> None:
     seconds = measure(args.measure, args.cache, args)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": max(own, children) / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": max(own, children) / 1024, **EXTRA}))
 
 
 def main() -> None:
@@ -198,6 +207,7 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=64)
     parser.add_argument("--costs", nargs="+", default=list(COSTS), choices=COSTS)
     parser.add_argument("--work", type=Path, default=None, help="where the caches go [default: a temporary folder]")
+    parser.add_argument("--dvc-cache-type", default=None, help="DVC's cache.type for the dvc costs (reflink, hardlink, symlink, copy) [default: DVC's own]")
     parser.add_argument("--measure", choices=COSTS, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -212,13 +222,16 @@ def main() -> None:
         folder.mkdir(parents=True)
         results[tokens] = {}
         for cost in ["write", *[c for c in args.costs if c != "write"]]:
-            common = ["--tokenizer", str(args.tokenizer), "--params", str(args.params), "--shard-rows", str(args.shard_rows)]
+            common = ["--tokenizer", str(args.tokenizer), "--params", str(args.params), "--shard-rows", str(args.shard_rows)] + (
+                ["--dvc-cache-type", args.dvc_cache_type] if args.dvc_cache_type else []
+            )
             command = [sys.executable, "-m", "bench.scale", "--measure", cost, "--cache", str(folder / "cache"), "--size", str(tokens), *common]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise SystemExit(f"{cost} at {tokens} tokens failed:\n{result.stderr[-2000:]}")
             results[tokens][cost] = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"{tokens:>12,} tokens  {cost:<14} {results[tokens][cost]['seconds']:10.2f} s  {results[tokens][cost]['peak_rss_mb']:8.0f} MB", flush=True)
+            extra = "".join(f"  {key} {value:,.1f}" for key, value in results[tokens][cost].items() if key not in ("seconds", "peak_rss_mb"))
+            print(f"{tokens:>12,} tokens  {cost:<14} {results[tokens][cost]['seconds']:10.2f} s  {results[tokens][cost]['peak_rss_mb']:8.0f} MB{extra}", flush=True)
         shutil.rmtree(folder)
     big, bigger = args.tokens[-2], args.tokens[-1]
     print(f"\ncost            {'  '.join(f'{t:>14,}' for t in args.tokens)}   exponent ({big:,} -> {bigger:,})   peak RSS largest/smallest")

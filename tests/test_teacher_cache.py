@@ -223,3 +223,40 @@ def test_dvc_teacher_stage_resumes_from_its_work_directory(tmp_path, monkeypatch
     write_json(work / PLAN_FILE, {**json.loads((tiny_cache / PLAN_FILE).read_text()), "k": 4})  # an unfinished run with other settings
     stage.main()
     assert not work.exists() and read_manifest(tmp_path / stage.CACHE) == read_manifest(tiny_cache)
+
+
+def test_the_background_writer_keeps_order_bounds_what_waits_and_raises_a_failed_write():
+    import threading
+    import time
+
+    from pipeline.cache.writer import BackgroundWriter
+    from pipeline.errors import PipelineError
+
+    done, waiting, gate = [], [], threading.Event()
+
+    def write(i):
+        def run():
+            if i == 0:
+                gate.wait(5)
+            done.append(i)
+
+        return run
+
+    with BackgroundWriter(depth=1) as writer:
+        writer.submit(write(0))
+        submitted = threading.Thread(target=lambda: (writer.submit(write(1)), writer.submit(write(2)), waiting.append("past")))
+        submitted.start()
+        time.sleep(0.2)
+        assert waiting == []  # write 0 holds the one slot: the third submit waits instead of piling shards up in memory
+        gate.set()
+        submitted.join(5)
+    assert done == [0, 1, 2]
+
+    def fail():
+        raise PipelineError("disk full while writing x; free space and rerun to resume")
+
+    writer = BackgroundWriter()
+    writer.submit(fail)
+    with pytest.raises(PipelineError, match="^disk full while writing x"):
+        writer.submit(write(3))
+    writer.close()

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,43 @@ def write_shard(table: pa.Table, path: Path, zstd_level: int | None = None) -> N
             tmp.write_bytes(sink.getvalue().to_pybytes())
         else:
             pq.write_table(table, tmp, **parquet_options(len(table), zstd_level))
+
+
+class BackgroundWriter:
+    """Encodes and writes shards in one background thread while the teacher computes the next ones.
+
+    zstd and Parquet encoding release the GIL, so on a GPU teacher the writer costs the teacher
+    nothing; at most `depth` shards wait, so memory stays bounded. Each write is still whole or absent
+    (write_shard), so a crash loses at most the shards in flight, which a rerun recomputes (same seeds).
+    An error in a write is raised in the caller at its next `submit` or at `close`.
+    """
+
+    def __init__(self, depth: int = 1) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._pending: list[Future] = []
+        self._depth = depth
+
+    def submit(self, write: Callable[[], None]) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(write))
+
+    def close(self) -> None:
+        """Wait for every write; the first error among them is raised."""
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:  # the caller failed: let the writes in flight finish (each whole or absent), keep the caller's error
+            self._pool.shutdown(wait=True)
 
 
 def open_cache_for_writing(cache_dir: Path, plan: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from pipeline.cache.codec import CacheEncoding, listed_ids
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
-from pipeline.cache.writer import CacheJob, claim_cache_folder, fill_cache, write_shard, zstd_level
+from pipeline.cache.writer import BackgroundWriter, CacheJob, claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows
@@ -142,7 +142,7 @@ def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_di
 
 def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]) -> None:
     started, tokens = time.perf_counter(), 0
-    with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress:
+    with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress, BackgroundWriter() as writer:
         for shard in shards:
             outputs = []
             rows = splits[shard.split].slice(shard.start, shard.stop - shard.start)
@@ -152,7 +152,12 @@ def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shard
                 tokens += sum(len(o.input_ids) for o in outputs[-chunk.height :])
                 progress.update(chunk.height)
                 progress.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - started):.0f}")
-            write_shard(outputs_to_table(rows["id"].to_list(), outputs, block), out_dir / shard.file, zstd_level(block))
+            writer.submit(partial(_write_outputs, rows["id"].to_list(), outputs, block, out_dir / shard.file))
+
+
+def _write_outputs(ids: list[str], outputs: list[TeacherOutput | SampledOutput], block: dict[str, Any], path: Path) -> None:
+    """Encode one shard's teacher outputs and write it (in the background writer, while the teacher goes on)."""
+    write_shard(outputs_to_table(ids, outputs, block), path, zstd_level(block))
 
 
 def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettings) -> Iterator[tuple[int, pl.DataFrame]]:
