@@ -32,6 +32,7 @@ from pipeline.cache import Cache
 from pipeline.cache.codec import CacheEncoding, CacheRows, decode, encode, manifest_encoding, padded_entries
 from pipeline.cache.convert import convert_cache
 from pipeline.cache.decoding_error import position_kl
+from pipeline.cache.schema import Sampled, TopK
 from pipeline.cache.writer import parquet_options
 from pipeline.errors import run_main
 from pipeline.lm.streaming import stream_batches
@@ -76,7 +77,7 @@ def measure(originals: list[CacheRows], source: list[bytes], source_block: dict[
     base_read, _ = best_time(lambda: read_decoded(source, source_block), repeats)
     results = [{"name": f"source files (v{1 if source_block['name'] == 'float32' else 2}, {source_block['name']})", "bytes": sum(map(len, source)), "read": base_read}]
     for name, settings in SETTINGS:
-        block = settings.block(vocab, k)
+        block = settings.block(vocab, TopK(k))
         level = block.get("zstd_level")
         encode_s, data = best_time(lambda block=block, level=level: [write_bytes(encode(r, block), level) for r in originals], repeats)
         read_s, decoded = best_time(lambda data=data, block=block: read_decoded(data, block), repeats)
@@ -98,7 +99,7 @@ def sampled_sizes(originals: list[CacheRows], teacher: Path, draws: list[int], v
 
     backend, results = TransformersBackend(teacher), []
     for n in draws:
-        block = CacheEncoding().block(vocab, n, draws=n)
+        block = CacheEncoding().block(vocab, Sampled(n))
         size, listed = 0, 0
         for rows in originals:
             sequences = [s.tolist() for s in np.split(rows.input_ids, np.cumsum(rows.seq_lengths)[:-1])]
@@ -175,7 +176,7 @@ def main() -> None:
         f"\ntraining reader (stream_batches, batch 8, shuffled): source {source_rate:,.0f} positions/s, default compact {compact_rate:,.0f} positions/s ({source_rate / compact_rate:.2f}x the source's time)"
     )
     print("\nbytes per token by column, default setting:")
-    for name, size in column_bytes(originals, CacheEncoding().block(vocab, k)).items():
+    for name, size in column_bytes(originals, CacheEncoding().block(vocab, TopK(k))).items():
         print(f"  {name:<24} {size:6.2f}")
 
 

@@ -36,7 +36,7 @@ from pipeline.models import count_parameters
 from pipeline.settings import read_section
 
 RANDOM = {"vocab": "train", "vocab_lowest_ids": 0, "embedding_init": "random", "freeze_embeddings": False}  # the first version's students: every field set, whatever --params says
-TEACHER_EMBEDDINGS = {**RANDOM, "embedding_init": "teacher", "vocab_lowest_ids": 16000}  # the default of params.yaml since issue 15
+TEACHER_EMBEDDINGS = {**RANDOM, "embedding_init": "teacher", "vocab_lowest_ids": 16000}  # the default of params.yaml
 VARIANTS = {  # name: (arch, targets, ClassifierConfig fields over classify.student.models.<arch> of --params)
     "bilstm-soft": ("bilstm", "soft", RANDOM),
     "bilstm-hard": ("bilstm", "hard", RANDOM),

@@ -41,6 +41,7 @@ from pipeline.backends import TeacherOutput, outputs_to_table
 from pipeline.backends.sampling import SampledIds, Sampling, draw_teacher_samples
 from pipeline.cache import Cache, read_manifest
 from pipeline.cache.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
+from pipeline.cache.schema import TopK, storage_for
 from pipeline.errors import PipelineError, run_main
 from pipeline.lm.losses import DIVERGENCES, sparse_forward_kl
 from pipeline.lm.streaming import TopKBatch, to_topk_batch
@@ -135,7 +136,7 @@ def encode_compact(split: Split, ks: list[int], vocab_size: int) -> None:
     """The top-k of each k as a new cache would store it: default compact encoding, decoded by the reader."""
     rows = decode(split.table, FLOAT32_BLOCK)
     for k in ks:
-        block = CacheEncoding().block(vocab_size, k)
+        block = CacheEncoding().block(vocab_size, TopK(k))
         top = replace(
             rows,
             entries=np.full(len(rows.entries), k),
@@ -162,10 +163,10 @@ def bytes_per_token(split: Split, variant: Variant, vocab_size: int, shard_rows:
     if variant.draws is not None:
         drawn = concatenated(split.samples[variant.head, variant.draws])
         rows = replace(rows, entries=drawn.entries.astype(np.int64), entry_ids=drawn.ids.astype(np.int64), entry_logprobs=drawn.logprobs, entry_counts=drawn.counts.astype(np.int64))
-        block = CacheEncoding().block(vocab_size, variant.k, variant.draws, variant.head)
+        block = CacheEncoding().block(vocab_size, storage_for(variant.k, variant.draws, variant.head))
     else:
         rows = replace(rows, entries=np.full(len(rows.entries), variant.k), entry_ids=top_k(rows.entry_ids, variant.k), entry_logprobs=top_k(rows.entry_logprobs, variant.k))
-        block = CacheEncoding().block(vocab_size, variant.k)
+        block = CacheEncoding().block(vocab_size, TopK(variant.k))
         if variant.settings.tail == "renormalize" and not variant.compact:
             return None  # the same cache as the bucket row
     table = encode(rows, block)

@@ -68,13 +68,14 @@ def write_cache(out: Path, tokens: int, tokenizer_dir: Path, shard_rows: int) ->
     from pipeline.backends.base import outputs_to_table
     from pipeline.cache.codec import CacheEncoding
     from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
+    from pipeline.cache.schema import TopK
     from pipeline.cache.writer import fill_cache, write_shard, zstd_level
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab = len(tokenizer)
     rows = max(10, tokens // ANSWER_TOKENS)
     validation = rows // 5
-    block = CacheEncoding().block(vocab, K, None, 0)
+    block = CacheEncoding().block(vocab, TopK(K))
     plan = {
         "task": CAUSAL_LM_TASK,
         "teacher": {"name": "synthetic", "path": str(tokenizer_dir), "weights_sha256": "0" * 64, "backend": "synthetic", "dtype": "float32"},

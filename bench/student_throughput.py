@@ -9,7 +9,7 @@ so that machine noise falls on all alike (median over repeats):
              the same token ids already in memory (no cache reading, full logits);
   (c) reader the cache alone: shards read and decoded into batches, one thread, no training.
 
-Target (issue 14): (a) >= 0.9 x (b) in positions per second, and (c) >= 10 x what (a) consumes.
+Target: (a) >= 0.9 x (b) in positions per second, and (c) >= 10 x what (a) consumes.
 With --peak-tflops the model FLOPs utilisation of (a) and (b) is printed too, counted as
 6 x (body parameters x input tokens + head parameters x scored positions) + 6 x layers x hidden x
 sum of squared sequence lengths (causal attention, forward and backward).

@@ -37,6 +37,7 @@ from pipeline.backends import EngineSettings, SampledOutput, TeacherOutput, load
 from pipeline.backends.sampling import sequence_generator
 from pipeline.cache import read_manifest, write_shard
 from pipeline.cache.codec import CacheEncoding
+from pipeline.cache.schema import storage_for
 from pipeline.cache.writer import zstd_level
 from pipeline.errors import run_main
 
@@ -52,7 +53,7 @@ def read_inputs(cache_dir: Path, rows: int) -> tuple[list[list[int]], list[int]]
 
 def capture(backend: Any, sequences: list[list[int]], starts: list[int], k: int, out_dir: Path, draws: int | None = None, head: int = 0, score: Callable | None = None) -> list[Any]:
     """What the teacher stage does per shard: score (top-k, or with `draws` sampled/hybrid), encode in the default (compact) encoding, write zstd Parquet."""
-    block = CacheEncoding().block(backend.vocab_size, k, draws, head)
+    block = CacheEncoding().block(backend.vocab_size, storage_for(k, draws, head))
     score = score or (lambda seqs, firsts: backend.score(seqs, firsts, k, draws, 0, head))
     outputs = []
     for index, start in enumerate(range(0, len(sequences), SHARD_ROWS)):

@@ -27,6 +27,7 @@ from pipeline.cache.encoding import (
     unpack_planes,
 )
 from pipeline.cache.plan import planned_shards
+from pipeline.cache.schema import Sampled, TopK
 from pipeline.cache.verify import verify_cache
 from pipeline.cache.writer import finalize_cache, open_cache_for_writing, zstd_level
 from pipeline.cli import app
@@ -90,7 +91,7 @@ def test_compact_round_trip_within_the_declared_bound(vocab, drop):
     k = 12
     outputs = teacher_outputs(vocab, k)
     exact = decode(outputs_to_table(["a", "b", "c"], outputs), manifest_encoding({}))
-    block = CacheEncoding(drop_zero_level=drop).block(vocab, k)
+    block = CacheEncoding(drop_zero_level=drop).block(vocab, TopK(k))
     table = outputs_to_table(["a", "b", "c"], outputs, block)
     assert str(table.schema.field("input_ids").type.value_type) == ("uint16" if vocab <= 65536 else "uint32")
     rows = decode(table, block)
@@ -117,7 +118,7 @@ def test_compact_round_trip_within_the_declared_bound(vocab, drop):
 
 def test_float32_encoding_is_exact():
     outputs = teacher_outputs(300, 5)
-    block = CacheEncoding(encoding="float32").block(300, 5)
+    block = CacheEncoding(encoding="float32").block(300, TopK(5))
     rows = decode(outputs_to_table(["a", "b", "c"], outputs, block), block)
     assert np.array_equal(rows.entry_ids, np.concatenate([o.topk_ids.reshape(-1) for o in outputs]))
     assert np.array_equal(rows.entry_logprobs, np.concatenate([o.topk_logprobs.reshape(-1) for o in outputs]))
@@ -138,7 +139,7 @@ def sampled_outputs(vocab=300, draws=32, seed=2):
 
 def test_sampled_storage_round_trip():
     outputs = sampled_outputs()
-    block = CacheEncoding().block(300, 20, draws=32)
+    block = CacheEncoding().block(300, Sampled(32))
     assert block["storage"] == "sampled" and block["draws"] == 32 and not block["drop_zero_level"]
     table = outputs_to_table(["a", "b"], outputs, block)
     assert "counts" in table.column_names
@@ -161,14 +162,14 @@ def test_sampled_storage_round_trip():
     assert torch.equal(batch.counts.sum(-1), torch.full((len(rows.entries),), 32.0))
     assert torch.isneginf(batch.topk_logprobs[batch.counts == 0]).all()
     with pytest.raises(PipelineError, match="sampled caches need the compact encoding"):
-        CacheEncoding(encoding="float32").block(300, 20, draws=32)
+        CacheEncoding(encoding="float32").block(300, Sampled(32))
 
 
 def write_sampled_cache(tiny_cache, out):
     """A whole sampled cache through the writer entry points the teacher uses (plan, shards, manifest)."""
     manifest = read_manifest(tiny_cache)
     plan = json.loads((tiny_cache / PLAN_FILE).read_text())
-    plan["encoding"] = CacheEncoding().block(manifest["tokenizer"]["vocab_size"], manifest["k"], draws=32)
+    plan["encoding"] = CacheEncoding().block(manifest["tokenizer"]["vocab_size"], Sampled(32))
     open_cache_for_writing(out, plan)
     shutil.copytree(tiny_cache / "tokenizer", out / "tokenizer")
     for shard in planned_shards(plan):

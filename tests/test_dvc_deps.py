@@ -84,3 +84,33 @@ def test_teacher_stages_do_not_depend_on_student_code_or_the_other_task(stage, t
     student_code = (f"pipeline/{task}/training.py", f"pipeline/{task}/student.py", f"pipeline/{task}/evaluate.py", f"pipeline/{task}/metrics.py")
     assert not any(dep in ("pipeline", f"pipeline/{task}") or dep.startswith((f"pipeline/{other}", *student_code)) for dep in deps)
     assert not any(file.startswith((f"pipeline/{other}/", *student_code)) for file in files_run_by(f"stages.{stage}"))
+
+
+def stage_outputs() -> set[str]:
+    """Every path a stage of dvc.lock writes: a dep under one of them comes from an earlier stage, not from the branch."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    return {out["path"].rstrip("/") for stage in lock.values() for out in stage.get("outs", [])}
+
+
+def test_dvc_lock_records_the_code_and_params_on_the_branch():
+    """A stale dvc.lock makes a fresh clone's `dvc repro` rerun stages the lock says are current.
+
+    DVC itself compares the lock with the working tree (`dvc status`); only inputs that live on the branch
+    count (code, params, the prompts), not the outputs of earlier stages, which a fresh clone lacks.
+    """
+    import json
+    import subprocess
+    import sys
+
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=REPO, capture_output=True, text=True, check=True)
+    made_by_stages = stage_outputs()
+    stale = []
+    for stage, changes in json.loads(status.stdout or "{}").items():
+        for change in changes if isinstance(changes, list) else []:
+            if not isinstance(change, dict):
+                continue
+            for path, state in change.get("changed deps", {}).items():
+                if not any(path == out or path.startswith(out + "/") for out in made_by_stages):
+                    stale.append(f"{stage}: {path} {state}")
+            stale += [f"{stage}: params {path} {state}" for path, state in change.get("changed params", {}).items()]
+    assert not stale, "dvc.lock does not match the branch (run `dvc repro` and commit dvc.lock): " + "; ".join(stale)

@@ -134,12 +134,6 @@ def test_training_paths_agree_on_a_sampled_batch_with_padding():
     assert_training_paths_agree(seed=5)
 
 
-def test_sampled_cache_refuses_other_divergences():
-    ids, counts, logprobs = padded_samples(draw_teacher_samples(torch.log_softmax(torch.randn(3, V), -1), 4, torch.Generator().manual_seed(0)))
-    with pytest.raises(PipelineError, match="forward_kl only"):
-        distillation_loss(torch.randn(3, V), torch.zeros(3, dtype=torch.long), ids, logprobs, LossSpec(loss="reverse_kl"), counts=counts)
-
-
 DRAWS = 24
 
 

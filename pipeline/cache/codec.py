@@ -37,12 +37,12 @@ from pipeline.cache.encoding import (
     segment_starts,
     unpack_planes,
 )
+from pipeline.cache.schema import Storage, storage_of
 from pipeline.errors import PipelineError
 from pipeline.settings import Number, Settings
 
 EncodingName = Literal["compact", "float32"]
 ENCODINGS = get_args(EncodingName)
-DRAWN_STORAGES = ("sampled", "hybrid")  # storages whose entries carry draw counts
 LOG_LEVEL_BYTES = 2  # tail and token log-prob levels: 16 bits
 MIN_TAIL = 1e-30  # a smaller tail (float32 sums of a full top-k reach 1) is stored as this: never exactly 0
 
@@ -74,26 +74,21 @@ class CacheEncoding(Settings):
     token_logprob_step: Number = Field(0.0078125, ge=0.0001, le=1)  # log-prob of the actual token: error <= step / 2 (1/128)
     zstd_level: int = Field(19, ge=1, le=22)
 
-    def block(self, vocab_size: int, k: int, draws: int | None = None, head: int = 0) -> dict[str, Any]:
-        """The manifest's `encoding` block: everything a reader needs, with the declared error bounds.
-
-        `draws` set means a sampled cache: N ids drawn per position, at most min(N, vocab) unique;
-        with `head` h > 0 a hybrid cache: the top-h ids plus N draws from the others.
-        """
-        storage = "topk" if draws is None else "hybrid" if head else "sampled"
+    def block(self, vocab_size: int, storage: Storage) -> dict[str, Any]:
+        """The manifest's `encoding` block: everything a reader needs, with the declared error bounds."""
         if self.encoding == "float32":
-            if draws is not None:
-                raise PipelineError(f"{storage} caches need the compact encoding")
+            if storage.drawn:
+                raise PipelineError(f"{storage.name} caches need the compact encoding")
             return dict(FLOAT32_BLOCK)
         block: dict[str, Any] = {
             "name": "compact",
-            "storage": storage,
+            "storage": storage.name,
             "id_bytes": byte_width(vocab_size - 1),
-            "entry_bytes": byte_width(k if draws is None else listed_ids(vocab_size, draws, head)),
+            "entry_bytes": byte_width(storage.most_ids(vocab_size)),
             "level_bytes": byte_width(int(np.ceil(1 / self.sqrt_step))),
             "input_ids": "uint16" if vocab_size <= 1 << 16 else "uint32",
             "sqrt_step": self.sqrt_step,
-            "drop_zero_level": self.drop_zero_level and storage == "topk",
+            "drop_zero_level": self.drop_zero_level and not storage.drawn,
             "tail_log_step": self.tail_log_step,
             "token_logprob_step": self.token_logprob_step,
             "zstd_level": self.zstd_level,
@@ -103,16 +98,12 @@ class CacheEncoding(Settings):
                 "token_logprob": self.token_logprob_step / 2,
             },
         }
-        if draws is not None:
-            block.update(draws=draws, count_bytes=byte_width(draws))
-        if head:
-            block.update(head=head)
-        return block
+        return block | storage.block_fields()
 
 
-def listed_ids(vocab_size: int, draws: int, head: int = 0) -> int:
-    """The most ids a sampled (head 0) or hybrid position lists: the head plus one per draw, within the vocabulary."""
-    return head + min(draws, vocab_size - head)
+def _drawn(block: dict[str, Any]) -> bool:
+    """Its entries carry draw counts (a sampled or hybrid cache)."""
+    return storage_of(block).drawn
 
 
 def manifest_encoding(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +119,7 @@ def shard_schema(block: dict[str, Any]) -> pa.Schema:
         pa.field("input_ids", pa.list_(pa.uint16() if block["input_ids"] == "uint16" else pa.uint32()), nullable=False),
         pa.field("response_start", pa.int32(), nullable=False),
     ]
-    streams = COMPACT_STREAMS + (("counts",) if block["storage"] in DRAWN_STORAGES else ())
+    streams = COMPACT_STREAMS + (("counts",) if _drawn(block) else ())
     return pa.schema(fields + [pa.field(name, pa.binary(), nullable=False) for name in streams])
 
 
@@ -245,7 +236,7 @@ def decode(records: pa.RecordBatch | pa.Table, block: dict[str, Any]) -> CacheRo
     levels = _stream(records, "prob_levels", row_entries, range(block["level_bytes"]))
     tail = dequantize_neglog(_stream(records, "tail_levels", positions, range(LOG_LEVEL_BYTES)), block["tail_log_step"])
     token = dequantize_neglog(_stream(records, "token_logprob_levels", positions, range(LOG_LEVEL_BYTES)), block["token_logprob_step"])
-    counts = _stream(records, "counts", row_entries, range(block["count_bytes"])) if block["storage"] in DRAWN_STORAGES else None
+    counts = _stream(records, "counts", row_entries, range(block["count_bytes"])) if _drawn(block) else None
     ids = gaps_to_ids(gaps, entries)
     position = segment_index(entries)
     probs = dequantize_sqrt(levels, block["sqrt_step"]) ** 2
@@ -309,7 +300,7 @@ def _compact_streams(rows: CacheRows, block: dict[str, Any]) -> list[pa.BinaryAr
         pack_planes(tail_levels, LOG_LEVEL_BYTES, positions, range(LOG_LEVEL_BYTES)),
         pack_planes(quantize_neglog(rows.token_logprobs, block["token_logprob_step"]), LOG_LEVEL_BYTES, positions, range(LOG_LEVEL_BYTES)),
     ]
-    if block["storage"] in DRAWN_STORAGES:
+    if _drawn(block):
         if rows.entry_counts is None:
             raise PipelineError(f"a {block['storage']} cache needs a count for every entry")
         streams.append(pack_planes(rows.entry_counts[order], block["count_bytes"], row_entries, range(block["count_bytes"])))

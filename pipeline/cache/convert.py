@@ -19,6 +19,7 @@ from pipeline.cache.codec import CacheEncoding, decode, encode, manifest_encodin
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, MANIFEST_CHECKSUM, MANIFEST_ONLY
 from pipeline.cache.plan import ShardSpec, planned_shards
 from pipeline.cache.reader import Cache, CachedShard, read_shard
+from pipeline.cache.schema import storage_of
 from pipeline.cache.writer import claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.errors import PipelineError
 from pipeline.storage import location, same_location
@@ -27,7 +28,7 @@ from pipeline.storage import location, same_location
 def conversion_plan(manifest: dict[str, Any], encoding: CacheEncoding) -> dict[str, Any]:
     """The source's settings with the new encoding, and which cache (by checksum) it was made from."""
     source = manifest_encoding(manifest)
-    block = encoding.block(manifest["tokenizer"]["vocab_size"], manifest["k"], source.get("draws"), source.get("head", 0))
+    block = encoding.block(manifest["tokenizer"]["vocab_size"], storage_of(source, manifest["k"]))
     plan = {key: value for key, value in manifest.items() if key not in MANIFEST_ONLY}
     plan.update(
         logprobs=LOGPROBS_MEANING,

@@ -20,8 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cache.codec import DRAWN_STORAGES, longest_sequence, manifest_encoding
+from pipeline.cache.codec import longest_sequence, manifest_encoding
 from pipeline.cache.format import CAUSAL_LM_TASK, MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
+from pipeline.cache.schema import Storage, storage_of
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
 from pipeline.storage import local_folder, location, open_for_reading
@@ -115,10 +116,10 @@ class Cache:
         """The manifest's `encoding` block (version 1 caches: float32)."""
         return manifest_encoding(self.manifest)
 
-    @property
-    def sampled(self) -> bool:
-        """Its entries were drawn from the teacher (storage sampled or hybrid): only the forward-KL estimator applies."""
-        return self.encoding.get("storage") in DRAWN_STORAGES
+    @cached_property
+    def storage(self) -> Storage:
+        """What a position lists (top-k, sampled or hybrid): the rules that follow from it are its methods."""
+        return storage_of(self.encoding, self.manifest.get("k", 0))
 
     @property
     def vocab_size(self) -> int:

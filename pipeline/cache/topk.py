@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.cache.codec import DRAWN_STORAGES, ENCODINGS, FLOAT32_BLOCK, decode, flat_values, listed_ids, manifest_encoding, padded_entries, shard_schema
+from pipeline.cache.codec import ENCODINGS, FLOAT32_BLOCK, decode, flat_values, manifest_encoding, padded_entries, shard_schema
 from pipeline.cache.encoding import segment_index
-from pipeline.cache.format import CAUSAL_LM_TASK, FORMAT_VERSION, HYBRID_FORMAT_VERSION
+from pipeline.cache.format import CAUSAL_LM_TASK, HYBRID_FORMAT_VERSION
+from pipeline.cache.schema import storage_of
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -35,10 +36,9 @@ class TopKTask:
         name = manifest_encoding(manifest).get("name")
         if manifest["format_version"] >= 2 and name not in ENCODINGS:
             raise PipelineError(f"{path}: unknown cache encoding '{name}'")
-        if (manifest_encoding(manifest).get("storage") == "hybrid") != (manifest["format_version"] == HYBRID_FORMAT_VERSION):
-            raise PipelineError(
-                f"{path}: format version {manifest['format_version']} does not go with storage '{manifest_encoding(manifest).get('storage')}' (hybrid caches, and only they, are version {HYBRID_FORMAT_VERSION})"
-            )
+        storage = storage_of(manifest_encoding(manifest), manifest.get("k", 0))
+        if (storage.format_version == HYBRID_FORMAT_VERSION) != (manifest["format_version"] == HYBRID_FORMAT_VERSION):
+            raise PipelineError(f"{path}: format version {manifest['format_version']} does not go with storage '{storage.name}' (hybrid caches, and only they, are version {HYBRID_FORMAT_VERSION})")
 
     def schema(self, manifest: dict[str, Any]) -> pa.Schema:
         return shard_schema(manifest_encoding(manifest))
@@ -47,7 +47,7 @@ class TopKTask:
         """A plan without an encoding block was started before version 2: it finishes as version 1; a hybrid cache is version 3."""
         if "encoding" not in plan:
             return 1
-        return HYBRID_FORMAT_VERSION if plan["encoding"]["storage"] == "hybrid" else FORMAT_VERSION
+        return storage_of(plan["encoding"]).format_version
 
     def count_tokens(self, table: pa.Table) -> int:
         """Answer positions: len(input_ids) - response_start per row."""
@@ -92,7 +92,7 @@ def compact_problems(table: pa.Table, block: dict[str, Any], k: int, vocab_size:
         return [f"cannot be decoded: {error}"]
     row_of_position = np.repeat(np.arange(len(ids)), rows.positions)
     row_of_entry = np.repeat(row_of_position, rows.entries)
-    most = k if block["storage"] == "topk" else listed_ids(vocab_size, block["draws"], block.get("head", 0))
+    most = storage_of(block, k).most_ids(vocab_size)
     checks = [
         (_rows(row_of_position, (rows.entries < 1) | (rows.entries > most), len(ids)), f"a position lists no id or more than {most}"),
         (_rows(row_of_entry, rows.entry_ids >= vocab_size, len(ids)), f"a listed id is outside the vocabulary (0..{vocab_size - 1})"),
@@ -222,14 +222,9 @@ def encoding_line(block: dict[str, Any]) -> str:
     if block["name"] == "float32":
         return "float32 (exact: int32 ids, float32 log-probs)"
     bound = block["error_bound"]
-    if block["storage"] == "sampled":
-        storage = f"sampled, {block['draws']} draws per position"
-    elif block["storage"] == "hybrid":
-        storage = f"hybrid, exact top-{block['head']} plus {block['draws']} draws from the rest per position"
-    else:
-        storage = "top-k" + (", level-0 entries in the tail" if block["drop_zero_level"] else "")
+    words = storage_of(block).describe() + (", level-0 entries in the tail" if block["drop_zero_level"] else "")
     return (
-        f"compact ({storage}; sqrt(p) step {block['sqrt_step']} (error <= {bound['sqrt_prob']:g}), "
+        f"compact ({words}; sqrt(p) step {block['sqrt_step']} (error <= {bound['sqrt_prob']:g}), "
         f"log tail step {block['tail_log_step']}, token log-prob error <= {bound['token_logprob']:g}, ids {block['id_bytes']} byte(s), zstd {block['zstd_level']})"
     )
 
@@ -237,7 +232,7 @@ def encoding_line(block: dict[str, Any]) -> str:
 def format_topk_summary(summary: dict[str, Any]) -> str:
     mass, ids = summary["retained_mass"], summary["ids_per_position"]
     rows = ", ".join(f"{name} {count}" for name, count in summary["rows"].items())
-    sampled = summary["encoding"].get("storage") in DRAWN_STORAGES
+    sampled = storage_of(summary["encoding"]).drawn
     lines = [
         f"format      kd-topk-cache v{summary['format_version']} ({summary['task']}), k={summary['k']}",
         f"encoding    {encoding_line(summary['encoding'])}",
@@ -352,18 +347,14 @@ list columns for other tools."""
 
 def _what(k: int, block: dict[str, Any]) -> str:
     """What a position holds, in words, by storage."""
-    if block.get("storage") == "sampled":
-        return f"{block['draws']} next-token ids drawn (with replacement) from the distribution"
-    if block.get("storage") == "hybrid":
-        return f"The exact top-{block['head']} next-token log-probabilities plus {block['draws']} ids drawn from the rest of the distribution"
-    return f"Top-{k} next-token log-probabilities"
+    return storage_of(block, k).holds()
 
 
 def _columns(block: dict[str, Any]) -> str:
     if block["name"] == "float32":
         return FLOAT32_COLUMNS
     counts = ""
-    if block["storage"] in DRAWN_STORAGES:
+    if storage_of(block).drawn:
         head = f"; 0 marks the position's {block['head']} exact head ids (its most likely), drawn ids come from the rest" if block.get("head") else ""
         counts = "\n| `counts` | binary | per listed id, how often it was drawn ({} byte(s) each); a position's counts add up to {}{} |".format(block["count_bytes"], block["draws"], head)
     return COMPACT_COLUMNS.format(hi=block["id_bytes"] - 1, counts=counts, **block)

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pipeline.cache.format import DEFINITION_PARTS, tokenizer_difference
+from pipeline.cache.schema import check_cross_tokenizer
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
 from pipeline.lm.chunked_loss import chunked_distillation_loss
@@ -292,9 +293,7 @@ class CrossTokenizer:
         return self.convert(batch)
 
     def convert(self, batch: TopKBatch) -> CrossBatch:
-        """Align every row of a cache batch and gather the teacher's entries at the aligned positions."""
-        if batch.counts is not None:
-            raise PipelineError("cross-tokenizer distillation needs a top-k cache: a sampled or hybrid cache's draws cannot be mapped onto another vocabulary")
+        """Align every row of a cache batch and gather the teacher's entries at the aligned positions (top-k caches only: `cross_tokenizer` checks)."""
         input_ids, mask = batch.input_ids.numpy(), batch.attention_mask.numpy().astype(bool)
         teacher_starts = batch.response_start.numpy()
         offsets = np.concatenate([[0], np.cumsum(mask.sum(1) - teacher_starts)])
@@ -380,8 +379,7 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
     if difference is not None:
         actual = tokenizer_sha256(teacher)[:12] if difference == "vocabulary" else f"the same vocabulary with other {DEFINITION_PARTS}"
         raise PipelineError(f"the teacher tokenizer at {folder} is {actual}, but the cache was made with {cache.manifest['tokenizer']['sha256'][:12]}")
-    if cache.sampled:
-        raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: cross-tokenizer distillation needs a top-k cache (draws cannot be mapped onto another vocabulary)")
+    check_cross_tokenizer(cache.storage, cache.path)
     return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size)
 
 

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pipeline.errors import PipelineError
 from pipeline.settings import Alpha, Settings, Temperature
 
 PADDING = -1e30  # stands in for -inf at padded entries: exp() of it is 0, and padding minus padding is 0, not NaN
@@ -203,12 +202,11 @@ def sparse_terms(
     gathered at the actual tokens and at the teacher's top-k ids. At T != 1, tempered_norm [M] is
     logsumexp(log_softmax / T) over the vocabulary: the student's tempered log-probs on the top-k
     are then topk_student / T - tempered_norm, exact. Pass None at T = 1. With `counts` [M, k] the
-    ids are a sampled or hybrid cache's entries and the divergence is `sampled_forward_kl`.
+    ids are a sampled or hybrid cache's entries and the divergence is `sampled_forward_kl`, whatever
+    spec.loss says (the cache's storage refuses other divergences before training: pipeline.cache.schema).
     """
     on_topk = topk_student if tempered_norm is None else topk_student / spec.temperature - tempered_norm[:, None]
     if counts is not None:
-        if spec.loss != "forward_kl":
-            raise PipelineError(f"a sampled or hybrid cache supports loss forward_kl only (its unbiased estimator), not '{spec.loss}'")
         return sampled_forward_kl(topk_logprobs.to(on_topk.dtype), counts, on_topk, spec.temperature).sum(), -target_logprobs.sum()
     topk_logprobs, on_topk = mask_padding(topk_logprobs, on_topk)
     teacher = teacher_support(topk_logprobs.to(on_topk.dtype), spec.tail, spec.temperature)

@@ -25,10 +25,11 @@ from pipeline.backends.base import (
     outputs_to_table,
 )
 from pipeline.backends.registry import backend_class, load_backend
-from pipeline.cache.codec import CacheEncoding, listed_ids
+from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
+from pipeline.cache.schema import Storage, storage_for
 from pipeline.cache.writer import BackgroundWriter, CacheJob, claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
@@ -59,6 +60,11 @@ class TeacherSettings(Settings):
     head: int = Field(0, ge=0, le=65535)  # with draws: a hybrid cache, the exact top-`head` ids plus `draws` ids drawn from the rest
     runner: Literal["local", "ray"] = "local"  # local: this process (and --num-workers/--worker-index); ray: a pool of Ray actors (docs/ray.md)
     ray: RaySettings = RaySettings()
+
+    @property
+    def storage(self) -> Storage:
+        """What each cached position lists: top-k, sampled or hybrid."""
+        return storage_for(self.k, self.draws, self.head)
 
 
 def shard_seed(seed: int, split: str, index: int) -> int:
@@ -120,12 +126,12 @@ def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_di
     if truncated:
         log.warning("teacher: %d sequence(s) longer than %d tokens truncated (teacher.too_long: truncate)", truncated, limit)
 
-    block = settings.cache.block(backend.vocab_size, settings.k, settings.draws, settings.head)  # the manifest's `encoding`: how shards store the output
+    block = settings.cache.block(backend.vocab_size, settings.storage)  # the manifest's `encoding`: how shards store the output
     plan = {
         "task": CAUSAL_LM_TASK,
         "teacher": {**teacher, "backend": settings.backend, "dtype": settings.dtype},
         "tokenizer": tokenizer_record(tokenizer, backend.vocab_size, use_template),
-        "k": settings.k if settings.draws is None else listed_ids(backend.vocab_size, settings.draws, settings.head),
+        "k": settings.storage.most_ids(backend.vocab_size),
         "logprobs": LOGPROBS_MEANING,
         "encoding": block,
         "generation": {**settings.generation.model_dump(), "batch_size": settings.batch_size},

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from pipeline.cache.format import CAUSAL_LM_TASK, DEFINITION_PARTS, VOCABULARY_ONLY, tokenizer_difference
 from pipeline.cache.reader import Cache
+from pipeline.cache.schema import check_student
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
 from pipeline.lm.chunked_loss import chunked_distillation_loss
@@ -112,10 +113,7 @@ def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, sett
         raise PipelineError(mismatch)
     if cache.manifest["tokenizer"].get("definition_sha256") is None:
         log.warning("%s: %s", cache.path, VOCABULARY_ONLY)
-    if cache.sampled and settings.loss != "forward_kl":
-        raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: it supports student.loss forward_kl only (its unbiased estimator), not '{settings.loss}'")
-    if cache.sampled and settings.tail != "bucket":
-        raise PipelineError(f"{cache.path} is a {cache.encoding['storage']} cache: it has no top-k tail to treat, so student.tail '{settings.tail}' does not apply (leave it at bucket)")
+    check_student(cache.storage, cache.path, settings.loss, settings.tail)
 
 
 def check_positions(student: torch.nn.Module, cache: Cache, init: str) -> None:
