@@ -54,28 +54,17 @@ class TopK:
         return None
 
 
-@dataclass(frozen=True)
-class Sampled:
-    """`draws` ids drawn (with replacement) from the teacher's full distribution per position, with their counts."""
+class _Drawn:
+    """What sampled and hybrid caches share: ids drawn from the teacher with their counts, after an exact head of `head` ids."""
 
     draws: int
-    name: ClassVar[StorageName] = "sampled"
+    head: int
+    name: ClassVar[StorageName]
     drawn: ClassVar[bool] = True
-    format_version: ClassVar[int] = FORMAT_VERSION
-
-    @property
-    def head(self) -> int:
-        return 0
 
     def most_ids(self, vocab_size: int) -> int:
         """The head plus one id per draw, within the vocabulary."""
         return self.head + min(self.draws, vocab_size - self.head)
-
-    def holds(self) -> str:
-        return f"{self.draws} next-token ids drawn (with replacement) from the distribution"
-
-    def describe(self) -> str:
-        return f"sampled, {self.draws} draws per position"
 
     def block_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"draws": self.draws, "count_bytes": byte_width(self.draws)}
@@ -93,16 +82,29 @@ class Sampled:
 
 
 @dataclass(frozen=True)
-class Hybrid(Sampled):
+class Sampled(_Drawn):
+    """`draws` ids drawn (with replacement) from the teacher's full distribution per position, with their counts."""
+
+    draws: int
+    head: ClassVar[int] = 0
+    name: ClassVar[StorageName] = "sampled"
+    format_version: ClassVar[int] = FORMAT_VERSION
+
+    def holds(self) -> str:
+        return f"{self.draws} next-token ids drawn (with replacement) from the distribution"
+
+    def describe(self) -> str:
+        return f"sampled, {self.draws} draws per position"
+
+
+@dataclass(frozen=True)
+class Hybrid(_Drawn):
     """The exact top-`head` ids (count 0) plus `draws` ids drawn from the rest of the distribution."""
 
-    head_ids: int = 0
+    draws: int
+    head: int
     name: ClassVar[StorageName] = "hybrid"
     format_version: ClassVar[int] = HYBRID_FORMAT_VERSION  # a reader from before hybrids refuses it instead of misreading its counts
-
-    @property
-    def head(self) -> int:
-        return self.head_ids
 
     def holds(self) -> str:
         return f"The exact top-{self.head} next-token log-probabilities plus {self.draws} ids drawn from the rest of the distribution"
