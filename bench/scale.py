@@ -3,11 +3,13 @@
 Each cache is written by `fill_cache` with a real plan (the teacher's tokenizer record, the default
 compact encoding and shard size) and outputs shaped like the default cache (about 19 listed ids per
 position, 248 tokens per row of which 208 are answer positions). For each size, each cost runs in a
-fresh process (so its peak RSS is its own): write, finalize, verify, inspect, read (every train
+fresh process (so its peak RSS is its own): write, finalize, verify (all of `kd verify`), verify_manifest
+(its check of the manifest against the plan, which does not read shards), inspect, read (every train
 batch), student start-up (call to the first step), validation (one pass of the student's validation
 as training runs it), and `dvc add`, `dvc status`, `dvc push` to a local remote. It prints a table of
 seconds and peak RSS per cost and size, and the growth exponent of each cost between the two largest
-sizes (log of the time ratio over log 4; 1 is linear).
+sizes (log of the time ratio over log 4; 1 is linear), and each cost extrapolated to 1B tokens from the
+largest size at that exponent (or linearly, if it grew slower).
 
     python -m bench.scale --tokenizer models/smollm2-135m-instruct --params params.yaml --tokens 250000 1000000 4000000 16000000
 
@@ -31,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from bench import provenance
+
 EXTRA: dict[str, float] = {}  # figures a cost reports beside its time
-COSTS = ("write", "finalize", "verify", "inspect", "read", "student_start", "validation", "dvc_add", "dvc_status", "dvc_push")
+COSTS = ("write", "finalize", "verify", "verify_manifest", "inspect", "read", "student_start", "validation", "dvc_add", "dvc_status", "dvc_push")
 PROMPT_TOKENS, ANSWER_TOKENS, K = 40, 208, 20
 
 
@@ -116,6 +120,13 @@ def measure(cost: str, cache: Path, args: argparse.Namespace) -> float:
 
         problems = verify_cache(cache)
         assert not problems, problems[:3]
+    elif cost == "verify_manifest":
+        from pipeline.cache.reader import Cache
+        from pipeline.cache.verify import manifest_problems
+
+        manifest = Cache.open(cache, check_checksum=False).manifest
+        started = time.perf_counter()
+        assert not manifest_problems(manifest)
     elif cost == "inspect":
         from pipeline.cache.summary import summarize_cache
 
@@ -235,12 +246,14 @@ def main() -> None:
             print(f"{tokens:>12,} tokens  {cost:<14} {results[tokens][cost]['seconds']:10.2f} s  {results[tokens][cost]['peak_rss_mb']:8.0f} MB{extra}", flush=True)
         shutil.rmtree(folder)
     big, bigger = args.tokens[-2], args.tokens[-1]
-    print(f"\ncost            {'  '.join(f'{t:>14,}' for t in args.tokens)}   exponent ({big:,} -> {bigger:,})   peak RSS largest/smallest")
+    print(f"\n{provenance()}")
+    print(f"cost            {'  '.join(f'{t:>14,}' for t in args.tokens)}   exponent ({big:,} -> {bigger:,})   at 1B tokens   peak RSS largest/smallest")
     for cost in ["write", *[c for c in args.costs if c != "write"]]:
         times = [results[t][cost]["seconds"] for t in args.tokens]
         rss = [results[t][cost]["peak_rss_mb"] for t in args.tokens]
         exponent = math.log(max(times[-1], 1e-6) / max(times[-2], 1e-6)) / math.log(bigger / big)
-        print(f"{cost:<15} {'  '.join(f'{s:12.2f} s' for s in times)}   {exponent:6.2f}   {rss[-1] / rss[0]:5.2f} ({rss[0]:.0f} -> {rss[-1]:.0f} MB)")
+        at_billion = times[-1] * (1e9 / bigger) ** max(exponent, 1.0)
+        print(f"{cost:<15} {'  '.join(f'{s:12.2f} s' for s in times)}   {exponent:6.2f}   {at_billion:10.0f} s   {rss[-1] / rss[0]:5.2f} ({rss[0]:.0f} -> {rss[-1]:.0f} MB)")
 
 
 if __name__ == "__main__":

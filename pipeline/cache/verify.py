@@ -38,7 +38,7 @@ def verify_cache(cache_dir: Path) -> list[str]:
     malformed = _structure_problem(manifest)
     if malformed:
         return problems + [f"{cache_dir / MANIFEST_FILE} is malformed: {malformed}"]
-    problems += _manifest_problems(manifest)
+    problems += manifest_problems(manifest)
     problems += _tokenizer_problems(cache_dir, manifest)
     entries = [entry for split in manifest["splits"].values() for entry in split["shards"]]
     id_hashes: list[np.ndarray] = []
@@ -102,7 +102,7 @@ def _structure_problem(manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
     """The manifest against itself: planned shards listed once each, totals that add up."""
     problems = []
     planned = {shard.file for shard in planned_shards(manifest)}
