@@ -154,7 +154,7 @@ def student_cost(cost: str, cache: Path, args: argparse.Namespace) -> float:
     if cost == "validation":
         opened = Cache.open(cache)
         with training_processes("cpu") as processes:
-            model = training.DistillationStep(initial_student(settings.init, settings.model, opened.vocab_size, 0), settings)
+            model = training.DistillationStep(initial_student(settings.init, settings.model, opened.vocab_size, 0, prune=settings.prune, teacher=args.tokenizer), settings)
             started = time.perf_counter()
             training.validation_kl(model, opened, settings, processes)
             return time.perf_counter() - started
@@ -168,7 +168,7 @@ def student_cost(cost: str, cache: Path, args: argparse.Namespace) -> float:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         try:
-            training.train_student(cache, settings, Path(folder) / "student")
+            training.train_student(cache, settings, Path(folder) / "student", teacher=args.tokenizer)
         except FirstStep:
             pass
     return entered[0] - started
@@ -213,7 +213,7 @@ def one(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", type=Path, default=Path("models/smollm2-135m-instruct"), help="folder of the tokenizer the synthetic caches record")
+    parser.add_argument("--tokenizer", type=Path, default=Path("models/smollm2-135m-instruct"), help="the teacher folder: the tokenizer the synthetic caches record, and what a pruned student (student.init prune) is cut from")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the student of start-up and validation")
     parser.add_argument("--tokens", type=int, nargs="+", default=[250_000, 1_000_000, 4_000_000, 16_000_000], help="cache sizes in cached positions")
     parser.add_argument("--shard-rows", type=int, default=64)
