@@ -25,12 +25,14 @@ from pathlib import Path
 import pyarrow as pa
 
 import pipeline.cache.reader as reader
-import pipeline.lm.training as training
+import pipeline.lm.trainer as training
 from pipeline.cache.reader import Cache
 from pipeline.errors import run_main
 from pipeline.lm.parallel import training_processes
+from pipeline.lm.step_plan import StepPlan
 from pipeline.lm.streaming import stream_batches
-from pipeline.lm.training import StepPlan, StudentSettings, train_student
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import train_student
 from pipeline.settings import read_section
 
 

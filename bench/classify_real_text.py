@@ -30,7 +30,7 @@ from pipeline.cache import Cache
 from pipeline.cache.soft_labels import SoftLabels, read_soft_labels
 from pipeline.classify.evaluate import prediction_metrics, vocabulary_coverage
 from pipeline.classify.loss import fit_label_temperature, scaled_label_logprobs
-from pipeline.classify.training import ClassifyStudentSettings, build_classifier, predict_logits, train_classifier
+from pipeline.classify.trainer import ClassifyStudentSettings, build_classifier, predict_logits, train_classifier
 from pipeline.errors import PipelineError, run_main
 from pipeline.models import count_parameters
 from pipeline.settings import read_section

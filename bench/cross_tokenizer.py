@@ -28,7 +28,8 @@ from pipeline.cache import Cache
 from pipeline.errors import run_main
 from pipeline.lm.cross_tokenizer import CrossTokenizerSettings, cross_agreement, cross_tokenizer, describe_report
 from pipeline.lm.streaming import stream_batches
-from pipeline.lm.training import StudentSettings, train_student
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import train_student
 from pipeline.models import load_causal_lm
 from pipeline.settings import read_section
 

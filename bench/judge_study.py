@@ -28,8 +28,9 @@ import numpy as np
 
 from pipeline.errors import run_main
 from pipeline.lm.generation import JudgeReport, JudgeSettings, format_judge_table, judge_models
+from pipeline.lm.student_settings import StudentSettings
 from pipeline.lm.teacher import TeacherSettings
-from pipeline.lm.training import StudentSettings, save_initial_student
+from pipeline.lm.trainer import save_initial_student
 from pipeline.settings import read_section
 
 METRICS = ("teacher_nll", "rouge_l_teacher", "rouge_l_reference", "loop_share", "distinct_2", "eos_share")

@@ -26,10 +26,11 @@ import yaml
 from bench.memory import peak_tensor_bytes
 from pipeline.cache import Cache
 from pipeline.errors import run_main
+from pipeline.lm.batch import TopKBatch
 from pipeline.lm.losses import DIVERGENCES, TAILS, distillation_loss
-from pipeline.lm.streaming import TopKBatch, stream_batches
+from pipeline.lm.streaming import stream_batches
 from pipeline.lm.student import build_student, position_logits
-from pipeline.lm.training import StudentSettings, batch_loss
+from pipeline.lm.student_settings import StudentSettings
 
 Loss = Callable[[torch.nn.Module, TopKBatch], torch.Tensor]
 
@@ -44,12 +45,12 @@ def variants(settings: StudentSettings) -> dict[str, Loss]:
     table: dict[str, Loss] = {
         "ce, plain (full logits)": lambda model, batch: F.cross_entropy(logits(model, batch), batch.targets),
         "forward_kl bucket, full logits": lambda model, batch: distillation_loss(logits(model, batch), batch.targets, batch.topk_ids, batch.topk_logprobs, settings)["loss"],
-        "ce, chunked (alpha 0)": lambda model, batch: batch_loss(model, batch, settings.updated("student", alpha=0.0))["loss"],
+        "ce, chunked (alpha 0)": lambda model, batch: batch.loss(model, settings.updated("student", alpha=0.0).training_objective())["loss"],
     }
     choices = {f"{divergence} {tail}": settings.updated("student", loss=divergence, tail=tail) for divergence in DIVERGENCES for tail in TAILS}
     choices["forward_kl bucket, T = 2"] = settings.updated("student", loss="forward_kl", tail="bucket", temperature=2.0)
     for name, chosen in choices.items():
-        table[name] = lambda model, batch, chosen=chosen: batch_loss(model, batch, chosen)["loss"]
+        table[name] = lambda model, batch, chosen=chosen: batch.loss(model, chosen.training_objective())["loss"]
     return table
 
 

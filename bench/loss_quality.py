@@ -43,13 +43,14 @@ from pipeline.cache import Cache, read_manifest
 from pipeline.cache.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
 from pipeline.cache.schema import TopK, storage_for
 from pipeline.errors import PipelineError, run_main
+from pipeline.lm.batch import TopKBatch
 from pipeline.lm.losses import DIVERGENCES, sparse_forward_kl
-from pipeline.lm.streaming import TopKBatch, to_topk_batch
+from pipeline.lm.streaming import to_topk_batch
 from pipeline.lm.student import build_student, position_logits
-from pipeline.lm.training import StudentSettings, batch_loss
+from pipeline.lm.student_settings import StudentSettings
 from pipeline.models import load_causal_lm
 from pipeline.teacher_model import resolve_teacher
-from pipeline.training import learning_rate
+from pipeline.train_loop import learning_rate
 
 K_MAX = 50
 
@@ -229,7 +230,7 @@ def train(variant: Variant, train_split: Split, model_config: dict, vocab_size: 
             elif variant.peer is not None:
                 loss = peer_training_loss(model, batch, teacher, variant.peer, settings)
             else:
-                loss = batch_loss(model, batch if variant.draws or variant.compact else truncated(batch, variant.k), settings)["loss"]
+                loss = (batch if variant.draws or variant.compact else truncated(batch, variant.k)).loss(model, settings.training_objective())["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

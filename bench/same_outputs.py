@@ -32,7 +32,11 @@ from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.convert import convert_cache
 from pipeline.data import read_prompts, split_prompts, write_splits
 from pipeline.lm.teacher import run_teacher
-from pipeline.lm.training import StudentSettings, train_student
+try:
+    from pipeline.lm.student_settings import StudentSettings
+    from pipeline.lm.trainer import train_student
+except ImportError:  # a checkout from before lm/training.py was split
+    from pipeline.lm.training import StudentSettings, train_student
 from pipeline.teacher_model import resolve_teacher
 teacher_dir = make_llama(out / "teacher", make_tokenizer())
 prompts = out / "prompts.jsonl"

@@ -144,17 +144,19 @@ def measure(cost: str, cache: Path, args: argparse.Namespace) -> float:
 
 
 def student_cost(cost: str, cache: Path, args: argparse.Namespace) -> float:
-    import pipeline.lm.training as training
+    import pipeline.lm.trainer as training
     from pipeline.cache.reader import Cache
+    from pipeline.lm.batch import DistillationStep
     from pipeline.lm.parallel import training_processes
     from pipeline.lm.student import initial_student
+    from pipeline.lm.student_settings import StudentSettings
     from pipeline.settings import read_section
 
-    settings = read_section(args.params, "student", training.StudentSettings)
+    settings = read_section(args.params, "student", StudentSettings)
     if cost == "validation":
         opened = Cache.open(cache)
         with training_processes("cpu") as processes:
-            model = training.DistillationStep(initial_student(settings.init, settings.model, opened.vocab_size, 0, prune=settings.prune, teacher=args.tokenizer), settings)
+            model = DistillationStep(initial_student(settings.init, settings.model, opened.vocab_size, 0, prune=settings.prune, teacher=args.tokenizer), settings.training_objective())
             started = time.perf_counter()
             training.validation_kl(model, opened, settings, processes)
             return time.perf_counter() - started
@@ -213,7 +215,12 @@ def one(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", type=Path, default=Path("models/smollm2-135m-instruct"), help="the teacher folder: the tokenizer the synthetic caches record, and what a pruned student (student.init prune) is cut from")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=Path("models/smollm2-135m-instruct"),
+        help="the teacher folder: the tokenizer the synthetic caches record, and what a pruned student (student.init prune) is cut from",
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the student of start-up and validation")
     parser.add_argument("--tokens", type=int, nargs="+", default=[250_000, 1_000_000, 4_000_000, 16_000_000], help="cache sizes in cached positions")
     parser.add_argument("--shard-rows", type=int, default=64)

@@ -32,13 +32,16 @@ import torch.nn.functional as F
 
 from pipeline.cache import Cache
 from pipeline.errors import run_main
+from pipeline.lm.batch import DistillationStep, TopKBatch
 from pipeline.lm.parallel import Processes, autocast, resolve_device
-from pipeline.lm.streaming import TopKBatch, stream_batches
+from pipeline.lm.step_plan import StepPlan
+from pipeline.lm.streaming import stream_batches
 from pipeline.lm.student import build_student, position_logits
-from pipeline.lm.training import DistillationStep, StepPlan, StudentSettings, accumulated_step
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import accumulated_step
 from pipeline.models import count_parameters
 from pipeline.settings import read_section
-from pipeline.training import backward_terms, train_loop
+from pipeline.train_loop import backward_terms, train_loop
 
 
 def step_flops(model: torch.nn.Module, group: list[TopKBatch]) -> float:
@@ -66,7 +69,7 @@ def fresh(settings: StudentSettings, vocab_size: int, device: torch.device) -> t
 def timed_kd(cache: Cache, settings: StudentSettings, processes: Processes, steps: int) -> float:
     """Seconds for `steps` training steps fed from the cache (the stream starts cold, as in a run)."""
     student, _ = fresh(settings, cache.vocab_size, processes.device)
-    model = DistillationStep(student, settings)
+    model = DistillationStep(student, settings.training_objective())
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     stream = StepPlan(cache, settings, processes).steps(0)
     synchronise(processes.device)

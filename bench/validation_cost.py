@@ -16,13 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import pipeline.lm.training as training
+import pipeline.lm.trainer as training
 from pipeline.cache.reader import Cache
 from pipeline.errors import run_main
+from pipeline.lm.step_plan import StepPlan
+from pipeline.lm.student_settings import StudentSettings
 from pipeline.settings import read_section
 
 
-def timed_run(cache: Path, settings: training.StudentSettings, work: Path) -> tuple[float, float]:
+def timed_run(cache: Path, settings: StudentSettings, work: Path) -> tuple[float, float]:
     """(seconds of the optimizer steps, seconds of validation) of one run."""
     spent = {"validation": 0.0, "validation_in_loop": 0.0, "loop": 0.0}
     in_loop = [False]
@@ -51,12 +53,12 @@ def timed_run(cache: Path, settings: training.StudentSettings, work: Path) -> tu
     return spent["loop"] - spent["validation_in_loop"], spent["validation"]
 
 
-def validations(cache: Path, settings: training.StudentSettings) -> int:
+def validations(cache: Path, settings: StudentSettings) -> int:
     """How many validations a run makes: every eval_every steps before the last, and one at the end."""
     from pipeline.lm.parallel import training_processes
 
     with training_processes("cpu") as processes:
-        total = training.StepPlan(Cache.open(cache), settings, processes).total
+        total = StepPlan(Cache.open(cache), settings, processes).total
     return (total - 1) // settings.eval_every + 1 if settings.eval_every else 1
 
 
@@ -65,7 +67,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("data/cache"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    settings = read_section(args.params, "student", training.StudentSettings).updated("student", save_every=0)
+    settings = read_section(args.params, "student", StudentSettings).updated("student", save_every=0)
     cache = Cache.open(args.cache)
     print(f"cache {args.cache}: {cache.splits['validation']['tokens']:,} validation positions; params {args.params}, eval_every {settings.eval_every}, {validations(args.cache, settings)} validations")
     with tempfile.TemporaryDirectory() as folder:

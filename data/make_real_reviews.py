@@ -273,7 +273,7 @@ def render_sources_md(info: dict) -> str:
     lines = [
         "# Real movie-review text (vendored)",
         "",
-        "Human-written, human-labelled sentiment text, vendored for issue #15 (classification students on real text).",
+        "Human-written, human-labelled sentiment text, vendored for classification students that must work on real text.",
         "Made by `data/make_real_reviews.py`; nothing here was downloaded from a dataset hub: each file sits inside a",
         "package on a public registry. Regenerate (byte for byte the same) with:",
         "",

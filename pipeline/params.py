@@ -12,12 +12,12 @@ from pathlib import Path
 from pipeline.classify.data import ClassifyDataSettings
 from pipeline.classify.evaluate import ClassifyEvaluateSettings
 from pipeline.classify.teacher import ClassifyTeacherSettings
-from pipeline.classify.training import ClassifyStudentSettings
+from pipeline.classify.trainer import ClassifyStudentSettings
 from pipeline.data import DataSettings
 from pipeline.lm.generation import JudgeSettings
 from pipeline.lm.metrics import EvaluateSettings
+from pipeline.lm.student_settings import StudentSettings
 from pipeline.lm.teacher import TeacherSettings
-from pipeline.lm.training import StudentSettings
 from pipeline.settings import Settings, read_params_file
 
 

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from pipeline.classify.student import ARCHS
-from pipeline.classify.training import TARGETS, ClassifyStudentSettings, train_classifier_from_cache
+from pipeline.classify.trainer import TARGETS, ClassifyStudentSettings, train_classifier_from_cache
 from pipeline.errors import run_main
 from stages import params, teacher_ref
 

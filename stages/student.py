@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import run_main
-from pipeline.lm.training import StudentSettings, save_initial_student, train_student
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import save_initial_student, train_student
 from stages import params, teacher_ref
 
 VARIANTS = ("distilled", "ce_only")

@@ -215,7 +215,8 @@ def test_convert_and_top_k_students_refuse_a_classify_cache(classify_cache, tmp_
     with pytest.raises(PipelineError, match="classification cache"):
         convert_cache(classify_cache, tmp_path / "converted", CacheEncoding())
     assert not (tmp_path / "converted").exists()
-    from pipeline.lm.training import StudentSettings, train_student
+    from pipeline.lm.student_settings import StudentSettings
+    from pipeline.lm.trainer import train_student
 
     student = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128}
     with pytest.raises(PipelineError, match="holds task 'classify_soft_labels', but a causal LM student needs"):
@@ -227,7 +228,7 @@ def test_training_lowers_the_kl_to_the_teacher_on_held_out_data(classify_cache):
     from pipeline.cache import Cache
     from pipeline.cache.soft_labels import read_soft_labels
     from pipeline.classify.student import ClassifierConfig
-    from pipeline.classify.training import ClassifyTrainSettings, build_classifier, kl_to_teacher, train_classifier
+    from pipeline.classify.trainer import ClassifyTrainSettings, build_classifier, kl_to_teacher, train_classifier
 
     cache = Cache.open(classify_cache)
     train, test = read_soft_labels(cache, "train"), read_soft_labels(cache, "test")
@@ -388,7 +389,7 @@ def test_embedding_init_teacher_starts_every_kept_row_from_the_teacher(classify_
     from pipeline.cache import Cache
     from pipeline.cache.soft_labels import read_soft_labels
     from pipeline.classify.student import UNK, ClassifierConfig
-    from pipeline.classify.training import build_classifier
+    from pipeline.classify.trainer import build_classifier
 
     cache = Cache.open(classify_cache)
     train = read_soft_labels(cache, "train")
@@ -404,7 +405,7 @@ def test_embedding_init_teacher_starts_every_kept_row_from_the_teacher(classify_
 
 def test_a_teacher_initialised_classifier_trains_saves_and_loads(tmp_path, classify_cache, tiny_teacher):
     from pipeline.classify.student import load_classifier
-    from pipeline.classify.training import ClassifyStudentSettings, train_classifier_from_cache
+    from pipeline.classify.trainer import ClassifyStudentSettings, train_classifier_from_cache
 
     settings = ClassifyStudentSettings(models={"bag": {"embedding_dim": 16, "hidden_size": 0, "vocab": "full", "embedding_init": "teacher"}}, epochs=2).variant("bag", "soft")
     steps = train_classifier_from_cache(classify_cache, settings, tmp_path / "bag", teacher=tiny_teacher)
@@ -417,7 +418,7 @@ def test_vocab_lowest_ids_adds_the_lowest_teacher_ids_to_the_train_vocabulary(cl
     from pipeline.cache import Cache
     from pipeline.cache.soft_labels import read_soft_labels
     from pipeline.classify.student import ClassifierConfig
-    from pipeline.classify.training import build_classifier
+    from pipeline.classify.trainer import build_classifier
 
     cache = Cache.open(classify_cache)
     train = read_soft_labels(cache, "train")
@@ -433,7 +434,7 @@ def test_frozen_embeddings_stay_as_initialised_while_the_rest_trains(classify_ca
     from pipeline.cache import Cache
     from pipeline.cache.soft_labels import read_soft_labels
     from pipeline.classify.student import ClassifierConfig
-    from pipeline.classify.training import ClassifyTrainSettings, build_classifier, train_classifier
+    from pipeline.classify.trainer import ClassifyTrainSettings, build_classifier, train_classifier
 
     cache = Cache.open(classify_cache)
     train = read_soft_labels(cache, "train")

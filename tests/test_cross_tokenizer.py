@@ -20,6 +20,7 @@ from pipeline.cache import Cache
 from pipeline.cache.codec import CacheRows
 from pipeline.cli import app
 from pipeline.errors import PipelineError
+from pipeline.lm.batch import TopKBatch
 from pipeline.lm.cross_tokenizer import (
     CrossBatch,
     CrossTokenizer,
@@ -32,9 +33,10 @@ from pipeline.lm.cross_tokenizer import (
     uld_distance,
     vocabulary_map,
 )
-from pipeline.lm.streaming import TopKBatch, to_topk_batch
+from pipeline.lm.streaming import to_topk_batch
 from pipeline.lm.student import build_student
-from pipeline.lm.training import StudentSettings, batch_loss, train_student
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import train_student
 
 STUDENT = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 512}
 TEXTS = ["The cat sat on the mat.", "Write a short poem about the sea, please!", "How do I make bread at home?"]
@@ -178,7 +180,7 @@ def test_identical_tokenizers_give_the_same_tokenizer_loss_exactly(teacher_tok, 
     losses, grads = [], []
     for item, s in ((batch, settings), (converted, settings.updated("student", cross_tokenizer={}))):
         model = build_student(STUDENT, len(teacher_tok), seed=0)
-        terms = batch_loss(model, item, s)
+        terms = item.loss(model, s.training_objective())
         terms["loss"].backward()
         losses.append([terms[name].item() for name in ("loss", "kd", "ce")])
         grads.append(gradients(model))
@@ -357,7 +359,7 @@ def test_cli_trains_a_student_with_its_own_tokenizer(tmp_path, tiny_cache, tiny_
 
 def train_run_validation_kl(path):
     """The final validation KL the training run logged: the same exact-map KL over the same aligned positions."""
-    from pipeline.training import read_loss_log
+    from pipeline.train_loop import read_loss_log
 
     return read_loss_log(path)[-1]["val_kl"]
 

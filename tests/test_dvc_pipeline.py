@@ -60,7 +60,7 @@ def test_repro_runs_everything_then_nothing_then_only_the_student_side(project):
     # Edited code reruns the stages that run it, and only those (dvc.yaml lists code folders as deps).
     assert changed_by_edit(project, "pipeline/lm/losses.py") == STUDENT_SIDE | {"student_start"}
     assert changed_by_edit(project, "pipeline/lm/generation.py") == STUDENT_SIDE | {"student_start"}  # pipeline/lm is one dep
-    assert changed_by_edit(project, "pipeline/classify/training.py") == CLASSIFY_STUDENTS | {"classify_evaluate"}
+    assert changed_by_edit(project, "pipeline/classify/trainer.py") == CLASSIFY_STUDENTS | {"classify_evaluate"}
     assert changed_by_edit(project, "pipeline/cache/reader.py") >= {"teacher", "student@distilled", "classify_teacher", "classify_evaluate"}
 
     # An experiment the DVC way: `dvc exp run -S` on the cached teacher output reruns the student side only.

@@ -19,7 +19,8 @@ from pipeline.data import DataSettings, prepare_prompts, read_prompts, split_pro
 from pipeline.errors import PipelineError
 from pipeline.lm.metrics import student_agreement
 from pipeline.lm.student import build_student
-from pipeline.lm.training import StudentSettings, train_student
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import train_student
 from pipeline.models import load_causal_lm, save_checkpoint
 
 runner = CliRunner()

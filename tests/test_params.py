@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.data import DataSettings
 from pipeline.errors import PipelineError
-from pipeline.lm.training import StudentSettings
+from pipeline.lm.student_settings import StudentSettings
 from pipeline.params import Params, load_params
 from pipeline.settings import PARAMS_SECTIONS, Settings, read_section
 

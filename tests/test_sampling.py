@@ -14,8 +14,9 @@ from pipeline.lm.chunked_loss import chunked_distillation_loss
 from pipeline.lm.losses import LossSpec, distillation_loss, sampled_forward_kl
 from pipeline.lm.metrics import student_agreement
 from pipeline.lm.student import build_student
+from pipeline.lm.student_settings import StudentSettings
 from pipeline.lm.teacher import run_teacher
-from pipeline.lm.training import StudentSettings, train_student
+from pipeline.lm.trainer import train_student
 from pipeline.models import load_causal_lm
 from pipeline.teacher_model import resolve_teacher
 

@@ -99,7 +99,8 @@ def test_student_refuses_a_cache_of_another_task(tmp_path, tiny_cache):
     from pipeline.atomic import write_json
     from pipeline.cache import MANIFEST_CHECKSUM, MANIFEST_FILE, manifest_checksum
     from pipeline.errors import PipelineError
-    from pipeline.lm.training import StudentSettings, train_student
+    from pipeline.lm.student_settings import StudentSettings
+    from pipeline.lm.trainer import train_student
 
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)

@@ -11,7 +11,8 @@ from pipeline.cache import Cache
 from pipeline.errors import PipelineError
 from pipeline.lm.metrics import student_agreement
 from pipeline.lm.student import initial_student
-from pipeline.lm.training import StudentSettings, train_student
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import train_student
 from pipeline.models import load_causal_lm
 
 

@@ -22,15 +22,17 @@ import yaml
 from conftest import REPO, tiny_settings
 from transformers import AutoModelForCausalLM
 
-import pipeline.lm.training as lm_training
+import pipeline.lm.trainer as lm_trainer
 from pipeline.cache import Cache
 from pipeline.errors import PipelineError
+from pipeline.lm.batch import scored_counts
 from pipeline.lm.metrics import student_agreement
 from pipeline.lm.resume import STATE_FILE
 from pipeline.lm.streaming import stream_batches
 from pipeline.lm.student import build_student
-from pipeline.lm.training import StudentSettings, batch_loss, scored_counts, train_student
-from pipeline.training import learning_rate, read_loss_log
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import train_student
+from pipeline.train_loop import learning_rate, read_loss_log
 
 STUDENT = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
 BASE = {"model": STUDENT, "alpha": 0.7, "lr": 1e-2, "warmup_steps": 2, "seed": 0}
@@ -98,7 +100,7 @@ def crash_at_the_final_save(monkeypatch) -> None:
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(lm_training, "save_checkpoint", crash)
+    monkeypatch.setattr(lm_trainer, "save_checkpoint", crash)
 
 
 def test_resume_equals_an_uninterrupted_run_and_refuses_other_settings(tmp_path, tiny_cache, monkeypatch):
@@ -170,7 +172,7 @@ def two_rank_reference(cache_dir: Path, settings: StudentSettings) -> torch.nn.M
             g["lr"] = learning_rate(step, len(epochs), settings.lr, settings.warmup_steps)
         totals = tuple(sum(scored_counts(b, settings.positions)[i] for b in group) for i in (0, 1))
         optimizer.zero_grad()
-        sum(batch_loss(model, b, settings, totals)["loss"] for b in group).backward()
+        sum(b.loss(model, settings.training_objective(), totals)["loss"] for b in group).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     return model
@@ -269,16 +271,17 @@ def test_one_named_gpu_for_several_processes_is_refused(monkeypatch):
 
 def test_validation_during_training_is_a_bounded_seeded_sample(tiny_cache):
     """Whole split when it is small (what `kd evaluate` reports), else a seeded sample of about eval_positions positions."""
+    from pipeline.lm.batch import DistillationStep
     from pipeline.lm.metrics import kl_to_teacher
     from pipeline.lm.parallel import training_processes
     from pipeline.lm.student import position_logits
-    from pipeline.lm.training import DistillationStep, validation_kl
+    from pipeline.lm.validation import validation_kl
 
     cache = Cache.open(tiny_cache)
     model = build_student(STUDENT, cache.vocab_size, 0).eval()
     whole = StudentSettings(**BASE, eval_positions=None)
     with training_processes("cpu") as processes:
-        full = validation_kl(DistillationStep(model, whole), cache, whole, processes)
+        full = validation_kl(DistillationStep(model, whole.training_objective()), cache, whole, processes)
         assert full == pytest.approx(student_agreement(model, cache, "validation")["kl_to_teacher"], rel=1e-5)
         sampled = StudentSettings(**BASE, eval_positions=5, batch_size=1)
         reference, positions = [], 0  # the same seeded stream, scored through full logits
@@ -289,6 +292,8 @@ def test_validation_during_training_is_a_bounded_seeded_sample(tiny_cache):
             if positions >= 5:
                 break
         expected = torch.cat(reference).mean().item()
-        assert validation_kl(DistillationStep(model, sampled), cache, sampled, processes) == pytest.approx(expected, rel=1e-5)
-        assert validation_kl(DistillationStep(model, sampled), cache, sampled, processes) == validation_kl(DistillationStep(model, sampled), cache, sampled, processes)
+        assert validation_kl(DistillationStep(model, sampled.training_objective()), cache, sampled, processes) == pytest.approx(expected, rel=1e-5)
+        assert validation_kl(DistillationStep(model, sampled.training_objective()), cache, sampled, processes) == validation_kl(
+            DistillationStep(model, sampled.training_objective()), cache, sampled, processes
+        )
     assert 5 <= positions < cache.splits["validation"]["tokens"] and expected != full  # a sample, not the split

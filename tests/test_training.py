@@ -7,10 +7,12 @@ from conftest import cache_rows
 
 from pipeline.cache import Cache, read_manifest
 from pipeline.errors import PipelineError
+from pipeline.lm.batch import TopKBatch
 from pipeline.lm.metrics import student_agreement
-from pipeline.lm.streaming import TopKBatch, count_batches, scored_positions, stream_batches
+from pipeline.lm.streaming import count_batches, stream_batches
 from pipeline.lm.student import build_student
-from pipeline.lm.training import StudentSettings, batch_loss, train_student
+from pipeline.lm.student_settings import StudentSettings
+from pipeline.lm.trainer import train_student
 from pipeline.models import load_causal_lm
 
 STUDENT = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
@@ -66,7 +68,7 @@ def first_batch(cache, batch_size=3) -> TopKBatch:
 
 def test_all_positions_are_every_next_token_prediction_and_never_padding(tiny_cache):
     batch = first_batch(tiny_cache)
-    rows, columns, targets = scored_positions(batch, "all")
+    rows, columns, targets = batch.scored("all")
     lengths = batch.attention_mask.sum(1)
     assert len(rows) == int((lengths - 1).sum()) and len(set(zip(rows.tolist(), columns.tolist()))) == len(rows)
     assert torch.equal(batch.input_ids[rows, columns + 1], targets) and batch.attention_mask[rows, columns + 1].all()
@@ -79,7 +81,7 @@ def test_positions_all_trains_ce_on_prompt_tokens_and_the_divergence_on_cached_o
     labels = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100)
     every_token_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
     settings = StudentSettings(alpha=0.5, chunk_positions=7)
-    response, everything = batch_loss(model, batch, settings), batch_loss(model, batch, settings.updated(positions="all"))
+    response, everything = batch.loss(model, settings.training_objective()), batch.loss(model, settings.updated(positions="all").training_objective())
     torch.testing.assert_close(everything["ce"], every_token_ce)
     torch.testing.assert_close(everything["kd"], response["kd"])
     assert not torch.isclose(everything["ce"], response["ce"])
@@ -90,7 +92,7 @@ def test_padding_never_counts(tiny_cache):
     padded = replace(batch, input_ids=F.pad(batch.input_ids, (0, 9), value=5), attention_mask=F.pad(batch.attention_mask, (0, 9)))
     for positions in ("response", "all"):
         settings = StudentSettings(positions=positions)
-        torch.testing.assert_close(batch_loss(model, padded, settings)["loss"], batch_loss(model, batch, settings)["loss"])
+        torch.testing.assert_close(padded.loss(model, settings.training_objective())["loss"], batch.loss(model, settings.training_objective())["loss"])
 
 
 @pytest.mark.parametrize("loss,tail", [("reverse_kl", "renormalize"), ("jsd", "bucket"), ("tvd", "bucket")])

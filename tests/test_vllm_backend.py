@@ -26,8 +26,9 @@ from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.lm.sequences import encode_prompt
 from pipeline.lm.streaming import stream_batches
+from pipeline.lm.student_settings import StudentSettings
 from pipeline.lm.teacher import TeacherSettings, run_teacher
-from pipeline.lm.training import StudentSettings, train_student
+from pipeline.lm.trainer import train_student
 from pipeline.models import load_causal_lm
 from pipeline.teacher_model import resolve_teacher
 

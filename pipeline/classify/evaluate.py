@@ -22,7 +22,7 @@ from pipeline.classify.charts import plot_reliability
 from pipeline.classify.loss import label_kl, scaled_label_logprobs
 from pipeline.classify.prompt import ClassifyPrompt, render_prompt
 from pipeline.classify.student import TextClassifier, load_classifier, one_thread, pad_batch
-from pipeline.classify.training import predict_logits
+from pipeline.classify.trainer import predict_logits
 from pipeline.errors import PipelineError
 from pipeline.models import count_parameters, load_causal_lm
 from pipeline.reporting import ReportKind, model_table

@@ -84,7 +84,7 @@ def student(
     overwrite: Overwrite = False,
 ) -> None:
     """Train a BiLSTM or bag-of-embeddings classifier on the cache's train split."""
-    from pipeline.classify.training import ClassifyStudentSettings, train_classifier_from_cache
+    from pipeline.classify.trainer import ClassifyStudentSettings, train_classifier_from_cache
 
     section = read_section(params, "classify.student", ClassifyStudentSettings).updated("classify.student", alpha=alpha, temperature=temperature, epochs=epochs)
     train_classifier_from_cache(cache, section.variant(arch, targets), out, loss_log, teacher_model, overwrite)

@@ -110,7 +110,8 @@ def student(
     """Train a student from a cache (resuming from its training state when one is there)."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         launch_torchrun(nproc)
-    from pipeline.lm.training import StudentSettings, train_student
+    from pipeline.lm.student_settings import StudentSettings
+    from pipeline.lm.trainer import train_student
 
     settings = read_section(params, "student", StudentSettings).updated(
         "student",

@@ -11,6 +11,7 @@ once, so only one [chunk, V] tensor exists at a time and backward merely hands t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,29 @@ import torch.nn.functional as F
 from pipeline.lm.losses import LossSpec, combine_terms, loss_weights, sparse_terms
 
 ROW_BLOCK = 16  # rows per step of the passes over a buffer: temporaries stay a small fraction of it
+
+
+@dataclass(frozen=True)
+class _OutputLayer:
+    """The output layer; under autocast also its weight (and bias) cast once to the autocast dtype (`low`)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    low: tuple[torch.Tensor, torch.Tensor | None] | None
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """What the scored positions are compared with: the actual next tokens (all of them) and, for the first
+    len(topk_ids), the teacher's listed ids, their log-probs and their draw counts (sampled caches)."""
+
+    targets: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_logprobs: torch.Tensor
+    counts: torch.Tensor | None
+
+    def __getitem__(self, rows: slice) -> _Scored:
+        return _Scored(self.targets[rows], self.topk_ids[rows], self.topk_logprobs[rows], None if self.counts is None else self.counts[rows])
 
 
 def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
@@ -85,25 +109,19 @@ def _logit_gradient_(
     return logprobs
 
 
-def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, low: tuple[torch.Tensor, torch.Tensor | None] | None) -> torch.Tensor:
-    """Logits in float32: the matmul in the autocast dtype when `low` holds the weight (and bias) cast to it."""
-    if low is None:
-        return F.linear(hidden, weight, bias)
-    return F.linear(hidden.to(low[0].dtype), *low).float()
+def _project(hidden: torch.Tensor, head: _OutputLayer) -> torch.Tensor:
+    """Logits in float32: the matmul in the autocast dtype when `head.low` holds the weight (and bias) cast to it."""
+    if head.low is None:
+        return F.linear(hidden, head.weight, head.bias)
+    return F.linear(hidden.to(head.low[0].dtype), *head.low).float()
 
 
-def _backprop_head(
-    gradient: torch.Tensor,
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    grads: list[torch.Tensor | None],
-    rows: slice,
-    low: tuple[torch.Tensor, torch.Tensor | None] | None,
-) -> None:
+def _backprop_head(gradient: torch.Tensor, hidden: torch.Tensor, head: _OutputLayer, grads: list[torch.Tensor | None], rows: slice) -> None:
     """Add one chunk's share of the output layer's gradients (hidden, weight, bias) from d loss / d logits.
 
     Under autocast (`low`) the two matmuls run in its dtype and accumulate into the float32 gradients.
     """
+    weight, low = head.weight, head.low
     if low is None:
         if grads[0] is not None:
             grads[0][rows] = gradient @ weight
@@ -120,24 +138,14 @@ def _backprop_head(
 
 
 def _chunk(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_logprobs: torch.Tensor,
-    counts: torch.Tensor | None,
-    spec: LossSpec,
-    weights: tuple[float, float] | None,
-    grads: list[torch.Tensor | None],
-    rows: slice,
-    low: tuple[torch.Tensor, torch.Tensor | None] | None,
+    hidden: torch.Tensor, head: _OutputLayer, scored: _Scored, spec: LossSpec, weights: tuple[float, float] | None, grads: list[torch.Tensor | None], rows: slice
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed divergence and CE of one chunk; given the loss weights, also its gradients, added to `grads`.
 
     The chunk's [n, V] buffer lives only inside this call, so it is gone before the next chunk's.
     """
-    logprobs = _log_softmax_(_project(hidden, weight, bias, low))
+    targets, topk_ids, topk_logprobs, counts = scored.targets, scored.topk_ids, scored.topk_logprobs, scored.counts
+    logprobs = _log_softmax_(_project(hidden, head))
     cached = len(topk_ids)
     scratch = None if spec.temperature == 1 else logprobs.new_empty(min(ROW_BLOCK, cached), logprobs.shape[1])
     norm = None if scratch is None else _tempered_norm(logprobs[:cached], spec.temperature, scratch)
@@ -150,35 +158,24 @@ def _chunk(
         small = torch.autograd.grad(weights[0] * kd_sum + weights[1] * ce_sum, leaves, materialize_grads=True)
     tempered = None if norm is None or scratch is None else (norm, small[2], scratch)
     gradient = _logit_gradient_(logprobs, targets, topk_ids, small[0], small[1], spec.temperature, tempered)
-    _backprop_head(gradient, hidden, weight, grads, rows, low)
+    _backprop_head(gradient, hidden, head, grads, rows)
     return kd_sum.detach(), ce_sum.detach()
 
 
 def _run(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_logprobs: torch.Tensor,
-    counts: torch.Tensor | None,
-    spec: LossSpec,
-    chunk: int,
-    need: tuple[bool, bool, bool],
-    totals: tuple[int, int],
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scored: _Scored, spec: LossSpec, chunk: int, need: tuple[bool, bool, bool], totals: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
     """Sums over all chunks and, where `need` asks, the gradients of the loss for hidden, weight and bias."""
     weights = loss_weights(*totals, spec) if any(need) else None
-    low = _autocast_copies(hidden, weight, bias)
+    head = _OutputLayer(weight, bias, _autocast_copies(hidden, weight, bias))
     grads: list[torch.Tensor | None] = [
         None if tensor is None or not wanted else (torch.empty_like if i == 0 else torch.zeros_like)(tensor) for i, (tensor, wanted) in enumerate(zip((hidden, weight, bias), need))
     ]
     kd_total = ce_total = torch.zeros((), device=hidden.device)
-    for start in range(0, len(targets), chunk):
+    for start in range(0, len(scored.targets), chunk):
         rows = slice(start, start + chunk)
-        chunk_counts = None if counts is None else counts[rows]
         with torch.autocast(hidden.device.type, enabled=False):
-            kd_sum, ce_sum = _chunk(hidden[rows], weight, bias, targets[rows], topk_ids[rows], topk_logprobs[rows], chunk_counts, spec, weights, grads, rows, low)
+            kd_sum, ce_sum = _chunk(hidden[rows], head, scored[rows], spec, weights, grads, rows)
         kd_total, ce_total = kd_total + kd_sum, ce_total + ce_sum
     return kd_total, ce_total, grads
 
@@ -201,7 +198,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec: LossSpec, chunk: int, totals: tuple[int, int]):  # type: ignore[override]
         need = tuple(ctx.needs_input_grad[:3])
-        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, need, totals)
+        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, _Scored(targets, topk_ids, topk_logprobs, counts), spec, chunk, need, totals)
         terms = combine_terms(kd_sum, ce_sum, *totals, spec)
         ctx.mark_non_differentiable(terms["kd"], terms["ce"])
         return terms["loss"], terms["kd"], terms["ce"]
@@ -242,5 +239,5 @@ def chunked_distillation_loss(
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
         loss, kd, ce = _ChunkedHeadLoss.apply(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, totals)
         return {"loss": loss, "kd": kd, "ce": ce}
-    kd_sum, ce_sum, _ = _run(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, (False, False, False), totals)
+    kd_sum, ce_sum, _ = _run(hidden, weight, bias, _Scored(targets, topk_ids, topk_logprobs, counts), spec, chunk, (False, False, False), totals)
     return combine_terms(kd_sum, ce_sum, *totals, spec)

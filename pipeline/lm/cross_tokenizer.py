@@ -59,9 +59,9 @@ from pipeline.cache.format import DEFINITION_PARTS, tokenizer_difference
 from pipeline.cache.schema import check_cross_tokenizer
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
+from pipeline.lm.batch import PAD_ID, POSITIONS, Objective, TopKBatch, Totals
 from pipeline.lm.chunked_loss import chunked_distillation_loss
 from pipeline.lm.losses import LossSpec, combine_terms, sparse_terms
-from pipeline.lm.streaming import PAD_ID, POSITIONS, TopKBatch
 from pipeline.lm.student import position_hidden
 from pipeline.settings import Settings
 
@@ -240,6 +240,7 @@ class CrossBatch:
     prompt_columns: torch.Tensor
     prompt_targets: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)  # counts behind the alignment report
+    settings: CrossTokenizerSettings = field(default_factory=CrossTokenizerSettings)  # the loss its converter was set up with
 
     @property
     def num_tokens(self) -> int:
@@ -251,6 +252,18 @@ class CrossBatch:
             return self
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         return CrossBatch(**{name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for name, value in moved.items()})
+
+    def scored(self, positions: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, columns, targets): aligned, then unaligned answer positions, then with positions='all' the prompt ones."""
+        if positions not in POSITIONS:
+            raise PipelineError(f"unknown positions '{positions}' (known: {', '.join(POSITIONS)})")
+        if positions == "response":
+            return self.rows, self.columns, self.targets
+        return (torch.cat([self.rows, self.prompt_rows]), torch.cat([self.columns, self.prompt_columns]), torch.cat([self.targets, self.prompt_targets]))
+
+    def loss(self, student: torch.nn.Module, objective: Objective, totals: Totals | None = None) -> dict[str, torch.Tensor]:
+        """`cross_loss` with the converter's settings; validation scores the exact-map KL."""
+        return cross_loss(student, self, objective.spec, self.settings, objective.positions, objective.chunk_positions, totals, exact_map=objective.validation)
 
 
 def _merge_duplicates(position: np.ndarray, ids: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
@@ -284,8 +297,9 @@ def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.nda
 class CrossTokenizer:
     """Turns cache batches into `CrossBatch`es for one student tokenizer, and counts what aligns."""
 
-    def __init__(self, teacher: Any, student: Any, teacher_rows: int) -> None:
+    def __init__(self, teacher: Any, student: Any, teacher_rows: int, settings: CrossTokenizerSettings | None = None) -> None:
         self.teacher, self.student = teacher, student
+        self.settings = settings or CrossTokenizerSettings()
         self.mapping = vocabulary_map(teacher, student, teacher_rows)
         self.totals = {"student_positions": 0.0, "aligned": 0.0, "teacher_positions": 0.0, "mapped_mass": 0.0}
 
@@ -341,6 +355,7 @@ class CrossTokenizer:
             prompt_columns=tensor(before[:, 1] - 1),
             prompt_targets=tensor(ids[before[:, 0], before[:, 1]]),
             stats=stats,
+            settings=self.settings,
         )
 
     def batches(self, batches: Iterator[TopKBatch]) -> Iterator[CrossBatch]:
@@ -380,7 +395,7 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
         actual = tokenizer_sha256(teacher)[:12] if difference == "vocabulary" else f"the same vocabulary with other {DEFINITION_PARTS}"
         raise PipelineError(f"the teacher tokenizer at {folder} is {actual}, but the cache was made with {cache.manifest['tokenizer']['sha256'][:12]}")
     check_cross_tokenizer(cache.storage, cache.path)
-    return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size)
+    return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size, settings)
 
 
 def own_tokenizer_converter(cache: Any, folder: Path) -> CrossTokenizer | None:
@@ -440,15 +455,6 @@ def gold_terms(batch: CrossBatch, logprobs: torch.Tensor, spec: LossSpec, cross:
     return cross.matched_weight * matched + cross.unmatched_weight * unmatched.sum()
 
 
-def scored(batch: CrossBatch, positions: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, columns, targets): aligned, then unaligned answer positions, then with positions='all' the prompt ones."""
-    if positions not in POSITIONS:
-        raise PipelineError(f"unknown positions '{positions}' (known: {', '.join(POSITIONS)})")
-    if positions == "response":
-        return batch.rows, batch.columns, batch.targets
-    return (torch.cat([batch.rows, batch.prompt_rows]), torch.cat([batch.columns, batch.prompt_columns]), torch.cat([batch.targets, batch.prompt_targets]))
-
-
 def cross_loss(
     model: torch.nn.Module,
     batch: CrossBatch,
@@ -466,7 +472,7 @@ def cross_loss(
     alpha x CE term), so a student is not taught less of the text where the tokenizers disagree.
     `exact_map` forces the exact-map divergence whatever `cross.loss` and leaves that term out (validation's KL).
     """
-    rows, columns, targets = scored(batch, positions)
+    rows, columns, targets = batch.scored(positions)
     hidden = position_hidden(model, batch.input_ids, batch.attention_mask, rows, columns)
     head = model.get_output_embeddings()
     totals = totals or (batch.num_tokens, len(targets))

@@ -15,15 +15,16 @@ from pipeline.atomic import write_json
 from pipeline.cache.reader import Cache
 from pipeline.errors import PipelineError
 from pipeline.hashing import weights_sha256
+from pipeline.lm.batch import TopKBatch
 from pipeline.lm.charts import plot_training
 from pipeline.lm.cross_tokenizer import cross_agreement, decode, own_tokenizer_converter
 from pipeline.lm.losses import sampled_forward_kl, sparse_forward_kl
-from pipeline.lm.streaming import TopKBatch, stream_batches
+from pipeline.lm.streaming import stream_batches
 from pipeline.lm.student import position_logits
 from pipeline.models import count_parameters, load_causal_lm
 from pipeline.reporting import ReportKind, model_table
 from pipeline.settings import Positive, Settings
-from pipeline.training import read_loss_log
+from pipeline.train_loop import read_loss_log
 
 
 class EvaluateSettings(Settings):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
 from queue import Empty, Queue
-from typing import Literal, TypeVar, get_args
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -22,35 +21,9 @@ from pipeline.cache.codec import FLOAT32_BLOCK, CacheRows, decode, padded_entrie
 from pipeline.cache.encoding import segment_index, segment_starts
 from pipeline.cache.reader import Cache, CachedShard, iter_record_batches
 from pipeline.errors import PipelineError
+from pipeline.lm.batch import PAD_ID, TopKBatch
 
-PAD_ID = 0  # padded positions are masked out and never scored
-Positions = Literal["response", "all"]
-POSITIONS = get_args(Positions)
 T = TypeVar("T")
-
-
-@dataclass
-class TopKBatch:
-    input_ids: torch.Tensor  # [B, L] right-padded
-    attention_mask: torch.Tensor  # [B, L]
-    rows: torch.Tensor  # [N] batch row of each cached position
-    columns: torch.Tensor  # [N] index of the logits that predict it (token index - 1)
-    targets: torch.Tensor  # [N] actual next token
-    topk_ids: torch.Tensor  # [N, k] most likely first; padding PAD_ID
-    topk_logprobs: torch.Tensor  # [N, k] descending; padding -inf
-    token_logprobs: torch.Tensor  # [N]
-    response_start: torch.Tensor  # [B] index of each row's first answer token
-    counts: torch.Tensor | None = None  # [N, k] float draws per id (sampled caches), padding 0; None for top-k caches
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.targets)
-
-    def to(self, device: torch.device) -> TopKBatch:
-        """The batch on `device` (itself when already there)."""
-        if device.type == "cpu":
-            return self
-        return TopKBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
 
 def to_topk_batch(records: pa.RecordBatch | CacheRows, block: dict | None = None) -> TopKBatch:
@@ -77,29 +50,6 @@ def to_topk_batch(records: pa.RecordBatch | CacheRows, block: dict | None = None
         response_start=torch.from_numpy(starts),
         counts=None if counts is None else torch.from_numpy(counts),
     )
-
-
-def prompt_positions(batch: TopKBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, columns, targets) of the positions that predict prompt tokens 1 .. response_start - 1.
-
-    The cache has no teacher data for them; CE may still train on them (`student.positions: all`).
-    """
-    counts = (batch.response_start - 1).clamp(min=0)
-    rows = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-    offsets = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    columns = torch.arange(int(counts.sum()), device=counts.device) - offsets
-    return rows, columns, batch.input_ids[rows, columns + 1]
-
-
-def scored_positions(batch: TopKBatch, positions: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, columns, targets) the loss scores: the cached answer positions first, then with
-    positions='all' the prompt positions (CE only). Padding is never among them."""
-    if positions not in POSITIONS:
-        raise PipelineError(f"unknown positions '{positions}' (known: {', '.join(POSITIONS)})")
-    if positions == "response":
-        return batch.rows, batch.columns, batch.targets
-    prompt = prompt_positions(batch)
-    return tuple(torch.cat([cached, extra]) for cached, extra in zip((batch.rows, batch.columns, batch.targets), prompt))  # type: ignore[return-value]
 
 
 def process_shards(cache: Cache, split: str, rng: np.random.Generator | None, rank: int = 0, world: int = 1) -> list[CachedShard]:

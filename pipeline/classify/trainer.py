@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import count_parameters, load_causal_lm
 from pipeline.outputs import claim_file, claim_folder
 from pipeline.settings import Alpha, Positive, Settings, Temperature
-from pipeline.training import LOSS_LOG_FILE, backward_terms, epoch_steps, train_loop, write_loss_log
+from pipeline.train_loop import LOSS_LOG_FILE, backward_terms, epoch_steps, train_loop, write_loss_log
 
 log = logging.getLogger(__name__)
 
