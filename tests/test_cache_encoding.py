@@ -268,3 +268,25 @@ def test_version_1_caches_stay_readable(tmp_path, float32_cache):
     assert cache_rows(old) == cache_rows(float32_cache)
     table = pq.read_table(old / "train" / "shard-00000.parquet")
     assert encode(decode(table, manifest_encoding(manifest)), manifest_encoding(manifest)).equals(table)
+
+
+@pytest.mark.parametrize("requires, readable", [([], True), (["variable-k"], False), ("variable-k", False)])
+def test_a_cache_that_requires_an_unknown_feature_is_refused_by_every_reader(tmp_path, float32_cache, requires, readable):
+    """`requires` names what a reader must know; a reader that does not know a feature refuses the cache, naming it, instead of misreading it."""
+    from pipeline.atomic import write_json
+    from pipeline.cache import manifest_checksum
+
+    newer = tmp_path / "newer"
+    shutil.copytree(float32_cache, newer)
+    manifest = read_manifest(newer)
+    manifest["requires"] = requires
+    manifest["manifest_sha256"] = manifest_checksum(manifest)
+    write_json(newer / MANIFEST_FILE, manifest)
+    if readable:
+        assert verify_cache(newer) == [] and Cache.open(newer).splits["train"]["tokens"] == manifest["splits"]["train"]["tokens"]
+        return
+    with pytest.raises(PipelineError, match="the cache requires .*variable-k.*does not know"):
+        Cache.open(newer)
+    assert verify_cache(newer) and "variable-k" in verify_cache(newer)[0]
+    result = runner.invoke(app, ["inspect", str(newer)])
+    assert result.exit_code != 0 and "variable-k" in result.output

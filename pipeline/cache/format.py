@@ -23,6 +23,11 @@ FORMAT_NAME = "kd-topk-cache"
 FORMAT_VERSION = 2  # what new caches are; version 1 (float32 columns, no encoding block) is still read
 HYBRID_FORMAT_VERSION = 3  # version 2 plus the hybrid storage: a reader from before it refuses such a cache instead of misreading its counts
 READ_VERSIONS = (1, 2, 3)
+# Features a manifest's `requires` list may name. A later feature that changes what a column means is
+# added to a cache's `requires` (and here, by the version that reads it): a reader refuses a cache that
+# requires a feature it does not know instead of misreading it. Features that only add fields need no
+# entry. Format versions only go up; none of today's storages needs an entry.
+KNOWN_FEATURES: frozenset[str] = frozenset()
 PLAN_FILE = "plan.json"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -107,7 +112,22 @@ def load_manifest(cache_dir: Path) -> dict[str, Any]:
         raise PipelineError(
             f"{path}: cache format version {manifest.get('format_version')} is not supported (this is kd-pipeline {__version__}, reading versions {', '.join(map(str, READ_VERSIONS))})"
         )
+    unknown = _unknown_features(manifest.get("requires", []))
+    if unknown:
+        raise PipelineError(f"{path}: the cache requires {', '.join(unknown)}, which kd-pipeline {__version__} does not know: read it with the version that wrote it ({_writer(manifest)}) or later")
     return manifest
+
+
+def _unknown_features(requires: Any) -> list[str]:
+    """The features of a `requires` list this version cannot read (a malformed list is one unknown feature)."""
+    if not isinstance(requires, list) or not all(isinstance(feature, str) for feature in requires):
+        return [f"a malformed `requires` list ({json.dumps(requires)[:60]})"]
+    return sorted(set(requires) - KNOWN_FEATURES)
+
+
+def _writer(manifest: dict[str, Any]) -> str:
+    created_by = manifest.get("created_by")
+    return f"kd-pipeline {created_by.get('version')}" if isinstance(created_by, dict) and created_by.get("version") else "not recorded"
 
 
 def checksum_problem(cache_dir: Path, manifest: dict[str, Any]) -> str | None:
