@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.backends import outputs_to_rows
 from pipeline.cache import Cache
 from pipeline.cache.codec import CacheEncoding, CacheRows, decode, encode, manifest_encoding, padded_entries
 from pipeline.cache.convert import convert_cache
 from pipeline.cache.decoding_error import position_kl
+from pipeline.cache.rows import to_cache_rows
 from pipeline.cache.schema import Sampled, TopK
 from pipeline.cache.writer import parquet_options
 from pipeline.errors import run_main
@@ -103,7 +103,7 @@ def sampled_sizes(originals: list[CacheRows], teacher: Path, draws: list[int], v
         size, listed = 0, 0
         for rows in originals:
             sequences = [s.tolist() for s in np.split(rows.input_ids, np.cumsum(rows.seq_lengths)[:-1])]
-            sampled = outputs_to_rows(rows.row_ids, backend.score(sequences, rows.response_start.tolist(), 1, draws=n, seed=0))
+            sampled = to_cache_rows(rows.row_ids, backend.score(sequences, rows.response_start.tolist(), 1, draws=n, seed=0))
             size += len(write_bytes(encode(sampled, block), block["zstd_level"]))
             listed += int(sampled.entries.sum())
         results.append({"name": f"sampled N={n} (compact)", "bytes": size, "listed": listed})

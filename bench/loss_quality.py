@@ -37,10 +37,10 @@ import yaml
 
 from bench.cache_size import write_bytes
 from bench.peers import PEER_SCHEMES, encode_peer, peer_loss
-from pipeline.backends import TeacherOutput, outputs_to_table
 from pipeline.backends.sampling import SampledIds, Sampling, draw_teacher_samples
 from pipeline.cache import Cache, read_manifest
 from pipeline.cache.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
+from pipeline.cache.rows import TeacherRow, to_shard_table
 from pipeline.cache.schema import TopK, storage_for
 from pipeline.errors import PipelineError, run_main
 from pipeline.lm.batch import TopKBatch
@@ -122,7 +122,7 @@ def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int,
             positions += len(targets)
             full.append(logprobs)
             outputs.append(
-                TeacherOutput(
+                TeacherRow.top_k(
                     input_ids=np.asarray(ids, dtype=np.int32),
                     response_start=start_at,
                     topk_ids=top.indices.to(torch.int32).numpy(),
@@ -130,7 +130,7 @@ def rescore(teacher: torch.nn.Module, sequences: list[tuple[str, list[int], int,
                     token_logprobs=logprobs.gather(-1, targets[:, None])[:, 0].numpy(),
                 )
             )
-    return Split(outputs_to_table([s[0] for s in sequences], outputs), full, {}, {}), matches / positions
+    return Split(to_shard_table([s[0] for s in sequences], outputs), full, {}, {}), matches / positions
 
 
 def encode_compact(split: Split, ks: list[int], vocab_size: int) -> None:

@@ -45,8 +45,8 @@ class FirstStep(Exception):
 
 
 def synthetic_outputs(rows: int, vocab: int, seed: int) -> list[Any]:
-    """Teacher outputs shaped like the default cache: peaky sorted top-20 distributions with some tail mass."""
-    from pipeline.backends.base import TeacherOutput
+    """Teacher rows shaped like the default cache: peaky sorted top-20 distributions with some tail mass."""
+    from pipeline.cache.rows import TeacherRow
 
     rng = np.random.default_rng(seed)
     outputs = []
@@ -55,7 +55,7 @@ def synthetic_outputs(rows: int, vocab: int, seed: int) -> list[Any]:
         ids = ((rng.integers(0, vocab, (ANSWER_TOKENS, 1)) + np.cumsum(rng.integers(1, vocab // K, (ANSWER_TOKENS, K)), axis=1)) % vocab).astype(np.int32)  # distinct: the offsets stay below vocab
         answer = ids[:, 0]
         outputs.append(
-            TeacherOutput(
+            TeacherRow.top_k(
                 input_ids=np.concatenate([rng.integers(0, vocab, PROMPT_TOKENS), answer]).astype(np.int32),
                 response_start=PROMPT_TOKENS,
                 topk_ids=ids,
@@ -69,9 +69,9 @@ def synthetic_outputs(rows: int, vocab: int, seed: int) -> list[Any]:
 def write_cache(out: Path, tokens: int, tokenizer_dir: Path, shard_rows: int) -> None:
     from transformers import AutoTokenizer
 
-    from pipeline.backends.base import outputs_to_table
     from pipeline.cache.codec import CacheEncoding
     from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
+    from pipeline.cache.rows import to_shard_table
     from pipeline.cache.schema import TopK
     from pipeline.cache.writer import fill_cache, write_shard, zstd_level
 
@@ -97,7 +97,7 @@ def write_cache(out: Path, tokens: int, tokenizer_dir: Path, shard_rows: int) ->
         for shard in shards:
             count = shard.stop - shard.start
             ids = [f"{shard.split}-{shard.start + i}" for i in range(count)]
-            write_shard(outputs_to_table(ids, synthetic_outputs(count, vocab, shard.index + (0 if shard.split == "train" else 10**6)), block), out / shard.file, zstd_level(block))
+            write_shard(to_shard_table(ids, synthetic_outputs(count, vocab, shard.index + (0 if shard.split == "train" else 10**6)), block), out / shard.file, zstd_level(block))
 
     from pipeline.cache.plan import planned_shards
 

@@ -33,10 +33,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.backends import EngineSettings, SampledOutput, TeacherOutput, load_backend, outputs_to_table
-from pipeline.backends.sampling import sequence_generator
+from pipeline.backends import EngineSettings, load_backend
+from pipeline.backends.sampling import draw_row, sequence_generator
 from pipeline.cache import read_manifest, write_shard
 from pipeline.cache.codec import CacheEncoding
+from pipeline.cache.rows import TeacherRow, to_shard_table
 from pipeline.cache.schema import storage_for
 from pipeline.cache.writer import zstd_level
 from pipeline.errors import run_main
@@ -59,7 +60,7 @@ def capture(backend: Any, sequences: list[list[int]], starts: list[int], k: int,
     for index, start in enumerate(range(0, len(sequences), SHARD_ROWS)):
         chunk = score(sequences[start : start + SHARD_ROWS], starts[start : start + SHARD_ROWS])
         ids = [str(start + i) for i in range(len(chunk))]
-        write_shard(outputs_to_table(ids, chunk, block), out_dir / f"shard-{index:05d}.parquet", zstd_level(block))
+        write_shard(to_shard_table(ids, chunk, block), out_dir / f"shard-{index:05d}.parquet", zstd_level(block))
         outputs += chunk
     return outputs
 
@@ -92,7 +93,7 @@ def full_vocab_scorer(llm: Any, vocab_size: int, draws: int, head: int, batch_si
 
     params = SamplingParams(max_tokens=1, prompt_logprobs=-1, detokenize=False, flat_logprobs=True, skip_reading_prefix_cache=True)
 
-    def score(sequences: list[list[int]], starts: list[int]) -> list[SampledOutput]:
+    def score(sequences: list[list[int]], starts: list[int]) -> list[TeacherRow]:
         outputs = []
         for begin in range(0, len(sequences), batch_size):
             results = llm.generate([{"prompt_token_ids": s} for s in sequences[begin : begin + batch_size]], params, use_tqdm=False)
@@ -102,7 +103,7 @@ def full_vocab_scorer(llm: Any, vocab_size: int, draws: int, head: int, batch_si
                 ids = torch.as_tensor(np.asarray(flat.token_ids[lo:hi], dtype=np.int64)).reshape(len(sequence) - first, vocab_size + 1)[:, 1:]
                 values = torch.as_tensor(np.asarray(flat.logprobs[lo:hi], dtype=np.float32)).reshape(len(sequence) - first, vocab_size + 1)[:, 1:]
                 dense = torch.empty_like(values).scatter_(-1, ids, values)
-                outputs.append(SampledOutput.draw(sequence, first, dense, draws, sequence_generator(0, index), head))
+                outputs.append(draw_row(sequence, first, dense, draws, sequence_generator(0, index), head))
         return outputs
 
     return score
@@ -152,10 +153,11 @@ def compute_bound_ratio(model_dir: Path) -> float:
     return body / (body + config.vocab_size * config.hidden_size)
 
 
-def parity(a: list[TeacherOutput], b: list[TeacherOutput]) -> dict[str, float]:
-    top = np.concatenate([x.topk_logprobs for x in a]) - np.concatenate([x.topk_logprobs for x in b])
+def parity(a: list[TeacherRow], b: list[TeacherRow], k: int) -> dict[str, float]:
+    """How close two backends' top-k rows of the same sequences are."""
+    top = np.concatenate([x.logprobs for x in a]) - np.concatenate([x.logprobs for x in b])
     actual = np.concatenate([x.token_logprobs for x in a]) - np.concatenate([x.token_logprobs for x in b])
-    same_ids = np.concatenate([x.topk_ids for x in a]) == np.concatenate([x.topk_ids for x in b])
+    same_ids = (np.concatenate([x.ids for x in a]) == np.concatenate([x.ids for x in b])).reshape(-1, k)
     return {
         "max_abs_topk_logprob_diff": float(np.abs(top).max()),
         "max_abs_token_logprob_diff": float(np.abs(actual).max()),
@@ -212,7 +214,7 @@ def main() -> None:
             print(f"{name}: hybrid {args.hybrid} capture / top-{args.k} capture = {run['result']['hybrid_capture_tok_s'] / run['result']['capture_tok_s']:.3f}")
         vllm_run = runs["vllm"]["result"]
         print(f"vllm hybrid: hidden-state route / full-vocab log-prob route = {vllm_run['hybrid_capture_tok_s'] / vllm_run['hybrid_full_vocab_logprobs_tok_s']:.1f}x")
-    figures["parity_vllm_vs_transformers"] = parity(runs["vllm"]["outputs"], runs["transformers"]["outputs"])
+    figures["parity_vllm_vs_transformers"] = parity(runs["vllm"]["outputs"], runs["transformers"]["outputs"], args.k)
     print(json.dumps(figures["parity_vllm_vs_transformers"], indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -10,7 +10,6 @@ import torch
 from conftest import TINY_CACHE, cache_rows
 from typer.testing import CliRunner
 
-from pipeline.backends import SampledOutput, TeacherOutput, outputs_to_table
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, Cache, read_manifest, write_shard
 from pipeline.cache.codec import CacheEncoding, decode, encode, manifest_encoding
 from pipeline.cache.convert import convert_cache
@@ -27,6 +26,7 @@ from pipeline.cache.encoding import (
     unpack_planes,
 )
 from pipeline.cache.plan import planned_shards
+from pipeline.cache.rows import TeacherRow, to_shard_table
 from pipeline.cache.schema import Sampled, TopK
 from pipeline.cache.verify import verify_cache
 from pipeline.cache.writer import finalize_cache, open_cache_for_writing, zstd_level
@@ -74,7 +74,7 @@ def teacher_outputs(vocab, k, positions=(4, 1, 6), seed=1):
         logprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         top = np.argsort(-logprobs, axis=1)[:, :k]
         outputs.append(
-            TeacherOutput(
+            TeacherRow.top_k(
                 input_ids=g.integers(0, vocab, n + 3).astype(np.int32),
                 response_start=3,
                 topk_ids=top.astype(np.int32),
@@ -90,9 +90,9 @@ def teacher_outputs(vocab, k, positions=(4, 1, 6), seed=1):
 def test_compact_round_trip_within_the_declared_bound(vocab, drop):
     k = 12
     outputs = teacher_outputs(vocab, k)
-    exact = decode(outputs_to_table(["a", "b", "c"], outputs), manifest_encoding({}))
+    exact = decode(to_shard_table(["a", "b", "c"], outputs), manifest_encoding({}))
     block = CacheEncoding(drop_zero_level=drop).block(vocab, TopK(k))
-    table = outputs_to_table(["a", "b", "c"], outputs, block)
+    table = to_shard_table(["a", "b", "c"], outputs, block)
     assert str(table.schema.field("input_ids").type.value_type) == ("uint16" if vocab <= 65536 else "uint32")
     rows = decode(table, block)
     assert np.array_equal(rows.input_ids, exact.input_ids) and rows.row_ids == ["a", "b", "c"]
@@ -119,9 +119,9 @@ def test_compact_round_trip_within_the_declared_bound(vocab, drop):
 def test_float32_encoding_is_exact():
     outputs = teacher_outputs(300, 5)
     block = CacheEncoding(encoding="float32").block(300, TopK(5))
-    rows = decode(outputs_to_table(["a", "b", "c"], outputs, block), block)
-    assert np.array_equal(rows.entry_ids, np.concatenate([o.topk_ids.reshape(-1) for o in outputs]))
-    assert np.array_equal(rows.entry_logprobs, np.concatenate([o.topk_logprobs.reshape(-1) for o in outputs]))
+    rows = decode(to_shard_table(["a", "b", "c"], outputs, block), block)
+    assert np.array_equal(rows.entry_ids, np.concatenate([o.ids for o in outputs]))
+    assert np.array_equal(rows.entry_logprobs, np.concatenate([o.logprobs for o in outputs]))
 
 
 def sampled_outputs(vocab=300, draws=32, seed=2):
@@ -133,7 +133,7 @@ def sampled_outputs(vocab=300, draws=32, seed=2):
             probs = g.dirichlet(np.full(vocab, 0.05))
             drawn, counts = np.unique(g.choice(vocab, draws, p=probs), return_counts=True)
             positions.append((drawn, counts, np.log(probs[drawn])))
-        outputs.append(SampledOutput.from_positions(g.integers(0, vocab, n + 2), 2, positions, g.uniform(-5, 0, n)))
+        outputs.append(TeacherRow.from_positions(g.integers(0, vocab, n + 2), 2, positions, g.uniform(-5, 0, n)))
     return outputs
 
 
@@ -141,7 +141,7 @@ def test_sampled_storage_round_trip():
     outputs = sampled_outputs()
     block = CacheEncoding().block(300, Sampled(32))
     assert block["storage"] == "sampled" and block["draws"] == 32 and not block["drop_zero_level"]
-    table = outputs_to_table(["a", "b"], outputs, block)
+    table = to_shard_table(["a", "b"], outputs, block)
     assert "counts" in table.column_names
     rows = decode(table, block)
     flat = [(o.ids, o.counts, o.logprobs, o.entries) for o in outputs]
@@ -174,7 +174,7 @@ def write_sampled_cache(tiny_cache, out):
     shutil.copytree(tiny_cache / "tokenizer", out / "tokenizer")
     for shard in planned_shards(plan):
         outputs = [o for seed in range(shard.stop - shard.start) for o in sampled_outputs(320, 32, seed)[:1]]
-        write_shard(outputs_to_table([f"{shard.file}-{i}" for i in range(len(outputs))], outputs, plan["encoding"]), out / shard.file, zstd_level(plan["encoding"]))
+        write_shard(to_shard_table([f"{shard.file}-{i}" for i in range(len(outputs))], outputs, plan["encoding"]), out / shard.file, zstd_level(plan["encoding"]))
     return finalize_cache(out, planned_shards(plan))
 
 

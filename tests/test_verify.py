@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.backends import TeacherOutput, outputs_to_table
 from pipeline.cache import MANIFEST_FILE, manifest_checksum
 from pipeline.cache.codec import CacheEncoding, manifest_encoding
 from pipeline.cache.convert import convert_cache
+from pipeline.cache.rows import TeacherRow, to_shard_table
 from pipeline.cache.topk import value_problems
 from pipeline.cache.verify import verify_cache
 from pipeline.cli import app
@@ -98,7 +98,7 @@ def test_manifest_missing_a_field(cache):
 
 def output(topk_ids, topk_logprobs, token_logprobs):
     n = len(token_logprobs)
-    return TeacherOutput(
+    return TeacherRow.top_k(
         input_ids=np.array([1, 2] + [3] * n, dtype=np.int32),
         response_start=2,
         topk_ids=np.array(topk_ids, dtype=np.int32),
@@ -116,7 +116,7 @@ def test_value_sanity_names_the_first_bad_row():
         "mass": output([[5, 6]], [[-0.1, -0.2]], [-0.1]),
         "vocab": output([[5, 999]], [[-0.5, -1.5]], [-0.5]),
     }
-    problems = value_problems(outputs_to_table(list(rows), list(rows.values())), k=2, vocab_size=10)
+    problems = value_problems(to_shard_table(list(rows), list(rows.values())), k=2, vocab_size=10)
     assert problems == [
         "a log-prob is not finite, first in row 'nan' (1 row(s))",
         "a log-prob is above 0, first in row 'positive' (1 row(s))",
@@ -124,7 +124,7 @@ def test_value_sanity_names_the_first_bad_row():
         "top-k probabilities add up to more than 1, first in row 'positive' (2 row(s))",
         "a top-k id is outside the vocabulary (0..9), first in row 'vocab' (1 row(s))",
     ]
-    assert value_problems(outputs_to_table(["good"], [rows["good"]]), k=2, vocab_size=10) == []
+    assert value_problems(to_shard_table(["good"], [rows["good"]]), k=2, vocab_size=10) == []
 
 
 def reseal(cache, shard):
@@ -145,9 +145,9 @@ def test_verify_reports_bad_values_by_shard(tmp_path, tiny_cache):
     rows = pq.read_table(shard).to_pylist()
     rows[0]["topk_logprobs"][0][0] = 0.5
     columns = ("input_ids", "response_start", "topk_ids", "topk_logprobs", "token_logprobs")
-    outputs = [TeacherOutput(**{c: r[c] if c == "response_start" else np.array(r[c]) for c in columns}) for r in rows]
+    outputs = [TeacherRow.top_k(**{c: r[c] if c == "response_start" else np.array(r[c]) for c in columns}) for r in rows]
     assert all(len(p) == 8 for r in rows for p in r["topk_ids"])
-    pq.write_table(outputs_to_table([r["id"] for r in rows], outputs), shard)
+    pq.write_table(to_shard_table([r["id"] for r in rows], outputs), shard)
     assert "train/shard-00000.parquet: sha256 differs from the manifest (the file changed after it was written)" in verify_cache(cache)
     reseal(cache, shard)
     assert verify_cache(cache) == [

@@ -15,10 +15,11 @@ import pytest
 from conftest import make_llama, make_tokenizer, tiny_settings
 from typer.testing import CliRunner
 
-from pipeline.backends import EngineSettings, GenerationSettings, TeacherOutput, load_backend
+from pipeline.backends import EngineSettings, GenerationSettings, load_backend
 from pipeline.backends.transformers_backend import TransformersBackend
 from pipeline.cache import MANIFEST_CHECKSUM, Cache, read_manifest
 from pipeline.cache.codec import CacheEncoding
+from pipeline.cache.rows import TeacherRow
 from pipeline.cache.summary import summarize_cache
 from pipeline.cli import app
 from pipeline.data import read_prompts, split_prompts, write_splits
@@ -47,14 +48,15 @@ def needs_vllm(test):
 def assert_records_agree(got, want, label=""):
     """Same tokens; log-probs within TOL; same top-k ids wherever neighbouring log-probs differ by more than TIE."""
     assert np.array_equal(got.input_ids, want.input_ids) and got.response_start == want.response_start, label
-    assert got.topk_ids.shape == want.topk_ids.shape == (want.num_positions, K), label
+    assert got.counts is None and want.counts is None and np.array_equal(got.entries, want.entries) and np.array_equal(want.entries, np.full(want.num_positions, K)), label
+    got_ids, got_logprobs, want_ids, want_logprobs = (values.reshape(want.num_positions, K) for values in (got.ids, got.logprobs, want.ids, want.logprobs))
     np.testing.assert_allclose(got.token_logprobs, want.token_logprobs, atol=TOL, rtol=0, err_msg=label)
-    np.testing.assert_allclose(got.topk_logprobs, want.topk_logprobs, atol=TOL, rtol=0, err_msg=label)
-    assert (np.diff(got.topk_logprobs, axis=1) <= 0).all(), label
-    gaps = -np.diff(want.topk_logprobs, axis=1)
+    np.testing.assert_allclose(got_logprobs, want_logprobs, atol=TOL, rtol=0, err_msg=label)
+    assert (np.diff(got_logprobs, axis=1) <= 0).all(), label
+    gaps = -np.diff(want_logprobs, axis=1)
     inf = np.full((len(gaps), 1), np.inf)
     distinct = (np.hstack([inf, gaps]) > TIE) & (np.hstack([gaps, inf]) > TIE)
-    assert np.array_equal(got.topk_ids[distinct], want.topk_ids[distinct]), label
+    assert np.array_equal(got_ids[distinct], want_ids[distinct]), label
 
 
 EXACT = CacheEncoding(encoding="float32")  # backend parity is checked on exact values; the encoding is tested on its own
@@ -64,7 +66,7 @@ def cache_records(cache_dir):
     manifest = read_manifest(cache_dir)
     rows = [row for split in manifest["splits"].values() for entry in split["shards"] for row in pq.read_table(cache_dir / entry["file"]).to_pylist()]
     return [
-        TeacherOutput(
+        TeacherRow.top_k(
             input_ids=np.asarray(r["input_ids"], np.int32),
             response_start=r["response_start"],
             topk_ids=np.asarray(r["topk_ids"], np.int32).reshape(-1, manifest["k"]),

@@ -10,12 +10,14 @@ turns them into the estimator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
+from pipeline.cache.rows import TeacherRow
 from pipeline.errors import PipelineError
 
 Sampling = Literal["iid", "systematic"]
@@ -23,7 +25,7 @@ Sampling = Literal["iid", "systematic"]
 
 @dataclass
 class SampledIds:
-    """Ragged per-position draws, flat over positions (the layout of `pipeline.cache.SampledOutput`)."""
+    """Ragged per-position draws, flat over positions (the per-entry layout of `pipeline.cache.rows.TeacherRow`)."""
 
     entries: np.ndarray  # int32 [positions], listed ids per position (head + unique drawn)
     ids: np.ndarray  # int32 [sum(entries)], ascending within each position
@@ -75,6 +77,23 @@ def draw_teacher_samples(logprobs: torch.Tensor, draws: int, generator: torch.Ge
         ids=ids.to(torch.int32).numpy(),
         counts=counts.to(torch.int32).numpy(),
         logprobs=logprobs[starts // (head + draws), ids].numpy(),
+    )
+
+
+def draw_row(sequence: Sequence[int], response_start: int, logprobs: torch.Tensor, draws: int, generator: torch.Generator, head: int = 0) -> TeacherRow:
+    """A sequence's sampled or hybrid row: ids drawn from the teacher's full log-probs [positions, V] at positions response_start.. (any backend that has them)."""
+    logprobs = logprobs.float().cpu()
+    targets = torch.as_tensor(sequence[response_start:], dtype=torch.long)
+    drawn = draw_teacher_samples(logprobs, draws, generator, head)
+    token_logprobs = logprobs.gather(-1, targets[:, None])[:, 0].numpy()
+    return TeacherRow(
+        input_ids=np.asarray(sequence, dtype=np.int32),
+        response_start=response_start,
+        entries=drawn.entries,
+        ids=drawn.ids,
+        logprobs=drawn.logprobs,
+        counts=drawn.counts,
+        token_logprobs=token_logprobs,
     )
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.backends.base import GenerationSettings, SampledOutput, TeacherOutput
-from pipeline.backends.sampling import sequence_generator
+from pipeline.backends.base import GenerationSettings
+from pipeline.backends.sampling import draw_row, sequence_generator
 from pipeline.backends.verbalizer_scoring import verbalizer_logprobs
+from pipeline.cache.rows import TeacherRow
 from pipeline.errors import PipelineError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,7 +46,7 @@ class TransformersBackend:
         self.max_length = getattr(self.model.config, "max_position_embeddings", 1 << 30)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
-    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherRow]:
         answers = self.answer(prompts, settings, seed)
         return self.score([list(p) + a for p, a in zip(prompts, answers)], [len(p) for p in prompts], k, draws, seed, head)
 
@@ -85,9 +86,9 @@ class TransformersBackend:
         return answers
 
     @torch.inference_mode()
-    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherRow]:
         """Sequence i's draws come from its own generator, seeded by (seed, i): the same whatever the batching."""
-        outputs: list[TeacherOutput | SampledOutput | None] = [None] * len(sequences)
+        outputs: list[TeacherRow | None] = [None] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # less padding
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
@@ -104,12 +105,12 @@ class TransformersBackend:
                     raise PipelineError(f"response start {rs} outside 1..{len(seq)}")
                 logprobs = torch.log_softmax(logits[row, rs - 1 : len(seq) - 1].float(), dim=-1)
                 if draws is not None:
-                    outputs[i] = SampledOutput.draw(seq, rs, logprobs, draws, sequence_generator(seed, i), head)
+                    outputs[i] = draw_row(seq, rs, logprobs, draws, sequence_generator(seed, i), head)
                     continue
                 targets = torch.tensor(seq[rs:], device=logprobs.device)
                 token_logprobs = logprobs.gather(-1, targets[:, None])[:, 0].cpu().numpy()
                 top = logprobs.topk(k, dim=-1)
-                outputs[i] = TeacherOutput(
+                outputs[i] = TeacherRow.top_k(
                     input_ids=np.asarray(seq, dtype=np.int32),
                     response_start=rs,
                     topk_ids=top.indices.to(torch.int32).cpu().numpy(),

