@@ -237,6 +237,19 @@ def shard_entry(cache_dir: Path, shard: ShardSpec, task: CacheTask) -> dict[str,
     }
 
 
+def _add_entry(cache_dir: Path, shard: ShardSpec, entry: dict[str, Any], listed: dict[str, str] | None, splits: dict[str, Any]) -> None:
+    """Add a shard's manifest entry to its split, refusing a shard that changed since an earlier manifest listed it."""
+    if listed and shard.file in listed and listed[shard.file] != entry["sha256"]:
+        raise PipelineError(
+            f"cannot finalize {cache_dir}: {shard.file} changed after {MANIFEST_FILE} listed it (its sha256 differs); "
+            f"delete it and rerun the teacher with the same --out to regenerate it, or pass {REHASH_FLAG} to accept the shards as they are now"
+        )
+    split = splits.setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
+    for key in ("rows", "tokens", "bytes"):
+        split[key] += entry[key]
+    split["shards"].append(entry)
+
+
 def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the dataset card and manifest.json once every planned shard exists; returns the manifest.
 
@@ -250,17 +263,14 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[st
     plan = json.loads((cache_dir / PLAN_FILE).read_text())
     task = task_of(plan)
     splits: dict[str, Any] = {}
-    for shard in shards:
-        entry = shard_entry(cache_dir, shard, task)
-        if listed and shard.file in listed and listed[shard.file] != entry["sha256"]:
-            raise PipelineError(
-                f"cannot finalize {cache_dir}: {shard.file} changed after {MANIFEST_FILE} listed it (its sha256 differs); "
-                f"delete it and rerun the teacher with the same --out to regenerate it, or pass {REHASH_FLAG} to accept the shards as they are now"
-            )
-        split = splits.setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
-        for key in ("rows", "tokens", "bytes"):
-            split[key] += entry[key]
-        split["shards"].append(entry)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # reading and hashing release the GIL; entries come back in shard order
+        entries = pool.map(lambda shard: shard_entry(cache_dir, shard, task), shards)
+        try:
+            for shard, entry in zip(shards, entries):
+                _add_entry(cache_dir, shard, entry, listed, splits)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a refused shard stops the run now, not after hashing the rest
+            raise
     manifest = {
         "format": FORMAT_NAME,
         "format_version": task.format_version(plan),
