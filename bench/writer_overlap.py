@@ -30,6 +30,7 @@ from pathlib import Path
 import polars as pl
 
 import pipeline.lm.teacher as teacher_stage
+from bench import provenance
 from pipeline.cache import read_manifest
 from pipeline.data import SPLITS, write_splits
 from pipeline.errors import run_main
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--zstd", type=int, nargs="+", default=[19, 3], help="zstd levels whose writer cost and size are measured")
     parser.add_argument("--simulate-tps", type=float, default=None, help="also time a stand-in GPU teacher at this many tokens/s (the real outputs replayed)")
     args = parser.parse_args()
+    print(provenance())
     base = read_section(args.params, "teacher", TeacherSettings).updated("teacher", shard_rows=args.shard_rows)
     teacher = resolve_teacher(str(args.model), args.model)
     with tempfile.TemporaryDirectory() as folder:
