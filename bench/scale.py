@@ -9,7 +9,8 @@ batch), student start-up (call to the first step), validation (one pass of the s
 as training runs it), and `dvc add`, `dvc status`, `dvc push` to a local remote. It prints a table of
 seconds and peak RSS per cost and size, and the growth exponent of each cost between the two largest
 sizes (log of the time ratio over log 4; 1 is linear), and each cost extrapolated to 1B tokens from the
-largest size at that exponent (or linearly, if it grew slower).
+largest size at that exponent, or linearly if it grew slower (an upper bound for costs that do not grow).
+Last, verify's manifest step on the manifest a 1B-token cache would have, measured directly.
 
     python -m bench.scale --tokenizer models/smollm2-135m-instruct --params params.yaml --tokens 250000 1000000 4000000 16000000
 
@@ -201,6 +202,30 @@ def dvc_cost(cost: str, cache: Path, args: argparse.Namespace) -> float:
     return time.perf_counter() - started
 
 
+def manifest_step_seconds(tokens: int, shard_rows: int) -> tuple[int, float]:
+    """(shards, seconds) of `kd verify`'s manifest check on the manifest a cache of `tokens` positions would have.
+
+    The check reads no shard, so its manifest is built from the plan alone (entries as the writer
+    records them, zero-filled hashes): measured at 1B tokens directly rather than extrapolated.
+    """
+    from pipeline.cache.plan import planned_shards
+    from pipeline.cache.verify import manifest_problems
+
+    rows = max(10, tokens // ANSWER_TOKENS)
+    manifest: dict[str, Any] = {"source": {"rows": {"train": rows - rows // 5, "validation": rows // 5}}, "shard_rows": shard_rows, "splits": {}}
+    for shard in planned_shards(manifest):
+        count = shard.stop - shard.start
+        entry = {"file": shard.file, "rows": count, "tokens": count * ANSWER_TOKENS, "longest_sequence": PROMPT_TOKENS + ANSWER_TOKENS, "bytes": 1, "sha256": "0" * 64}
+        split = manifest["splits"].setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
+        for key in ("rows", "tokens", "bytes"):
+            split[key] += entry[key]
+        split["shards"].append(entry)
+    started = time.perf_counter()
+    problems = manifest_problems(manifest)
+    assert not problems, problems[:3]
+    return len(planned_shards(manifest)), time.perf_counter() - started
+
+
 def disk_mb(folder: Path) -> float:
     """Disk the folder takes, hard links counted once (du)."""
     return int(subprocess.run(["du", "-sk", str(folder)], capture_output=True, text=True, check=True).stdout.split()[0]) / 1024
@@ -260,7 +285,9 @@ def main() -> None:
         rss = [results[t][cost]["peak_rss_mb"] for t in args.tokens]
         exponent = math.log(max(times[-1], 1e-6) / max(times[-2], 1e-6)) / math.log(bigger / big)
         at_billion = times[-1] * (1e9 / bigger) ** max(exponent, 1.0)
-        print(f"{cost:<15} {'  '.join(f'{s:12.2f} s' for s in times)}   {exponent:6.2f}   {at_billion:10.0f} s   {rss[-1] / rss[0]:5.2f} ({rss[0]:.0f} -> {rss[-1]:.0f} MB)")
+        print(f"{cost:<15} {'  '.join(f'{s:12.3f} s' for s in times)}   {exponent:6.2f}   {at_billion:10.0f} s   {rss[-1] / rss[0]:5.2f} ({rss[0]:.0f} -> {rss[-1]:.0f} MB)")
+    shards, seconds = manifest_step_seconds(1_000_000_000, args.shard_rows)
+    print(f"\nverify's manifest step on the manifest of a 1B-token cache ({shards:,} shards, built from the plan, no shard written): {seconds:.2f} s")
 
 
 if __name__ == "__main__":
