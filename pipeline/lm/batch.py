@@ -8,7 +8,7 @@ score and compute their own loss, so the training step never asks which kind it 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol, TypeVar, get_args
 
 import torch
 
@@ -21,6 +21,21 @@ PAD_ID = 0  # padded positions are masked out and never scored
 Positions = Literal["response", "all"]
 POSITIONS = get_args(Positions)
 Totals = tuple[int, int]  # (divergence positions, CE positions) a step's sums are divided by
+B = TypeVar("B")
+
+
+def on_device(batch: B, device: torch.device) -> B:
+    """A dataclass batch with every tensor field on `device` and its other fields as they are (itself on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    values = {f.name: getattr(batch, f.name) for f in fields(batch)}  # type: ignore[arg-type]
+    return type(batch)(**{name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for name, value in values.items()})
+
+
+def check_positions(positions: str) -> None:
+    """Refuse a `student.positions` value no batch knows."""
+    if positions not in POSITIONS:
+        raise PipelineError(f"unknown positions '{positions}' (known: {', '.join(POSITIONS)})")
 
 
 @dataclass(frozen=True)
@@ -74,15 +89,11 @@ class TopKBatch:
         return len(self.targets)
 
     def to(self, device: torch.device) -> TopKBatch:
-        """The batch on `device` (itself when already there)."""
-        if device.type == "cpu":
-            return self
-        return TopKBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        return on_device(self, device)
 
     def scored(self, positions: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The cached answer positions first, then with positions='all' the prompt positions (CE only). Padding is never among them."""
-        if positions not in POSITIONS:
-            raise PipelineError(f"unknown positions '{positions}' (known: {', '.join(POSITIONS)})")
+        check_positions(positions)
         if positions == "response":
             return self.rows, self.columns, self.targets
         prompt = prompt_positions(self)

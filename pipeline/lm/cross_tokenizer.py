@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,7 +59,7 @@ from pipeline.cache.format import DEFINITION_PARTS, tokenizer_difference
 from pipeline.cache.schema import check_cross_tokenizer
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
-from pipeline.lm.batch import PAD_ID, POSITIONS, Objective, TopKBatch, Totals
+from pipeline.lm.batch import PAD_ID, Objective, TopKBatch, Totals, check_positions, on_device
 from pipeline.lm.chunked_loss import chunked_distillation_loss
 from pipeline.lm.losses import LossSpec, combine_terms, sparse_terms
 from pipeline.lm.student import position_hidden
@@ -248,15 +248,11 @@ class CrossBatch:
         return len(self.topk_ids)
 
     def to(self, device: torch.device) -> CrossBatch:
-        if device.type == "cpu":
-            return self
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return CrossBatch(**{name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for name, value in moved.items()})
+        return on_device(self, device)
 
     def scored(self, positions: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, columns, targets): aligned, then unaligned answer positions, then with positions='all' the prompt ones."""
-        if positions not in POSITIONS:
-            raise PipelineError(f"unknown positions '{positions}' (known: {', '.join(POSITIONS)})")
+        check_positions(positions)
         if positions == "response":
             return self.rows, self.columns, self.targets
         return (torch.cat([self.rows, self.prompt_rows]), torch.cat([self.columns, self.prompt_columns]), torch.cat([self.targets, self.prompt_targets]))
