@@ -8,6 +8,7 @@ what dead writers left is removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,9 +30,8 @@ from pipeline.cache.format import CACHE_FOLDER, CARD_FILE, FORMAT_NAME, MANIFEST
 from pipeline.cache.plan import ShardSpec, planned_shards, worker_shards
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
 from pipeline.outputs import OVERWRITE_FLAG, claim_folder
-from pipeline.storage import is_remote, location, open_for_reading, remove_tree, upload_folder
+from pipeline.storage import is_remote, location, remove_tree, upload_folder
 
 log = logging.getLogger(__name__)
 
@@ -224,16 +224,17 @@ def fill_cache(
 
 
 def shard_entry(cache_dir: Path, shard: ShardSpec, task: CacheTask) -> dict[str, Any]:
-    path = cache_dir / shard.file
-    parquet = pq.ParquetFile(open_for_reading(path))
+    """A shard's manifest entry, from one read of its bytes (hashed, and parsed as Parquet from memory)."""
+    data = (cache_dir / shard.file).read_bytes()
+    parquet = pq.ParquetFile(pa.BufferReader(data))
     table = parquet.read(columns=list(task.token_columns))
     return {
         "file": shard.file,
         "rows": parquet.metadata.num_rows,
         "tokens": task.count_tokens(table),
         "longest_sequence": longest_sequence(table),
-        "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
 
 
