@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.cache import Cache
-from pipeline.cache.codec import CacheEncoding, CacheRows, decode, encode, manifest_encoding, padded_entries
+from pipeline.cache.codec import CacheEncoding, CacheRows, decode, encode, padded_entries
 from pipeline.cache.convert import convert_cache
 from pipeline.cache.decoding_error import position_kl
 from pipeline.cache.rows import to_cache_rows
@@ -148,8 +148,8 @@ def main() -> None:
     args = parser.parse_args()
     cache = Cache.open(args.cache)
     manifest = cache.manifest
-    source_block, vocab, k = manifest_encoding(manifest), manifest["tokenizer"]["vocab_size"], manifest["k"]
-    shards = [shard for split in manifest["splits"] for shard in cache.shards(split)]
+    source_block, vocab, k = manifest.encoding_block, manifest.tokenizer.vocab_size, manifest.k
+    shards = [shard for split in manifest.splits for shard in cache.shards(split)]
     source = [shard.path.read_bytes() for shard in shards]
     originals = [decode(pq.read_table(io.BytesIO(raw)), source_block) for raw in source]
     positions = sum(len(r.entries) for r in originals)

@@ -69,7 +69,7 @@ def read_train_set(value: str) -> tuple[str, SoftLabels, Cache]:
     name, _, paths = value.partition("=")
     caches = [Cache.open(Path(p)) for p in paths.split(",")]
     for cache in caches[1:]:
-        if cache.manifest["tokenizer"]["sha256"] != caches[0].manifest["tokenizer"]["sha256"] or cache.manifest["classify"] != caches[0].manifest["classify"]:
+        if cache.manifest.tokenizer.sha256 != caches[0].manifest.tokenizer.sha256 or cache.manifest.classify != caches[0].manifest.classify:
             raise PipelineError(f"transfer set {name}: {cache.path} was labelled with another tokenizer or prompt than {caches[0].path}")
     return name, concatenated([read_soft_labels(c, "train") for c in caches]), caches[0]
 

@@ -206,13 +206,24 @@ def manifest_step_seconds(tokens: int, shard_rows: int) -> tuple[int, float]:
     """(shards, seconds) of `kd verify`'s manifest check on the manifest a cache of `tokens` positions would have.
 
     The check reads no shard, so its manifest is built from the plan alone (entries as the writer
-    records them, zero-filled hashes): measured at 1B tokens directly rather than extrapolated.
+    records them, zero-filled hashes): measured at 1B tokens directly rather than extrapolated. The
+    step is parsing the manifest into its typed form, then checking it against itself.
     """
+    from pipeline.cache.manifest import Manifest
     from pipeline.cache.plan import planned_shards
     from pipeline.cache.verify import manifest_problems
 
     rows = max(10, tokens // ANSWER_TOKENS)
-    manifest: dict[str, Any] = {"source": {"rows": {"train": rows - rows // 5, "validation": rows // 5}}, "shard_rows": shard_rows, "splits": {}}
+    manifest: dict[str, Any] = {
+        "format": "kd-topk-cache",
+        "format_version": 2,
+        "teacher": {"name": "synthetic"},
+        "tokenizer": {"sha256": "0" * 64, "vocab_size": 49152},
+        "k": 20,
+        "source": {"rows": {"train": rows - rows // 5, "validation": rows // 5}},
+        "shard_rows": shard_rows,
+        "splits": {},
+    }
     for shard in planned_shards(manifest):
         count = shard.stop - shard.start
         entry = {"file": shard.file, "rows": count, "tokens": count * ANSWER_TOKENS, "longest_sequence": PROMPT_TOKENS + ANSWER_TOKENS, "bytes": 1, "sha256": "0" * 64}
@@ -221,7 +232,7 @@ def manifest_step_seconds(tokens: int, shard_rows: int) -> tuple[int, float]:
             split[key] += entry[key]
         split["shards"].append(entry)
     started = time.perf_counter()
-    problems = manifest_problems(manifest)
+    problems = manifest_problems(Manifest.parse(manifest, Path("synthetic")))
     assert not problems, problems[:3]
     return len(planned_shards(manifest)), time.perf_counter() - started
 

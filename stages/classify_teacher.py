@@ -21,7 +21,7 @@ def main() -> None:
     settings = params("classify.teacher", ClassifyTeacherSettings)
     data = read_classify_data(params("classify.data", ClassifyDataSettings), settings.prompt.label_names)
     manifest = publish(partial(run_classify_teacher, data, teacher_ref(), settings=settings), WORK, CACHE, "classify teacher")
-    print(f"classify cache: {sum(s['rows'] for s in manifest['splits'].values())} texts in {CACHE}")
+    print(f"classify cache: {sum(split.rows for split in manifest.splits.values())} texts in {CACHE}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ WORK = Path("data/.cache-partial")
 
 def main() -> None:
     manifest = publish(partial(run_teacher, Path("data/prepared"), teacher_ref(), settings=params("teacher", TeacherSettings)), WORK, CACHE)
-    print(f"cache: {sum(s['tokens'] for s in manifest['splits'].values())} tokens in {CACHE}")
+    print(f"cache: {manifest.tokens} tokens in {CACHE}")
 
 
 if __name__ == "__main__":

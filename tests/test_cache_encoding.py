@@ -212,8 +212,8 @@ def test_v1_and_v2_readers_give_the_same_batches_up_to_the_bound(tmp_path, float
 def test_convert_resumes_and_refuses_another_plan(tmp_path, tiny_cache):
     out = tmp_path / "plain"
     first = convert_cache(tiny_cache, out, CacheEncoding(encoding="float32"))
-    assert first["format_version"] == 2 and first["encoding"]["name"] == "float32"
-    assert first["converted_from"]["manifest_sha256"] == read_manifest(tiny_cache)["manifest_sha256"]
+    assert first.format_version == 2 and first.encoding_block["name"] == "float32"
+    assert first.converted_from["manifest_sha256"] == read_manifest(tiny_cache)["manifest_sha256"]
     assert (out / "tokenizer" / "tokenizer.json").exists() and "encoding `float32`" in (out / "README.md").read_text()
     assert cache_rows(out) == cache_rows(tiny_cache)
     kept = (out / "train" / "shard-00000.parquet").stat().st_mtime_ns
@@ -227,7 +227,7 @@ def test_convert_resumes_and_refuses_another_plan(tmp_path, tiny_cache):
         convert_cache(tiny_cache, out, CacheEncoding(encoding="compact", sqrt_step=0.02))
     back = tmp_path / "back"
     result = runner.invoke(app, ["convert", str(out), str(back), "--sqrt-step", "0.02"])
-    assert result.exit_code == 0 and result.output.startswith(f"converted: {first['splits']['train']['tokens'] + first['splits']['validation']['tokens']} tokens in {back}, encoding compact")
+    assert result.exit_code == 0 and result.output.startswith(f"converted: {first.tokens} tokens in {back}, encoding compact")
     assert verify_cache(back) == [] and read_manifest(back)["encoding"]["sqrt_step"] == 0.02
 
 
@@ -283,7 +283,7 @@ def test_a_cache_that_requires_an_unknown_feature_is_refused_by_every_reader(tmp
     manifest["manifest_sha256"] = manifest_checksum(manifest)
     write_json(newer / MANIFEST_FILE, manifest)
     if readable:
-        assert verify_cache(newer) == [] and Cache.open(newer).splits["train"]["tokens"] == manifest["splits"]["train"]["tokens"]
+        assert verify_cache(newer) == [] and Cache.open(newer).splits["train"].tokens == manifest["splits"]["train"]["tokens"]
         return
     with pytest.raises(PipelineError, match="the cache requires .*variable-k.*does not know"):
         Cache.open(newer)

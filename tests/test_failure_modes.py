@@ -191,7 +191,7 @@ def test_disk_full_mid_run_keeps_finished_shards_and_resumes(tmp_path, monkeypat
     assert sorted(p.name for p in (out / "train").iterdir()) == ["shard-00000.parquet", "shard-00001.parquet"]
     assert leftovers(out) == [] and not (out / MANIFEST_FILE).exists()
     monkeypatch.undo()
-    assert run_teacher(prepared, teacher, out, tiny_settings()) == read_manifest(tiny_cache)
+    assert run_teacher(prepared, teacher, out, tiny_settings()).document == read_manifest(tiny_cache)
     assert cache_rows(out) == cache_rows(tiny_cache)
 
 
@@ -245,7 +245,7 @@ def test_truncated_shard_is_named_by_the_student(tmp_path, broken_cache, tiny_te
 
 def test_rerunning_the_teacher_regenerates_a_deleted_shard(broken_cache, tiny_cache, tiny_teacher, prepared):
     (broken_cache / "train" / "shard-00001.parquet").unlink()
-    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), broken_cache, tiny_settings()) == read_manifest(tiny_cache)
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), broken_cache, tiny_settings()).document == read_manifest(tiny_cache)
     assert verify_cache(broken_cache) == []
 
 

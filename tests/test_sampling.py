@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from pipeline.backends.sampling import draw_teacher_samples
 from pipeline.cache import Cache, read_manifest
 from pipeline.cache.codec import pad_entries
+from pipeline.cache.schema import Hybrid
 from pipeline.errors import PipelineError
 from pipeline.lm.chunked_loss import chunked_distillation_loss
 from pipeline.lm.losses import LossSpec, distillation_loss, sampled_forward_kl
@@ -175,7 +176,7 @@ def test_sampled_cache_is_the_same_from_two_workers(tmp_path, sampled_cache, tin
 
     out, teacher = tmp_path / "cache", resolve_teacher(str(tiny_teacher), tiny_teacher)
     assert run_teacher(prepared, teacher, out, tiny_settings(draws=DRAWS), worker_index=1, num_workers=2) is None
-    assert run_teacher(prepared, teacher, out, tiny_settings(draws=DRAWS), worker_index=0, num_workers=2) == read_manifest(sampled_cache)
+    assert run_teacher(prepared, teacher, out, tiny_settings(draws=DRAWS), worker_index=0, num_workers=2).document == read_manifest(sampled_cache)
     assert cache_rows(out) == cache_rows(sampled_cache)
 
 
@@ -346,12 +347,12 @@ def test_hybrid_cache_is_the_same_from_two_workers_and_after_a_resume(tmp_path, 
     out, teacher = tmp_path / "cache", resolve_teacher(str(tiny_teacher), tiny_teacher)
     settings = tiny_settings(draws=DRAWS, head=HEAD)
     assert run_teacher(prepared, teacher, out, settings, worker_index=1, num_workers=2) is None
-    assert run_teacher(prepared, teacher, out, settings, worker_index=0, num_workers=2) == read_manifest(hybrid_cache)
+    assert run_teacher(prepared, teacher, out, settings, worker_index=0, num_workers=2).document == read_manifest(hybrid_cache)
     assert cache_rows(out) == cache_rows(hybrid_cache)
     manifest = read_manifest(out)
     (out / manifest["splits"]["train"]["shards"][0]["file"]).unlink()  # a crash lost a shard: a rerun writes it again
     (out / "manifest.json").unlink()
-    assert run_teacher(prepared, teacher, out, settings) == manifest and cache_rows(out) == cache_rows(hybrid_cache)
+    assert run_teacher(prepared, teacher, out, settings).document == manifest and cache_rows(out) == cache_rows(hybrid_cache)
 
 
 def test_hybrid_cache_verifies_inspects_converts_and_trains_a_student(tmp_path, hybrid_cache):
@@ -366,7 +367,7 @@ def test_hybrid_cache_verifies_inspects_converts_and_trains_a_student(tmp_path, 
     with pytest.raises(PipelineError, match="hybrid caches need the compact encoding"):
         convert_cache(hybrid_cache, tmp_path / "float32", CacheEncoding(encoding="float32"))
     converted = convert_cache(hybrid_cache, tmp_path / "coarser", CacheEncoding(sqrt_step=0.05))
-    assert converted["encoding"]["storage"] == "hybrid" and converted["encoding"]["head"] == HEAD and verify_cache(tmp_path / "coarser") == []
+    assert converted.storage == Hybrid(draws=DRAWS, head=HEAD) and verify_cache(tmp_path / "coarser") == []
     student = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256}
     with pytest.raises(PipelineError, match="is a hybrid cache: it supports student.loss forward_kl only"):
         train_student(hybrid_cache, StudentSettings(model=student, loss="jsd", epochs=1), tmp_path / "refused")

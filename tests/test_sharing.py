@@ -105,7 +105,8 @@ def test_student_refuses_a_cache_of_another_task(tmp_path, tiny_cache):
     cache = tmp_path / "cache"
     shutil.copytree(tiny_cache, cache)
     manifest = read_manifest(cache)
-    edited = {**manifest, "task": "classify_soft_labels"}
+    labels = {"labels": {"no": " no", "yes": " yes"}, "template": "{text}", "system": None, "assistant_prefix": "", "chat_template": False, "scoring": "sequence"}
+    edited = {**manifest, "task": "classify_soft_labels", "classify": labels | {"label_names": ["no", "yes"], "verbalizer_ids": [[1], [2]]}}
     edited[MANIFEST_CHECKSUM] = manifest_checksum(edited)
     write_json(cache / MANIFEST_FILE, edited)
     with pytest.raises(PipelineError, match="the cache holds task 'classify_soft_labels'"):

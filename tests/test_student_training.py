@@ -73,7 +73,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(tmp_path, even_cache):
 
 
 def test_max_steps_replaces_epochs_and_wraps_the_stream(tmp_path, tiny_cache):
-    per_epoch = -(-Cache.open(tiny_cache).splits["train"]["rows"] // 4)  # batches span shards: ceil(rows / batch_size)
+    per_epoch = -(-Cache.open(tiny_cache).splits["train"].rows // 4)  # batches span shards: ceil(rows / batch_size)
     steps = 2 * per_epoch + 1
     run = train_student(tiny_cache, StudentSettings(**BASE, batch_size=4, epochs=1, max_steps=steps), tmp_path / "student")
     assert [row["epoch"] for row in run.steps] == [step // per_epoch for step in range(steps)]
@@ -90,7 +90,7 @@ def test_saved_student_is_a_standard_folder_with_its_card(tmp_path, tiny_cache):
     assert [row["step"] for row in run.validation] == [*range(3, len(run.steps), 3), len(run.steps)]
     assert run.validation[-1]["val_kl"] == pytest.approx(reference, rel=1e-4)
     card = (folder / "README.md").read_text()
-    assert cache.manifest["manifest_sha256"] in card and cache.manifest["teacher"]["name"] in card
+    assert cache.manifest.manifest_sha256 in card and cache.manifest.teacher.name in card
     assert f"{run.validation[-1]['val_kl']:.4f}" in card and '"alpha": 0.7' in card
     assert [row["step"] for row in read_loss_log(loss_log)] == list(range(len(run.steps)))
     assert read_loss_log(tmp_path / "loss-validation.csv") == [{k: float(v) for k, v in row.items()} for row in run.validation]
@@ -296,4 +296,4 @@ def test_validation_during_training_is_a_bounded_seeded_sample(tiny_cache):
         assert validation_kl(DistillationStep(model, sampled.training_objective()), cache, sampled, processes) == validation_kl(
             DistillationStep(model, sampled.training_objective()), cache, sampled, processes
         )
-    assert 5 <= positions < cache.splits["validation"]["tokens"] and expected != full  # a sample, not the split
+    assert 5 <= positions < cache.splits["validation"].tokens and expected != full  # a sample, not the split

@@ -119,7 +119,7 @@ def killed_after_last_shard(tiny_cache: Path, out: Path) -> list[Path]:
 def test_resume_after_the_last_shard_removes_half_written_card_and_tokenizer(tmp_path, tiny_cache, tiny_teacher, prepared):
     out = tmp_path / "cache"
     leftovers = killed_after_last_shard(tiny_cache, out)
-    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings()) == read_manifest(tiny_cache)
+    assert run_teacher(prepared, resolve_teacher(str(tiny_teacher), tiny_teacher), out, tiny_settings()).document == read_manifest(tiny_cache)
     assert [p for p in leftovers if p.exists()] == []
     assert (out / TOKENIZER_DIR / "tokenizer.json").exists()
     assert verify_cache(out) == []
@@ -140,7 +140,7 @@ def test_two_workers_then_finalize_equal_one_worker(tmp_path, tiny_cache, tiny_t
     teacher = resolve_teacher(str(tiny_teacher), tiny_teacher)
     assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=0, num_workers=2) is None
     assert not (out / MANIFEST_FILE).exists()
-    assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=1, num_workers=2) == read_manifest(tiny_cache)
+    assert run_teacher(prepared, teacher, out, tiny_settings(), worker_index=1, num_workers=2).document == read_manifest(tiny_cache)
     assert cache_rows(out) == cache_rows(tiny_cache)
 
 

@@ -35,7 +35,7 @@ def test_batches_span_shards_and_skip_resumes_the_same_stream(tiny_cache, batch_
     cache = Cache.open(tiny_cache)
     batches = list(stream_batches(cache, "train", batch_size, seed=3, shuffle_rows=shuffle_rows))
     sizes = [len(b.input_ids) for b in batches]
-    rows = cache.splits["train"]["rows"]
+    rows = cache.splits["train"].rows
     assert sizes == [batch_size] * (rows // batch_size) + ([rows % batch_size] if rows % batch_size else [])
     assert len(batches) == count_batches(cache, "train", batch_size, seed=3, shuffle_rows=shuffle_rows)
     every = sorted(tuple(ids[mask.bool()].tolist()) for b in batches for ids, mask in zip(b.input_ids, b.attention_mask))

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import error_line
 from typer.testing import CliRunner
 
 from pipeline.cache import MANIFEST_FILE, manifest_checksum
@@ -93,7 +94,24 @@ def test_manifest_dropping_a_shard(cache):
 
 def test_manifest_missing_a_field(cache):
     edit_manifest(cache, lambda m: m["splits"]["train"].pop("tokens"))
-    assert verify_errors(cache)[-1] == f"{cache / MANIFEST_FILE} is malformed: split 'train' needs integer rows, tokens, bytes and a list of shards"
+    assert verify_errors(cache)[-1] == f"{cache / MANIFEST_FILE} is malformed: splits.train.tokens: field required"
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda m: m["splits"]["validation"]["shards"][0].update(rows="12"), 'splits.validation.shards.0.rows: input should be a valid integer, got "12"'),
+        (lambda m: m.update(shard_rows=True), "shard_rows: input should be a valid integer, got true"),
+        (lambda m: m["tokenizer"].pop("vocab_size"), "tokenizer.vocab_size: field required"),
+        (lambda m: m.update(k=None), "k: a language-model cache needs an integer k"),
+    ],
+)
+def test_a_hand_edited_field_is_named_by_every_reader(cache, edit, problem):
+    """The manifest is parsed once, with strict types: verify, inspect and the student all name the field (a JSON "12" is not 12)."""
+    edit_manifest(cache, lambda m: (edit(m), m.update(manifest_sha256=manifest_checksum(m))))  # an edit the checksum does not catch
+    assert verify_errors(cache) == [f"{cache / MANIFEST_FILE} is malformed: {problem}"]
+    for command in (["inspect", cache], ["student", "--cache", cache, "--out", cache.parent / "student"]):
+        assert error_line(command) == f"error: {cache / MANIFEST_FILE} is malformed: {problem}", command
 
 
 def output(topk_ids, topk_logprobs, token_logprobs):

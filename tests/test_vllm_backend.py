@@ -132,9 +132,9 @@ def test_scoring_parity_with_transformers_through_the_stage(tmp_path, soft_teach
     teacher = resolve_teacher(str(soft_teacher), soft_teacher)
     want = run_teacher(tmp_path / "prepared", teacher, tmp_path / "transformers", tiny_settings(cache=EXACT))
     got = run_teacher(tmp_path / "prepared", teacher, tmp_path / "vllm", tiny_settings(backend="vllm", cache=EXACT), backend=engine)
-    assert got["teacher"]["backend"] == "vllm" and want["teacher"]["backend"] == "transformers"
-    assert {key: value for key, value in got.items() if key not in ("teacher", "splits", MANIFEST_CHECKSUM)} == {
-        key: value for key, value in want.items() if key not in ("teacher", "splits", MANIFEST_CHECKSUM)
+    assert got.teacher.backend == "vllm" and want.teacher.backend == "transformers"
+    assert {key: value for key, value in got.document.items() if key not in ("teacher", "splits", MANIFEST_CHECKSUM)} == {
+        key: value for key, value in want.document.items() if key not in ("teacher", "splits", MANIFEST_CHECKSUM)
     }
     pairs = list(zip(cache_records(tmp_path / "vllm"), cache_records(tmp_path / "transformers")))
     assert len(pairs) == 20 and sum(w.num_positions for _, w in pairs) > 200
@@ -186,10 +186,9 @@ def test_stop_ids_are_those_transformers_generate_stops_at(tiny_teacher):
 def test_stage_output_passes_cache_checks_and_trains_a_student(tmp_path, soft_teacher, engine, reference, prepared):
     out = tmp_path / "cache"
     manifest = run_teacher(prepared, resolve_teacher(str(soft_teacher), soft_teacher), out, tiny_settings(backend="vllm", cache=EXACT), backend=engine)
-    assert manifest == read_manifest(out) and manifest["teacher"]["backend"] == "vllm" and manifest["tokenizer"]["vocab_size"] == 320
-    for split in manifest["splits"].values():
-        for entry in split["shards"]:
-            assert sha256_file(out / entry["file"]) == entry["sha256"]
+    assert manifest.document == read_manifest(out) and manifest.teacher.backend == "vllm" and manifest.tokenizer.vocab_size == 320
+    for entry in manifest.shard_entries:
+        assert sha256_file(out / entry.file) == entry.sha256
     records = cache_records(out)
     assert len(records) == 20 and summarize_cache(out)["tokens"] == sum(r.num_positions for r in records)
     rescored = reference.score([r.input_ids.tolist() for r in records], [r.response_start for r in records], K)
@@ -199,7 +198,7 @@ def test_stage_output_passes_cache_checks_and_trains_a_student(tmp_path, soft_te
     for batch in stream_batches(Cache.open(out), "train", batch_size=3, seed=1, shuffle_rows=4):
         assert (batch.input_ids[batch.rows, batch.columns + 1] == batch.targets).all()
         seen += batch.num_tokens
-    assert seen == manifest["splits"]["train"]["tokens"]
+    assert seen == manifest.splits["train"].tokens
     log = train_student(out, StudentSettings(model=STUDENT, alpha=1.0, epochs=4, batch_size=4, lr=1e-2, warmup_steps=2, seed=0), tmp_path / "student", soft_teacher).steps
     assert log[-1]["kd"] < log[0]["kd"]
     assert load_causal_lm(tmp_path / "student").config.vocab_size == 320
@@ -277,7 +276,7 @@ def test_vllm_sampled_stage_draws_from_the_teachers_distribution(tmp_path, soft_
 
     out = tmp_path / "sampled"
     manifest = run_teacher(prepared, resolve_teacher(str(soft_teacher), soft_teacher), out, tiny_settings(backend="vllm", draws=DRAWS), backend=sampling_engine)
-    assert manifest["encoding"]["storage"] == "sampled" and manifest["teacher"]["backend"] == "vllm"
+    assert manifest.storage.name == "sampled" and manifest.teacher.backend == "vllm"
     drawn, expected, variance = 0.0, 0.0, 0.0
     for row in cache_rows(out):
         exact = reference_logprobs(reference, row["input_ids"], row["response_start"])

@@ -15,30 +15,30 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.cache.codec import CacheEncoding, decode, encode, manifest_encoding
-from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, MANIFEST_CHECKSUM, MANIFEST_ONLY
-from pipeline.cache.plan import ShardSpec, planned_shards
+from pipeline.cache.codec import CacheEncoding, decode, encode
+from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, MANIFEST_ONLY
+from pipeline.cache.manifest import Manifest
+from pipeline.cache.plan import ShardSpec
 from pipeline.cache.reader import Cache, CachedShard, read_shard
-from pipeline.cache.schema import storage_of
 from pipeline.cache.writer import claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.errors import PipelineError
 from pipeline.storage import location, same_location
 
 
-def conversion_plan(manifest: dict[str, Any], encoding: CacheEncoding) -> dict[str, Any]:
+def conversion_plan(manifest: Manifest, encoding: CacheEncoding) -> dict[str, Any]:
     """The source's settings with the new encoding, and which cache (by checksum) it was made from."""
-    source = manifest_encoding(manifest)
-    block = encoding.block(manifest["tokenizer"]["vocab_size"], storage_of(source, manifest["k"]))
-    plan = {key: value for key, value in manifest.items() if key not in MANIFEST_ONLY}
+    source = manifest.encoding_block
+    block = encoding.block(manifest.tokenizer.vocab_size, manifest.storage)
+    plan = {key: value for key, value in manifest.document.items() if key not in MANIFEST_ONLY}
     plan.update(
         logprobs=LOGPROBS_MEANING,
         encoding=block,
-        converted_from={"format_version": manifest["format_version"], "encoding": source, "manifest_sha256": manifest.get(MANIFEST_CHECKSUM)},
+        converted_from={"format_version": manifest.format_version, "encoding": source, "manifest_sha256": manifest.manifest_sha256},
     )
     return plan
 
 
-def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool = False) -> dict[str, Any]:
+def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool = False) -> Manifest:
     """Write `dst`, the cache at `src` in `encoding`; returns the new manifest. `overwrite` replaces what `dst` holds."""
     source = Cache.open(src)
     source.require_task(CAUSAL_LM_TASK, "kd convert", "a classification cache has one encoding, there is nothing to convert")
@@ -47,10 +47,12 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool
         raise PipelineError(f"convert writes a new cache: {dst} is the source itself")
     claim_cache_folder(dst, [source.path], overwrite, option="DST")
     plan = conversion_plan(source.manifest, encoding)
-    shards = {entry["file"]: shard for split in source.splits for entry, shard in zip(source.splits[split]["shards"], source.shards(split))}
+    shards = {entry.file: shard for split in source.splits for entry, shard in zip(source.splits[split].shards, source.shards(split))}
     copy_tokenizer = partial(shutil.copytree, source.tokenizer_dir) if source.tokenizer_dir.is_dir() else None
     fill = partial(_convert_shards, shards, dst, source.encoding, plan["encoding"], source.vocab_size)
-    return fill_cache(dst, plan, planned_shards(source.manifest), fill, copy_tokenizer, replace=overwrite)
+    manifest = fill_cache(dst, plan, source.manifest.planned_shards(), fill, copy_tokenizer, replace=overwrite)
+    assert manifest is not None  # one worker fills every shard
+    return manifest
 
 
 def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], vocab_size: int, shards: list[ShardSpec]) -> None:

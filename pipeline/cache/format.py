@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
@@ -67,27 +67,11 @@ def tokenizer_record(tokenizer: Any, vocab_size: int, chat_template: bool) -> di
     }
 
 
-TokenizerDifference = Literal["vocabulary", "definition"]
 DEFINITION_PARTS = "merges, normaliser, pre-tokeniser, post-processor or special tokens"  # what a "definition" difference is, in every message
 VOCABULARY_ONLY = (
     "the cache records a hash of its tokenizer's vocabulary and special tokens only (it predates whole-tokenizer hashes, or its tokenizer has no `tokenizers` definition), "
     "so merges and normalisation are not checked"
 )
-
-
-def tokenizer_difference(record: dict[str, Any], tokenizer: Any) -> TokenizerDifference | None:
-    """How `tokenizer` differs from the one a cache's `tokenizer` block records, or None when it is that one.
-
-    "vocabulary": another token -> id mapping or other special tokens; "definition": the same
-    vocabulary, but merges, normaliser, pre-tokeniser, post-processor or special-token roles differ,
-    so the same text becomes other ids. A record without `definition_sha256` checks the vocabulary only.
-    """
-    if tokenizer_sha256(tokenizer) != record["sha256"]:
-        return "vocabulary"
-    expected = record.get("definition_sha256")
-    if expected is not None and tokenizer_definition_sha256(tokenizer) != expected:
-        return "definition"
-    return None
 
 
 def manifest_checksum(manifest: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from pipeline.atomic import temp_path
+from pipeline.cache.manifest import Manifest
 from pipeline.cache.plan import ShardSpec, planned_shards
 from pipeline.cache.writer import CacheJob, fill_cache
 from pipeline.errors import PipelineError
@@ -116,7 +117,7 @@ def save_files(files: dict[str, bytes], folder: Path) -> None:
         (folder / name).write_bytes(data)
 
 
-def fill_cache_on_ray(out_dir: Path, make_job: Callable[[], CacheJob], settings: RaySettings, gpus: int, replace: bool = False) -> dict[str, Any]:
+def fill_cache_on_ray(out_dir: Path, make_job: Callable[[], CacheJob], settings: RaySettings, gpus: int, replace: bool = False) -> Manifest:
     """Fill `out_dir` with a pool of Ray actors; returns the manifest (every shard is written before it returns).
 
     `replace` clears `out_dir` once the first actor has made the plan (and so passed the request's checks).

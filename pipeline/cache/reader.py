@@ -20,10 +20,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cache.codec import longest_sequence, manifest_encoding
-from pipeline.cache.format import CAUSAL_LM_TASK, MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
-from pipeline.cache.schema import Storage, storage_of
-from pipeline.cache.tasks import CacheTask, task_of
+from pipeline.cache.codec import longest_sequence
+from pipeline.cache.format import CAUSAL_LM_TASK, CLASSIFY_TASK, MANIFEST_FILE, TOKENIZER_DIR
+from pipeline.cache.manifest import ClassifyRecord, Manifest, SplitRecord, open_manifest
+from pipeline.cache.schema import Storage
+from pipeline.cache.tasks import CacheTask, task_named
 from pipeline.errors import PipelineError
 from pipeline.storage import local_folder, location, open_for_reading
 
@@ -94,36 +95,47 @@ def iter_record_batches(shards: Sequence[CachedShard], batch_rows: int, columns:
 
 @dataclass(frozen=True)
 class Cache:
-    """A complete cache: its manifest (read once), task, encoding, tokenizer folder and shards per split."""
+    """A complete cache: its manifest (parsed once), task, encoding, tokenizer folder and shards per split."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
     def open(cls, path: Path, check_checksum: bool = True) -> Cache:
         """The cache at `path`; check_checksum False opens an edited manifest too (for `kd verify`)."""
         path = location(path)
-        manifest = read_manifest(path) if check_checksum else load_manifest(path)
-        task_of(manifest).check_manifest(manifest, path / MANIFEST_FILE)
+        return cls.of(path, open_manifest(path, check_checksum))
+
+    @classmethod
+    def of(cls, path: Path, manifest: Manifest) -> Cache:
+        """The cache at `path` with its parsed manifest, after the task's own checks."""
+        task_named(manifest.task).check_manifest(manifest, path / MANIFEST_FILE)
         return cls(path, manifest)
 
     @cached_property
     def task(self) -> CacheTask:
-        return task_of(self.manifest)
+        return task_named(self.manifest.task)
 
     @property
     def encoding(self) -> dict[str, Any]:
         """The manifest's `encoding` block (version 1 caches: float32)."""
-        return manifest_encoding(self.manifest)
+        return self.manifest.encoding_block
 
-    @cached_property
+    @property
     def storage(self) -> Storage:
         """What a position lists (top-k, sampled or hybrid): the rules that follow from it are its methods."""
-        return storage_of(self.encoding, self.manifest.get("k", 0))
+        return self.manifest.storage
 
     @property
     def vocab_size(self) -> int:
-        return self.manifest["tokenizer"]["vocab_size"]
+        return self.manifest.tokenizer.vocab_size
+
+    @property
+    def labels(self) -> ClassifyRecord:
+        """A soft-label cache's labels (the task's check at open time makes sure it has them)."""
+        self.require_task(CLASSIFY_TASK, "the labels")
+        assert self.manifest.classify is not None
+        return self.manifest.classify
 
     @cached_property
     def tokenizer_dir(self) -> Path:
@@ -131,25 +143,29 @@ class Cache:
         return local_folder(self.path / TOKENIZER_DIR)
 
     @property
-    def splits(self) -> dict[str, Any]:
-        return self.manifest["splits"]
+    def splits(self) -> dict[str, SplitRecord]:
+        return self.manifest.splits
 
     def require_task(self, task: str, consumer: str, hint: str = "") -> None:
         """Refuse a cache of another task, naming what needed which (and, with `hint`, how to make the right one)."""
         if self.task.name != task:
             raise PipelineError(f"the cache holds task '{self.task.name}', but {consumer} needs '{task}' ({self.path})" + (f"; {hint}" if hint else ""))
 
+    def has_split(self, split: str) -> bool:
+        """The split is there and has rows (an evaluation-only cache has no train split; a prompt set may have no validation rows)."""
+        return split in self.splits and bool(self.splits[split].shards)
+
     def shards(self, split: str) -> list[CachedShard]:
         """The shards of a split; a split that is absent or has no rows is a one-line error."""
-        if not self.splits.get(split, {}).get("shards"):
+        if not self.has_split(split):
             raise PipelineError(self._missing_split(split))
-        schema = self.task.schema(self.manifest)
-        return [CachedShard(self.path / e["file"], e["rows"], e["bytes"], schema, e["sha256"]) for e in self.splits[split]["shards"]]
+        schema = self.task.schema(self.encoding)
+        return [CachedShard(self.path / entry.file, entry.rows, entry.bytes, schema, entry.sha256) for entry in self.splits[split].shards]
 
     def _missing_split(self, split: str) -> str:
         """Why a split cannot be read: an evaluation-only cache has no train split (its prompt set was all validation)."""
-        rows = self.manifest.get("source", {}).get("rows", {})
-        others = [name for name, entry in self.splits.items() if entry.get("shards")]
+        rows = self.manifest.source.rows
+        others = [name for name, entry in self.splits.items() if entry.shards]
         if split == "train" and rows.get("train") == 0 and others and self.task.name == CAUSAL_LM_TASK:
             return f"{self.path} has no train split: it is an evaluation-only cache (made from a prompt set with validation_fraction 1), for `kd evaluate`; train on a cache made with validation_fraction below 1"
         if rows.get(split) == 0:
@@ -158,9 +174,9 @@ class Cache:
 
     def longest_sequence(self, split: str) -> int:
         """The longest sequence of a split: from the manifest, or (a cache from before it recorded one) read from the shards' input_ids."""
-        entries = self.splits[split]["shards"]
-        if all("longest_sequence" in entry for entry in entries):
-            return max((entry["longest_sequence"] for entry in entries), default=0)
+        entries = self.splits[split].shards
+        if all(entry.longest_sequence is not None for entry in entries):
+            return max((entry.longest_sequence or 0 for entry in entries), default=0)
         return max((longest_sequence(read_shard(shard).read(columns=["input_ids"])) for shard in self.shards(split)), default=0)
 
     def check_shards(self, split: str) -> None:

@@ -17,8 +17,10 @@ import pyarrow.compute as pc
 
 from pipeline.cache.codec import flat_values
 from pipeline.cache.format import CLASSIFY_TASK, FORMAT_VERSION
+from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
+    from pipeline.cache.manifest import Manifest
     from pipeline.cache.reader import Cache
 
 NORMALISED_TOLERANCE = 1e-3  # float32 rounding of label log-probs whose probabilities add up to 1
@@ -38,10 +40,11 @@ class SoftLabelTask:
     name = CLASSIFY_TASK
     token_columns = ("input_ids",)
 
-    def check_manifest(self, manifest: dict[str, Any], path: Path) -> None:
-        return None
+    def check_manifest(self, manifest: Manifest, path: Path) -> None:
+        if manifest.classify is None:
+            raise PipelineError(f"{path} is malformed: classify: a soft-label cache needs its classify block (labels, label_names)")
 
-    def schema(self, manifest: dict[str, Any]) -> pa.Schema:
+    def schema(self, encoding: dict[str, Any]) -> pa.Schema:
         return SOFT_LABEL_SCHEMA
 
     def format_version(self, plan: dict[str, Any]) -> int:
@@ -51,16 +54,10 @@ class SoftLabelTask:
         """Text tokens: the whole of input_ids."""
         return int(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).sum())
 
-    def structure_problem(self, manifest: dict[str, Any]) -> str | None:
-        classify = manifest.get("classify")
-        if not isinstance(classify, dict) or not isinstance(classify.get("label_names"), list) or not isinstance(classify.get("labels"), dict):
-            return "classify.label_names must list the labels"
-        return None
-
-    def value_problems(self, table: pa.Table, manifest: dict[str, Any]) -> list[str]:
+    def value_problems(self, table: pa.Table, manifest: Manifest) -> list[str]:
         return soft_label_problems(table, manifest)
 
-    def card(self, manifest: dict[str, Any]) -> str:
+    def card(self, manifest: Manifest) -> str:
         return soft_label_card(manifest)
 
     def summarize(self, cache: Cache) -> dict[str, Any]:
@@ -92,7 +89,7 @@ def read_soft_labels(cache: Cache, split: str) -> SoftLabels:
     cache.require_task(CLASSIFY_TASK, "a classifier", "run the classify teacher")
     batches = list(cache.batches(split, 4096))
     table = pa.Table.from_batches(batches) if batches else SOFT_LABEL_SCHEMA.empty_table()
-    labels = len(cache.manifest["classify"]["label_names"])
+    labels = len(cache.labels.label_names)
     return SoftLabels(
         ids=table.column("id").to_pylist(),
         input_ids=table.column("input_ids").to_pylist(),
@@ -104,16 +101,16 @@ def read_soft_labels(cache: Cache, split: str) -> SoftLabels:
 
 def mass_summary(cache: Cache) -> dict[str, float]:
     """Verbalizer mass over every split: how much of the teacher's answer the labels cover."""
-    mass = np.concatenate([read_soft_labels(cache, split).verbalizer_mass for split in cache.manifest["splits"]])
+    mass = np.concatenate([read_soft_labels(cache, split).verbalizer_mass for split in cache.splits])
     return {"mean": float(mass.mean()), "p10": float(np.percentile(mass, 10)), "p50": float(np.median(mass)), "min": float(mass.min())}
 
 
 def summarize_soft_labels(cache: Cache) -> dict[str, Any]:
     """`kd inspect` of a classify cache: sizes, verbalizer mass, teacher label shares and accuracy where gold labels exist."""
-    manifest = cache.manifest
-    names = manifest["classify"]["label_names"]
+    manifest, classify = cache.manifest, cache.labels
+    names = classify.label_names
     splits = {}
-    for split in manifest["splits"]:
+    for split in manifest.splits:
         data = read_soft_labels(cache, split)
         predicted = data.label_logprobs.argmax(1)
         gold = data.label >= 0
@@ -123,19 +120,18 @@ def summarize_soft_labels(cache: Cache) -> dict[str, Any]:
             "teacher_accuracy": float((predicted[gold] == data.label[gold]).mean()) if gold.any() else None,
             "teacher_label_share": {name: float((predicted == i).mean()) for i, name in enumerate(names)},
         }
-    size = sum(s["bytes"] for s in manifest["splits"].values())
     return {
-        "format_version": manifest["format_version"],
-        "task": manifest["task"],
-        "labels": {name: manifest["classify"]["labels"][name] for name in names},
-        "scoring": manifest["classify"]["scoring"],
-        "rows": {name: s["rows"] for name, s in manifest["splits"].items()},
-        "tokens": sum(s["tokens"] for s in manifest["splits"].values()),
-        "bytes": size,
+        "format_version": manifest.format_version,
+        "task": manifest.task,
+        "labels": {name: classify.labels[name] for name in names},
+        "scoring": classify.scoring,
+        "rows": {name: split.rows for name, split in manifest.splits.items()},
+        "tokens": manifest.tokens,
+        "bytes": manifest.bytes,
         "verbalizer_mass": mass_summary(cache),
         "splits": splits,
-        "teacher": manifest["teacher"],
-        "tokenizer": {key: manifest["tokenizer"][key] for key in ("sha256", "vocab_size", "tokenizer_size")},
+        "teacher": manifest.teacher_summary(),
+        "tokenizer": manifest.tokenizer_summary(),
     }
 
 
@@ -157,10 +153,11 @@ def format_soft_label_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def soft_label_problems(table: pa.Table, manifest: dict[str, Any]) -> list[str]:
+def soft_label_problems(table: pa.Table, manifest: Manifest) -> list[str]:
     """Soft-label sanity of one shard: lengths, finite values, normalisation, mass, label and id ranges."""
-    labels = len(manifest["classify"]["label_names"])
-    vocab_size = manifest["tokenizer"]["vocab_size"]
+    assert manifest.classify is not None  # SoftLabelTask.check_manifest
+    labels = len(manifest.classify.label_names)
+    vocab_size = manifest.tokenizer.vocab_size
     ids = table.column("id").to_pylist()
     problems = []
     for column in ("label_logprobs", "verbalizer_logprobs"):
@@ -191,34 +188,35 @@ def soft_label_problems(table: pa.Table, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def soft_label_card(manifest: dict[str, Any]) -> str:
+def soft_label_card(manifest: Manifest) -> str:
     """The dataset card (README.md) of a classify cache."""
-    teacher, tokenizer, classify = manifest["teacher"], manifest["tokenizer"], manifest["classify"]
-    splits = manifest["splits"]
-    rows = "\n".join(f"| {name} | {s['rows']:,} | {s['tokens']:,} | {len(s['shards'])} | {s['bytes']:,} |" for name, s in splits.items())
-    labels = "\n".join(f"| {i} | {name} | `{classify['labels'][name]!r}` | {classify['verbalizer_ids'][i]} |" for i, name in enumerate(classify["label_names"]))
-    return f"""# Teacher soft-label dataset ({manifest["format"]} v{manifest["format_version"]}, task `{manifest["task"]}`)
+    teacher, tokenizer, classify = manifest.teacher, manifest.tokenizer, manifest.classify
+    assert classify is not None  # SoftLabelTask.check_manifest
+    rows = "\n".join(f"| {name} | {s.rows:,} | {s.tokens:,} | {len(s.shards)} | {s.bytes:,} |" for name, s in manifest.splits.items())
+    labels = "\n".join(f"| {i} | {name} | `{classify.labels[name]!r}` | {classify.verbalizer_ids[i]} |" for i, name in enumerate(classify.label_names))
+    created_by = manifest.created_by.version if manifest.created_by else "(not recorded)"
+    return f"""# Teacher soft-label dataset ({manifest.format} v{manifest.format_version}, task `{manifest.task}`)
 
 Zero-shot class probabilities of a teacher LLM for every text, made by kd-pipeline
-{manifest["created_by"]["version"]} to train small classifiers by distillation. Generated from `manifest.json`.
+{created_by} to train small classifiers by distillation. Generated from `manifest.json`.
 
 | | |
 |---|---|
-| teacher | {teacher["name"]} |
-| teacher weights sha256 | `{teacher["weights_sha256"]}` ({teacher["backend"]}, {teacher["dtype"]}) |
-| tokenizer sha256 | `{tokenizer["sha256"]}` ({tokenizer["tokenizer_size"]:,} tokens); files in `{tokenizer.get("files", "tokenizer")}/` |
-| scoring | `{classify["scoring"]}`; {manifest["logprobs"]} |
-| source data sha256 | `{manifest["source"]["sha256"]}` |
+| teacher | {teacher.name} |
+| teacher weights sha256 | `{teacher.weights_sha256}` ({teacher.backend}, {teacher.dtype}) |
+| tokenizer sha256 | `{tokenizer.sha256}` ({tokenizer.tokenizer_size:,} tokens); files in `{tokenizer.files}/` |
+| scoring | `{classify.scoring}`; {manifest.logprobs} |
+| source data sha256 | `{manifest.source.sha256}` |
 
 | index | label | verbalizer | verbalizer token ids |
 |---|---|---|---|
 {labels}
 
 Prompt (user message; `{{text}}` is replaced by the text), then the assistant turn starts with
-`{classify["assistant_prefix"]!r}` and the verbalizer follows:
+`{classify.assistant_prefix!r}` and the verbalizer follows:
 
 ```
-{classify["template"]}
+{classify.template}
 ```
 
 | split | rows | text tokens | shards | bytes |
@@ -236,5 +234,5 @@ Prompt (user message; `{{text}}` is replaced by the text), then the assistant tu
 | `verbalizer_logprobs` | list<float32> | raw log-prob of each verbalizer's token sequence after the prompt |
 | `verbalizer_mass` | float32 | sum of exp(`verbalizer_logprobs`): the teacher's probability on any label |
 
-Settings: `{json.dumps({k: classify[k] for k in ("system", "chat_template", "scoring")})}`.
+Settings: `{json.dumps({"system": classify.system, "chat_template": classify.chat_template, "scoring": classify.scoring})}`.
 """

@@ -18,6 +18,7 @@ from pipeline.cache.topk import TOPK
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
+    from pipeline.cache.manifest import Manifest
     from pipeline.cache.reader import Cache
 
 
@@ -25,11 +26,11 @@ class CacheTask(Protocol):
     name: str
     token_columns: tuple[str, ...]  # the columns `count_tokens` reads
 
-    def check_manifest(self, manifest: dict[str, Any], path: Path) -> None:
-        """Refuse, at open time, a manifest this kd-pipeline cannot read (e.g. an unknown encoding)."""
+    def check_manifest(self, manifest: Manifest, path: Path) -> None:
+        """Refuse, at open time, a manifest this kd-pipeline cannot read (the task's own fields missing, an unknown encoding)."""
 
-    def schema(self, manifest: dict[str, Any]) -> pa.Schema:
-        """The shard schema a manifest (or plan) calls for."""
+    def schema(self, encoding: dict[str, Any]) -> pa.Schema:
+        """The shard schema a manifest's (or plan's) encoding block calls for."""
 
     def format_version(self, plan: dict[str, Any]) -> int:
         """The format version a cache finished from this plan gets."""
@@ -37,13 +38,10 @@ class CacheTask(Protocol):
     def count_tokens(self, table: pa.Table) -> int:
         """What the manifest's `tokens` counts in a shard."""
 
-    def structure_problem(self, manifest: dict[str, Any]) -> str | None:
-        """The task's own manifest fields, with their types: a hand edit may have broken any of them."""
-
-    def value_problems(self, table: pa.Table, manifest: dict[str, Any]) -> list[str]:
+    def value_problems(self, table: pa.Table, manifest: Manifest) -> list[str]:
         """Every way a shard's values break the format, one line each naming its first row."""
 
-    def card(self, manifest: dict[str, Any]) -> str:
+    def card(self, manifest: Manifest) -> str:
         """The dataset card (README.md) of a finished cache."""
 
     def summarize(self, cache: Cache) -> dict[str, Any]:

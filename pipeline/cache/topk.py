@@ -15,13 +15,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.cache.codec import ENCODINGS, FLOAT32_BLOCK, decode, flat_values, manifest_encoding, padded_entries, shard_schema
+from pipeline.cache.codec import ENCODINGS, FLOAT32_BLOCK, decode, flat_values, padded_entries, shard_schema
 from pipeline.cache.encoding import segment_index
 from pipeline.cache.format import CAUSAL_LM_TASK, HYBRID_FORMAT_VERSION
 from pipeline.cache.schema import storage_of
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
+    from pipeline.cache.manifest import Manifest
     from pipeline.cache.reader import Cache
 
 MASS_TOLERANCE = 1e-4  # float32 rounding of a top-k mass that is truly at most 1
@@ -32,16 +33,18 @@ class TopKTask:
     name = CAUSAL_LM_TASK
     token_columns = ("input_ids", "response_start")
 
-    def check_manifest(self, manifest: dict[str, Any], path: Path) -> None:
-        name = manifest_encoding(manifest).get("name")
-        if manifest["format_version"] >= 2 and name not in ENCODINGS:
+    def check_manifest(self, manifest: Manifest, path: Path) -> None:
+        if manifest.k is None:
+            raise PipelineError(f"{path} is malformed: k: a language-model cache needs an integer k")
+        name = manifest.encoding_block.get("name")
+        if manifest.format_version >= 2 and name not in ENCODINGS:
             raise PipelineError(f"{path}: unknown cache encoding '{name}'")
-        storage = storage_of(manifest_encoding(manifest), manifest.get("k", 0))
-        if (storage.format_version == HYBRID_FORMAT_VERSION) != (manifest["format_version"] == HYBRID_FORMAT_VERSION):
-            raise PipelineError(f"{path}: format version {manifest['format_version']} does not go with storage '{storage.name}' (hybrid caches, and only they, are version {HYBRID_FORMAT_VERSION})")
+        storage = manifest.storage
+        if (storage.format_version == HYBRID_FORMAT_VERSION) != (manifest.format_version == HYBRID_FORMAT_VERSION):
+            raise PipelineError(f"{path}: format version {manifest.format_version} does not go with storage '{storage.name}' (hybrid caches, and only they, are version {HYBRID_FORMAT_VERSION})")
 
-    def schema(self, manifest: dict[str, Any]) -> pa.Schema:
-        return shard_schema(manifest_encoding(manifest))
+    def schema(self, encoding: dict[str, Any]) -> pa.Schema:
+        return shard_schema(encoding)
 
     def format_version(self, plan: dict[str, Any]) -> int:
         """A plan without an encoding block was started before version 2: it finishes as version 1; a hybrid cache is version 3."""
@@ -54,18 +57,13 @@ class TopKTask:
         lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
         return int((lengths - table.column("response_start").to_numpy(zero_copy_only=False)).sum())
 
-    def structure_problem(self, manifest: dict[str, Any]) -> str | None:
-        if not isinstance(manifest.get("k"), int):
-            return "k must be an integer"
-        return None
-
-    def value_problems(self, table: pa.Table, manifest: dict[str, Any]) -> list[str]:
-        block, vocab_size = manifest_encoding(manifest), manifest["tokenizer"]["vocab_size"]
+    def value_problems(self, table: pa.Table, manifest: Manifest) -> list[str]:
+        block, k, vocab_size = manifest.encoding_block, manifest.k or 0, manifest.tokenizer.vocab_size
         if block["name"] == "compact":
-            return compact_problems(table, block, manifest["k"], vocab_size)
-        return value_problems(table, manifest["k"], vocab_size, exact_k=manifest["format_version"] == 1)
+            return compact_problems(table, block, k, vocab_size)
+        return value_problems(table, k, vocab_size, exact_k=manifest.format_version == 1)
 
-    def card(self, manifest: dict[str, Any]) -> str:
+    def card(self, manifest: Manifest) -> str:
         return topk_card(manifest)
 
     def summarize(self, cache: Cache) -> dict[str, Any]:
@@ -174,11 +172,11 @@ def _first(ids: np.ndarray, bad_rows: np.ndarray, message: str) -> str:
 def summarize_topk(cache: Cache) -> dict[str, Any]:
     """Sizes, k, the retained (listed) mass per position as a histogram, ids per position, provenance."""
     manifest = cache.manifest
-    k, block = manifest["k"], manifest_encoding(manifest)
+    k, block = manifest.k, manifest.encoding_block
     counts = np.zeros(MASS_BINS, dtype=np.int64)
     entries = np.zeros(0, dtype=np.int64)
     mass_sum, mass_min = 0.0, 1.0
-    for split in manifest["splits"]:
+    for split in manifest.splits:
         for records in cache.batches(split, 256):
             rows = decode(records, block)
             mass = np.bincount(segment_index(rows.entries), weights=np.exp(rows.entry_logprobs.astype(np.float64)), minlength=len(rows.entries))
@@ -187,15 +185,14 @@ def summarize_topk(cache: Cache) -> dict[str, Any]:
             entries = _add_counts(entries, rows.entries)
     cumulative = np.cumsum(counts) / max(1, counts.sum())
     percentiles = {f"p{q}": float((np.searchsorted(cumulative, q / 100) + 1) / MASS_BINS) for q in (1, 10, 50, 90, 99)}
-    tokens = sum(s["tokens"] for s in manifest["splits"].values())
-    size = sum(s["bytes"] for s in manifest["splits"].values())
+    tokens, size = manifest.tokens, manifest.bytes
     listed = np.arange(len(entries))
     return {
-        "format_version": manifest["format_version"],
-        "task": manifest["task"],
+        "format_version": manifest.format_version,
+        "task": manifest.task,
         "encoding": block,
         "k": k,
-        "rows": {name: s["rows"] for name, s in manifest["splits"].items()},
+        "rows": {name: split.rows for name, split in manifest.splits.items()},
         "tokens": tokens,
         "bytes": size,
         "bytes_per_token": size / max(1, tokens),
@@ -205,8 +202,8 @@ def summarize_topk(cache: Cache) -> dict[str, Any]:
             "min": int(np.flatnonzero(entries)[0]) if entries.any() else 0,
             "max": int(np.flatnonzero(entries)[-1]) if entries.any() else 0,
         },
-        "teacher": manifest["teacher"],
-        "tokenizer": {key: manifest["tokenizer"][key] for key in ("sha256", "vocab_size", "tokenizer_size")},
+        "teacher": manifest.teacher_summary(),
+        "tokenizer": manifest.tokenizer_summary(),
     }
 
 
@@ -247,32 +244,30 @@ def format_topk_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def topk_card(manifest: dict[str, Any]) -> str:
+def topk_card(manifest: Manifest) -> str:
     """The dataset card of a top-k or sampled cache."""
-    teacher, tokenizer, generation = manifest["teacher"], manifest["tokenizer"], manifest["generation"]
-    splits = manifest["splits"]
-    tokens = sum(s["tokens"] for s in splits.values())
-    size = sum(s["bytes"] for s in splits.values())
-    split_rows = "\n".join(f"| {name} | {s['rows']:,} | {s['tokens']:,} | {len(s['shards'])} | {s['bytes']:,} |" for name, s in splits.items())
-    settings = {key: manifest[key] for key in ("k", "shard_rows")} | {"backend": teacher["backend"], "dtype": teacher["dtype"], "generation": generation}
-    template = tokenizer.get("chat_template")
-    block = manifest_encoding(manifest)
-    return f"""# Teacher logit dataset ({manifest["format"]} v{manifest["format_version"]})
+    teacher, tokenizer = manifest.teacher, manifest.tokenizer
+    tokens, size = manifest.tokens, manifest.bytes
+    split_rows = "\n".join(f"| {name} | {s.rows:,} | {s.tokens:,} | {len(s.shards)} | {s.bytes:,} |" for name, s in manifest.splits.items())
+    settings = {"k": manifest.k, "shard_rows": manifest.shard_rows, "backend": teacher.backend, "dtype": teacher.dtype, "generation": manifest.generation}
+    block = manifest.encoding_block
+    created_by = manifest.created_by.version if manifest.created_by else "(not recorded)"
+    return f"""# Teacher logit dataset ({manifest.format} v{manifest.format_version})
 
-{_what(manifest["k"], block)} of a teacher LLM for every answer position, made by
-kd-pipeline {manifest["created_by"]["version"]} for offline knowledge distillation. Generated from `manifest.json`.
+{_what(manifest.k or 0, block)} of a teacher LLM for every answer position, made by
+kd-pipeline {created_by} for offline knowledge distillation. Generated from `manifest.json`.
 
 | | |
 |---|---|
-| task | `{manifest["task"]}` |
-| teacher | {teacher["name"]} |
-| teacher weights sha256 | `{teacher["weights_sha256"]}` |
-| tokenizer sha256 | `{tokenizer["sha256"]}` ({tokenizer["tokenizer_size"]:,} tokens, output vocabulary {tokenizer["vocab_size"]:,}); files in `{tokenizer.get("files", "tokenizer")}/` |
-| chat template | {"see `manifest.json` (`tokenizer.chat_template`)" if template else "none (raw text prompts)"} |
-| k, encoding | {manifest["k"]}; {manifest["logprobs"]}; encoding `{block["name"]}`{"" if block["name"] == "float32" else f" ({block['storage']})"}; zstd Parquet |
+| task | `{manifest.task}` |
+| teacher | {teacher.name} |
+| teacher weights sha256 | `{teacher.weights_sha256}` |
+| tokenizer sha256 | `{tokenizer.sha256}` ({tokenizer.tokenizer_size:,} tokens, output vocabulary {tokenizer.vocab_size:,}); files in `{tokenizer.files}/` |
+| chat template | {"see `manifest.json` (`tokenizer.chat_template`)" if tokenizer.chat_template else "none (raw text prompts)"} |
+| k, encoding | {manifest.k}; {manifest.logprobs}; encoding `{block["name"]}`{"" if block["name"] == "float32" else f" ({block['storage']})"}; zstd Parquet |
 | decoding error bound | {", ".join(f"{name} {value:g}" for name, value in block["error_bound"].items())} (see `manifest.json`, `encoding`) |
 | size | {tokens:,} cached positions, {size:,} bytes ({size / max(1, tokens):.1f} bytes per position) |
-| source data sha256 | `{manifest["source"]["sha256"]}` |
+| source data sha256 | `{manifest.source.sha256}` |
 
 | split | rows | positions | shards | bytes |
 |---|---|---|---|---|

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,10 +17,10 @@ import pyarrow.parquet as pq
 from transformers import AutoTokenizer
 
 from pipeline.cache.codec import longest_sequence
-from pipeline.cache.format import DEFINITION_PARTS, MANIFEST_FILE, TOKENIZER_DIR, checksum_problem, tokenizer_difference
-from pipeline.cache.plan import planned_shards
+from pipeline.cache.format import DEFINITION_PARTS, checksum_problem, load_manifest
+from pipeline.cache.manifest import Manifest, ShardEntry
 from pipeline.cache.reader import Cache
-from pipeline.cache.tasks import task_of
+from pipeline.cache.tasks import task_named
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, tokenizer_sha256
 from pipeline.storage import local_folder, location, open_for_reading
@@ -31,21 +30,22 @@ def verify_cache(cache_dir: Path) -> list[str]:
     """One line per problem; an empty list means the cache is exactly what its manifest says."""
     cache_dir = location(cache_dir)
     try:
-        manifest = Cache.open(cache_dir, check_checksum=False).manifest
+        document = load_manifest(cache_dir)
     except PipelineError as error:
         return [str(error)]
-    problems = [p for p in [checksum_problem(cache_dir, manifest)] if p]
-    malformed = _structure_problem(manifest)
-    if malformed:
-        return problems + [f"{cache_dir / MANIFEST_FILE} is malformed: {malformed}"]
+    problems = [p for p in [checksum_problem(cache_dir, document)] if p]
+    try:
+        manifest = Cache.of(cache_dir, Manifest.parse(document, cache_dir)).manifest
+    except PipelineError as error:
+        return problems + [str(error)]
     problems += manifest_problems(manifest)
     problems += _tokenizer_problems(cache_dir, manifest)
-    entries = [entry for split in manifest["splits"].values() for entry in split["shards"]]
+    entries = manifest.shard_entries
     id_hashes: list[np.ndarray] = []
     shard_problems = [_shard_problems(cache_dir, entry, manifest, id_hashes) for entry in entries]
     for found, entry, repeated in zip(shard_problems, entries, _repeated_ids(cache_dir, entries, id_hashes)):
         if repeated:
-            found.append(f"{entry['file']}: {len(repeated)} id(s) appear more than once in the cache, first '{repeated[0]}'")
+            found.append(f"{entry.file}: {len(repeated)} id(s) appear more than once in the cache, first '{repeated[0]}'")
     return problems + [problem for found in shard_problems for problem in found]
 
 
@@ -54,7 +54,7 @@ def _id_hashes(ids: list[str]) -> np.ndarray:
     return np.array([int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "little") for row_id in ids], dtype=np.uint64)
 
 
-def _repeated_ids(cache_dir: Path, entries: list[dict[str, Any]], id_hashes: list[np.ndarray]) -> list[list[str]]:
+def _repeated_ids(cache_dir: Path, entries: list[ShardEntry], id_hashes: list[np.ndarray]) -> list[list[str]]:
     """Per shard, the ids an earlier row of the cache already had (in manifest order).
 
     The first pass kept only 64-bit hashes; rows whose hash occurs twice are read again and compared
@@ -71,7 +71,7 @@ def _repeated_ids(cache_dir: Path, entries: list[dict[str, Any]], id_hashes: lis
         rows = np.flatnonzero(np.isin(hashes, suspects))
         if not len(rows):
             continue
-        ids = pq.read_table(open_for_reading(cache_dir / entry["file"]), columns=["id"]).column("id").to_pylist()
+        ids = pq.read_table(open_for_reading(cache_dir / entry.file), columns=["id"]).column("id").to_pylist()
         for row in rows:
             if ids[row] in seen:
                 repeated[index].append(ids[row])
@@ -79,91 +79,68 @@ def _repeated_ids(cache_dir: Path, entries: list[dict[str, Any]], id_hashes: lis
     return repeated
 
 
-def _structure_problem(manifest: dict[str, Any]) -> str | None:
-    """The fields the checks below read, with their types: a hand edit may have broken any of them."""
-    counts = ("rows", "tokens", "bytes")
-    problem = task_of(manifest).structure_problem(manifest)
-    if problem:
-        return problem
-    if not isinstance(manifest.get("shard_rows"), int):
-        return "shard_rows must be an integer"
-    if not isinstance(manifest.get("tokenizer"), dict) or not isinstance(manifest["tokenizer"].get("vocab_size"), int):
-        return "tokenizer.vocab_size must be an integer"
-    if not isinstance(manifest.get("source"), dict) or not isinstance(manifest["source"].get("rows"), dict):
-        return "source.rows must map splits to row counts"
-    if not isinstance(manifest.get("splits"), dict):
-        return "splits must map split names to shards"
-    for name, split in manifest["splits"].items():
-        if not isinstance(split, dict) or not all(isinstance(split.get(key), int) for key in counts) or not isinstance(split.get("shards"), list):
-            return f"split '{name}' needs integer rows, tokens, bytes and a list of shards"
-        for entry in split["shards"]:
-            if not isinstance(entry, dict) or not all(isinstance(entry.get(key), int) for key in counts) or not all(isinstance(entry.get(key), str) for key in ("file", "sha256")):
-                return f"a shard of split '{name}' needs file, sha256 and integer rows, tokens, bytes"
-    return None
-
-
-def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+def manifest_problems(manifest: Manifest) -> list[str]:
     """The manifest against itself: planned shards listed once each, totals that add up."""
     problems = []
-    planned = {shard.file for shard in planned_shards(manifest)}
-    listed = [entry["file"] for split in manifest["splits"].values() for entry in split["shards"]]
+    planned = {shard.file for shard in manifest.planned_shards()}
+    listed = [entry.file for entry in manifest.shard_entries]
     problems += [f"manifest.json does not list planned shard {file}" for file in sorted(planned - set(listed))]
     problems += [f"manifest.json lists {file}, which is not a planned shard" for file in sorted(set(listed) - planned)]
     problems += [f"manifest.json lists {file} more than once" for file, count in sorted(Counter(listed).items()) if count > 1]
-    for name, split in manifest["splits"].items():
+    for name, split in manifest.splits.items():
         for key in ("rows", "tokens", "bytes"):
-            total = sum(entry[key] for entry in split["shards"])
-            if split[key] != total:
-                problems.append(f"manifest.json: split '{name}' says {split[key]} {key}, its shards add up to {total}")
-        if split["rows"] != manifest["source"]["rows"].get(name):
-            problems.append(f"manifest.json: split '{name}' has {split['rows']} rows, the prepared data had {manifest['source']['rows'].get(name)}")
+            total = sum(getattr(entry, key) for entry in split.shards)
+            if getattr(split, key) != total:
+                problems.append(f"manifest.json: split '{name}' says {getattr(split, key)} {key}, its shards add up to {total}")
+        if split.rows != manifest.source.rows.get(name):
+            problems.append(f"manifest.json: split '{name}' has {split.rows} rows, the prepared data had {manifest.source.rows.get(name)}")
     return problems
 
 
-def _tokenizer_problems(cache_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def _tokenizer_problems(cache_dir: Path, manifest: Manifest) -> list[str]:
     """The shipped tokenizer against the manifest's record of the one the cache was made with."""
-    record = manifest["tokenizer"]
-    folder = cache_dir / record.get("files", TOKENIZER_DIR)
+    record = manifest.tokenizer
+    folder = cache_dir / record.files
     if not folder.exists():
         return [f"{folder.name}/: missing (the manifest says the tokenizer ships there)"]
     try:
         tokenizer = AutoTokenizer.from_pretrained(local_folder(folder))
     except Exception as error:  # transformers raises many types for a broken tokenizer folder
         return [f"{folder.name}/: cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"]
-    difference = tokenizer_difference(record, tokenizer)
+    difference = record.difference(tokenizer)
     if difference == "vocabulary":
-        return [f"{folder.name}/: its vocabulary is {tokenizer_sha256(tokenizer)[:12]} ({len(tokenizer)} tokens), the cache was made with {record['sha256'][:12]} ({record['tokenizer_size']} tokens)"]
+        return [f"{folder.name}/: its vocabulary is {tokenizer_sha256(tokenizer)[:12]} ({len(tokenizer)} tokens), the cache was made with {record.sha256[:12]} ({record.tokenizer_size} tokens)"]
     if difference == "definition":
         return [f"{folder.name}/: it has the cache's vocabulary, but its {DEFINITION_PARTS} differ from those the cache was made with"]
     return []
 
 
-def _shard_problems(cache_dir: Path, entry: dict[str, Any], manifest: dict[str, Any], id_hashes: list[np.ndarray]) -> list[str]:
+def _shard_problems(cache_dir: Path, entry: ShardEntry, manifest: Manifest, id_hashes: list[np.ndarray]) -> list[str]:
     """What is wrong with one shard; appends its row-id hashes to `id_hashes` (empty for a shard that cannot be read)."""
-    file, path = entry["file"], cache_dir / entry["file"]
+    file, path = entry.file, cache_dir / entry.file
     id_hashes.append(np.zeros(0, dtype=np.uint64))
     if not path.exists():
         return [f"{file}: missing"]
     problems = []
     size = path.stat().st_size
-    if size != entry["bytes"]:
-        problems.append(f"{file}: {size} bytes, the manifest says {entry['bytes']} (truncated or rewritten)")
-    if sha256_file(path) != entry["sha256"]:
+    if size != entry.bytes:
+        problems.append(f"{file}: {size} bytes, the manifest says {entry.bytes} (truncated or rewritten)")
+    if sha256_file(path) != entry.sha256:
         problems.append(f"{file}: sha256 differs from the manifest (the file changed after it was written)")
     try:
         table = pq.read_table(open_for_reading(path))
     except (OSError, pa.ArrowInvalid) as error:
         return problems + [f"{file}: cannot be read as Parquet ({str(error).splitlines()[0]})"]
-    task = task_of(manifest)
-    if not table.schema.remove_metadata().equals(task.schema(manifest).remove_metadata()):
-        encoding = f", {manifest['encoding'].get('name')} encoding" if isinstance(manifest.get("encoding"), dict) else ""
-        return problems + [f"{file}: schema differs from the one its manifest calls for (kd-topk-cache v{manifest['format_version']}, {task.name}{encoding})"]
-    if table.num_rows != entry["rows"]:
-        problems.append(f"{file}: {table.num_rows} rows, the manifest says {entry['rows']}")
+    task = task_named(manifest.task)
+    if not table.schema.remove_metadata().equals(task.schema(manifest.encoding_block).remove_metadata()):
+        encoding = f", {manifest.encoding.get('name')} encoding" if manifest.encoding is not None else ""
+        return problems + [f"{file}: schema differs from the one its manifest calls for (kd-topk-cache v{manifest.format_version}, {task.name}{encoding})"]
+    if table.num_rows != entry.rows:
+        problems.append(f"{file}: {table.num_rows} rows, the manifest says {entry.rows}")
     tokens = task.count_tokens(table)
-    if tokens != entry["tokens"]:
-        problems.append(f"{file}: {tokens} cached tokens, the manifest says {entry['tokens']}")
-    if "longest_sequence" in entry and longest_sequence(table) != entry["longest_sequence"]:
-        problems.append(f"{file}: its longest sequence is {longest_sequence(table)} tokens, the manifest says {entry['longest_sequence']}")
+    if tokens != entry.tokens:
+        problems.append(f"{file}: {tokens} cached tokens, the manifest says {entry.tokens}")
+    if entry.longest_sequence is not None and longest_sequence(table) != entry.longest_sequence:
+        problems.append(f"{file}: its longest sequence is {longest_sequence(table)} tokens, the manifest says {entry.longest_sequence}")
     id_hashes[-1] = _id_hashes(table.column("id").to_pylist())
     return problems + [f"{file}: {problem}" for problem in task.value_problems(table, manifest)]

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.atomic import atomic_dir, atomic_path, remove_temp_files, write_bytes, write_error, write_json
 from pipeline.cache.codec import longest_sequence
-from pipeline.cache.format import CACHE_FOLDER, CARD_FILE, FORMAT_NAME, MANIFEST_CHECKSUM, MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, load_manifest, manifest_checksum, read_manifest
+from pipeline.cache.format import CACHE_FOLDER, CARD_FILE, FORMAT_NAME, MANIFEST_CHECKSUM, MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, manifest_checksum
+from pipeline.cache.manifest import Manifest, open_manifest
 from pipeline.cache.plan import ShardSpec, planned_shards, worker_shards
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
@@ -192,7 +193,7 @@ def fill_cache(
     worker_index: int = 0,
     num_workers: int = 1,
     replace: bool = False,
-) -> dict[str, Any] | None:
+) -> Manifest | None:
     """Write this worker's missing shards; returns the manifest once every shard exists.
 
     The plan is written (or checked) first, then `fill` writes this worker's missing shards, and the
@@ -219,7 +220,7 @@ def fill_cache(
     if pending_shards(out_dir, shards):
         return None
     if (out_dir / MANIFEST_FILE).exists():
-        return read_manifest(out_dir)
+        return open_manifest(out_dir)
     return finalize_cache(out_dir, shards)
 
 
@@ -251,7 +252,7 @@ def _add_entry(cache_dir: Path, shard: ShardSpec, entry: dict[str, Any], listed:
     split["shards"].append(entry)
 
 
-def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[str, str] | None = None) -> dict[str, Any]:
+def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[str, str] | None = None) -> Manifest:
     """Write the dataset card and manifest.json once every planned shard exists; returns the manifest.
 
     `listed` maps shard files to the sha256 an earlier manifest gave them: a shard that no longer
@@ -272,20 +273,22 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[st
         except BaseException:
             pool.shutdown(cancel_futures=True)  # a refused shard stops the run now, not after hashing the rest
             raise
-    manifest = {
+    document = {
         "format": FORMAT_NAME,
         "format_version": task.format_version(plan),
         "created_by": {"package": "kd-pipeline", "version": __version__},
         **plan,
         "splits": splits,
     }
-    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
+    document[MANIFEST_CHECKSUM] = manifest_checksum(document)
+    manifest = Manifest.parse(document, cache_dir)  # what readers will parse: a writer never writes what they refuse
+    task.check_manifest(manifest, cache_dir / MANIFEST_FILE)
     write_bytes(cache_dir / CARD_FILE, task.card(manifest).encode())
-    write_json(cache_dir / MANIFEST_FILE, manifest)
+    write_json(cache_dir / MANIFEST_FILE, document)
     return manifest
 
 
-def finalize_from_plan(cache_dir: Path, rehash: bool = False) -> dict[str, Any]:
+def finalize_from_plan(cache_dir: Path, rehash: bool = False) -> Manifest:
     """`kd finalize`: write the manifest of a cache that parallel workers filled.
 
     A shard an existing manifest lists must still have the sha256 it lists (see finalize_cache), unless
@@ -298,19 +301,16 @@ def finalize_from_plan(cache_dir: Path, rehash: bool = False) -> dict[str, Any]:
     listed = {}
     if (cache_dir / MANIFEST_FILE).exists() and not rehash:
         try:
-            manifest = load_manifest(cache_dir)
-            listed = {entry["file"]: entry["sha256"] for split in manifest["splits"].values() for entry in split["shards"]}
+            listed = {entry.file: entry.sha256 for entry in open_manifest(cache_dir, check_checksum=False).shard_entries}
         except PipelineError as error:
             raise PipelineError(
                 f"cannot finalize {cache_dir}: the shard checksums of its {MANIFEST_FILE} cannot be read ({error}); pass {REHASH_FLAG} to checksum the shards as they are now"
             ) from None
-        except (KeyError, TypeError, AttributeError):
-            raise PipelineError(f"cannot finalize {cache_dir}: its {MANIFEST_FILE} lists shards without a file or sha256; pass {REHASH_FLAG} to checksum the shards as they are now") from None
     remove_temp_files(cache_dir)
     return finalize_cache(cache_dir, planned_shards(json.loads(plan_path.read_text())), listed)
 
 
-def publish(fill: Callable[[Path], dict[str, Any] | None], work_dir: Path, final_dir: Path, name: str = "teacher") -> dict[str, Any]:
+def publish(fill: Callable[[Path], Manifest | None], work_dir: Path, final_dir: Path, name: str = "teacher") -> Manifest:
     """Fill a cache in `work_dir`, then move it to `final_dir` once complete (a DVC stage's output).
 
     DVC deletes a stage's outputs before running it, so the cache is written outside them: after a

@@ -88,7 +88,7 @@ def per_example_ms(run: Callable[[int], Any], count: int, repeats: int = 2) -> f
 
 def test_splits(cache: Cache) -> list[str]:
     """The cache's splits other than train, in manifest order: the test sets."""
-    return [split for split in cache.manifest["splits"] if split != "train"]
+    return [split for split in cache.splits if split != "train"]
 
 
 def vocabulary_coverage(train: SoftLabels, test: SoftLabels) -> float | None:
@@ -115,25 +115,24 @@ def evaluate_classifiers(
     Latency is measured once, on the first texts of the headline split (default: the first split).
     """
     cache = Cache.open(cache_dir)
-    manifest = cache.manifest
     splits = splits or test_splits(cache)
     if not splits:
-        raise PipelineError(f"{cache_dir} has no test split to evaluate on (only {', '.join(manifest['splits'])})")
+        raise PipelineError(f"{cache_dir} has no test split to evaluate on (only {', '.join(cache.splits)})")
     headline = headline or splits[0]
     if headline not in splits:
         raise PipelineError(f"headline split '{headline}' is not among the evaluated splits ({', '.join(splits)})")
     for split in splits:
-        if split not in manifest["splits"]:
-            raise PipelineError(f"{cache_dir} has no '{split}' split (it has {', '.join(manifest['splits'])})")
+        if split not in cache.splits:
+            raise PipelineError(f"{cache_dir} has no '{split}' split (it has {', '.join(cache.splits)})")
     data = {split: read_soft_labels(cache, split) for split in splits}
     for split, labels in data.items():
         if not (labels.label >= 0).any():
             raise PipelineError(f"the '{split}' split of {cache_dir} has no gold labels to evaluate against")
-    train = read_soft_labels(cache, "train") if "train" in manifest["splits"] else None
-    classify = manifest["classify"]
+    train = read_soft_labels(cache, "train") if "train" in cache.splits else None
+    classify = cache.labels
     timed = data[headline]
     count = min(latency_examples, len(timed))
-    prompt = ClassifyPrompt(**{key: classify[key] for key in ClassifyPrompt.model_fields})
+    prompt = ClassifyPrompt(**{key: getattr(classify, key) for key in ClassifyPrompt.model_fields})
     teacher = load_causal_lm(teacher_path)
     from transformers import AutoTokenizer
 
@@ -141,7 +140,7 @@ def evaluate_classifiers(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [render_prompt(tokenizer, prompt, tokenizer.decode(ids)) for ids in timed.input_ids[:count]]
     with one_thread():  # every model on one core: comparable, and immune to other jobs' thread contention
-        teacher_ms = per_example_ms(lambda i, model=teacher: verbalizer_logprobs(model, pad_id, [prompts[i]], classify["verbalizer_ids"], 1), count)
+        teacher_ms = per_example_ms(lambda i, model=teacher: verbalizer_logprobs(model, pad_id, [prompts[i]], classify.verbalizer_ids, 1), count)
     teacher_params = count_parameters(teacher)
     del teacher
     loaded: dict[str, tuple[TextClassifier, float]] = {}
@@ -149,7 +148,7 @@ def evaluate_classifiers(
     for name, path in students.items():
         model, meta = load_classifier(path)
         label_temperatures.add(meta.get("train", {}).get("label_temperature", 1.0))
-        if meta.get("tokenizer_sha256") != manifest["tokenizer"]["sha256"]:
+        if meta.get("tokenizer_sha256") != cache.manifest.tokenizer.sha256:
             raise PipelineError(f"student {name} at {path} was trained on another tokenizer than the cache's")
         inputs = [pad_batch([ids], model.config.max_tokens) for ids in timed.input_ids[:count]]
         with one_thread():
@@ -181,7 +180,7 @@ def evaluate_classifiers(
         }
     return {
         "task": "classify",
-        "labels": classify["label_names"],
+        "labels": classify.label_names,
         "headline": headline,
         "train_examples": len(train) if train is not None else 0,
         "latency_examples": count,

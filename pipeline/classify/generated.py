@@ -54,7 +54,7 @@ def answers_as_texts(cache_dir: Path, split: str, min_words: int = 3) -> list[di
             elif text not in seen:
                 seen.add(text)
                 rows.append({"text": text, "prompt_id": row_id})
-    log.info("%s: %d answers kept, %d shorter than %d words, %d repeats", cache_dir, len(rows), short, min_words, cache.splits[split]["rows"] - len(rows) - short)
+    log.info("%s: %d answers kept, %d shorter than %d words, %d repeats", cache_dir, len(rows), short, min_words, cache.splits[split].rows - len(rows) - short)
     if not rows:
         raise PipelineError(f"no answer of {min_words} words or more in the {split} split of {cache_dir}")
     return rows

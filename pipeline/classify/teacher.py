@@ -23,6 +23,7 @@ from pipeline.backends.base import BackendName, TeacherBackend
 from pipeline.backends.registry import load_backend
 from pipeline.backends.verbalizer_scoring import normalise
 from pipeline.cache.format import CLASSIFY_TASK, tokenizer_record
+from pipeline.cache.manifest import Manifest
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
 from pipeline.cache.reader import Cache
@@ -91,7 +92,7 @@ def run_classify_teacher(
     backend: TeacherBackend | None = None,
     overwrite: bool = False,
     data_files: Sequence[Path] = (),
-) -> dict[str, Any] | None:
+) -> Manifest | None:
     """Fill this worker's shards (runner local) or all of them on Ray; returns the manifest once every shard exists.
 
     `data` maps split names to read_labelled frames; `teacher` is {name, path, weights_sha256}.

@@ -70,7 +70,7 @@ def build_classifier(config: ClassifierConfig, train: SoftLabels, cache: Cache, 
     """A fresh classifier; with `embedding_init: teacher`, its embedding rows come from the teacher model at `teacher`."""
     torch.manual_seed(seed)
     vocab = student_vocab(config, train.input_ids, cache.vocab_size)
-    model = TextClassifier(config, len(cache.manifest["classify"]["label_names"]), vocab)
+    model = TextClassifier(config, len(cache.labels.label_names), vocab)
     if config.embedding_init == "teacher":
         if teacher is None:
             raise PipelineError("classify.student embedding_init teacher needs the teacher model folder (kd classify student --teacher)")
@@ -135,9 +135,9 @@ def train_classifier_from_cache(
     model = build_classifier(settings.model, train, cache, settings.seed, teacher)
     steps = train_classifier(model, train, settings)
     meta = {
-        "labels": cache.manifest["classify"]["label_names"],
+        "labels": cache.labels.label_names,
         "targets": settings.targets,
-        "tokenizer_sha256": cache.manifest["tokenizer"]["sha256"],
+        "tokenizer_sha256": cache.manifest.tokenizer.sha256,
         "train": {"alpha": settings.alpha, "temperature": settings.temperature, "label_temperature": label_temperature, "epochs": settings.epochs, "seed": settings.seed},
     }
     save_classifier(model.eval(), meta, cache.tokenizer_dir if cache.tokenizer_dir.exists() else None, out_dir)

@@ -29,7 +29,7 @@ def finalize(
 @clean_errors
 def verify(path: Path = typer.Argument(..., parser=cache_location, help="cache directory or object-store URL")) -> None:
     """Check a cache against its manifest: checksums, schema, counts, value sanity, ids in the vocabulary."""
-    from pipeline.cache import read_manifest
+    from pipeline.cache import Cache
     from pipeline.cache.format import VOCABULARY_ONLY
     from pipeline.cache.verify import verify_cache
 
@@ -38,11 +38,11 @@ def verify(path: Path = typer.Argument(..., parser=cache_location, help="cache d
         typer.echo(f"error: {problem}", err=True)
     if problems:
         raise typer.Exit(1)
-    manifest = read_manifest(path)
-    splits = manifest["splits"]
-    shards = sum(len(s["shards"]) for s in splits.values())
-    typer.echo(f"ok: {path}: {shards} shards, {sum(s['rows'] for s in splits.values())} rows, {sum(s['tokens'] for s in splits.values())} tokens and the shipped tokenizer match the manifest")
-    if manifest["tokenizer"].get("definition_sha256") is None:
+    manifest = Cache.open(path).manifest
+    splits = manifest.splits
+    shards = len(manifest.shard_entries)
+    typer.echo(f"ok: {path}: {shards} shards, {sum(split.rows for split in splits.values())} rows, {manifest.tokens} tokens and the shipped tokenizer match the manifest")
+    if manifest.tokenizer.definition_sha256 is None:
         typer.echo(f"note: {VOCABULARY_ONLY}")
 
 
@@ -77,6 +77,5 @@ def convert(
         "", encoding=encoding, sqrt_step=sqrt_step, drop_zero_level=drop_zero_level, tail_log_step=tail_log_step, token_logprob_step=token_logprob_step, zstd_level=zstd_level
     )
     manifest = convert_cache(src, dst, settings, overwrite)
-    tokens = sum(s["tokens"] for s in manifest["splits"].values())
-    size = sum(s["bytes"] for s in manifest["splits"].values())
+    tokens, size = manifest.tokens, manifest.bytes
     typer.echo(f"converted: {tokens} tokens in {dst}, encoding {encoding}, {size / max(1, tokens):.1f} bytes/token")

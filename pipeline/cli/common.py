@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 
 from pipeline.errors import PipelineError, setup_logging
 from pipeline.storage import URL
+
+if TYPE_CHECKING:
+    from pipeline.cache.manifest import Manifest
 
 # Options that `kd teacher` and `kd classify teacher` share.
 TeacherModel = Annotated[Optional[str], typer.Option(help="'embedded' (SmolLM2-135M-Instruct) or an HF model folder [default: teacher.model of --params, else embedded]")]
@@ -77,9 +80,9 @@ def named_files(items: list[str], default_name: str) -> dict[str, Path]:
     return files
 
 
-def echo_fill_result(manifest: Optional[dict[str, Any]], out: Path, worker_index: int, count: str, unit: str) -> None:
+def echo_fill_result(manifest: Optional[Manifest], out: Path, worker_index: int, count: Literal["rows", "tokens"], unit: str) -> None:
     """What a teacher worker leaves behind: a complete cache (`count` summed over splits), or its share of one."""
     if manifest is None:
         typer.echo(f"worker {worker_index} done; other workers' shards are still missing in {out}")
     else:
-        typer.echo(f"cache complete: {sum(s[count] for s in manifest['splits'].values())} {unit} in {out}")
+        typer.echo(f"cache complete: {sum(getattr(split, count) for split in manifest.splits.values())} {unit} in {out}")

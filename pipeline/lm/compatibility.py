@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline.cache.format import CAUSAL_LM_TASK, DEFINITION_PARTS, VOCABULARY_ONLY, tokenizer_difference
+from pipeline.cache.format import CAUSAL_LM_TASK, DEFINITION_PARTS, VOCABULARY_ONLY
 from pipeline.cache.reader import Cache
 from pipeline.cache.schema import check_student
 from pipeline.errors import PipelineError
@@ -21,12 +21,12 @@ log = logging.getLogger(__name__)
 
 def tokenizer_mismatch(cache: Cache, tokenizer: Any, tokenizer_path: Path) -> str | None:
     """Why a student's tokenizer is not the one the cache was made with (the whole tokenizer, where the cache records it), or None."""
-    record = cache.manifest["tokenizer"]
-    difference = tokenizer_difference(record, tokenizer)
+    record = cache.manifest.tokenizer
+    difference = record.difference(tokenizer)
     if difference is None:
         return None
     actual = f"{tokenizer_sha256(tokenizer)[:12]} ({len(tokenizer)} tokens)" if difference == "vocabulary" else f"the same vocabulary with other {DEFINITION_PARTS}"
-    made_with = f"the cache was made with tokenizer {record['sha256'][:12]} ({record['tokenizer_size']} tokens)"
+    made_with = f"the cache was made with tokenizer {record.sha256[:12]} ({record.tokenizer_size} tokens)"
     if Path(tokenizer_path) == Path(cache.tokenizer_dir):
         return f"tokenizer mismatch: {made_with}, but the one shipped in {tokenizer_path} is {actual}: it was changed after the teacher wrote it; restore it, or give the teacher's tokenizer with --tokenizer"
     hint = "to distil across tokenizers set student.cross_tokenizer" if difference == "vocabulary" else "the same text would become other ids: use the tokenizer the cache was made with"
@@ -39,7 +39,7 @@ def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, sett
     mismatch = tokenizer_mismatch(cache, tokenizer, tokenizer_path)
     if mismatch:
         raise PipelineError(mismatch)
-    if cache.manifest["tokenizer"].get("definition_sha256") is None:
+    if cache.manifest.tokenizer.definition_sha256 is None:
         log.warning("%s: %s", cache.path, VOCABULARY_ONLY)
     check_student(cache.storage, cache.path, settings.loss, settings.tail)
 
@@ -47,7 +47,7 @@ def check_compatibility(cache: Cache, tokenizer: Any, tokenizer_path: Path, sett
 def check_positions(student: torch.nn.Module, cache: Cache, init: str) -> None:
     """Refuse a student whose position limit is below the cache's longest sequence: it would train past what it was built for."""
     limit = student.config.max_position_embeddings
-    longest = max(cache.longest_sequence(split) for split in cache.splits if cache.splits[split].get("shards"))
+    longest = max(cache.longest_sequence(split) for split in cache.splits if cache.has_split(split))
     if longest > limit:
         where = "student.model.max_position_embeddings" if init == SCRATCH else f"the student's max_position_embeddings ({init})"
         raise PipelineError(f"{where} is {limit}, but {cache.path} holds a sequence of {longest} tokens: raise it to at least {longest}")

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pipeline.cache.format import DEFINITION_PARTS, tokenizer_difference
+from pipeline.cache.format import DEFINITION_PARTS
 from pipeline.cache.schema import check_cross_tokenizer
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_sha256
@@ -386,10 +386,10 @@ def cross_tokenizer(cache: Any, student_tokenizer: Any, settings: CrossTokenizer
             "set student.cross_tokenizer.teacher_tokenizer to the teacher's tokenizer folder"
         )
     teacher = AutoTokenizer.from_pretrained(folder)
-    difference = tokenizer_difference(cache.manifest["tokenizer"], teacher)
+    difference = cache.manifest.tokenizer.difference(teacher)
     if difference is not None:
         actual = tokenizer_sha256(teacher)[:12] if difference == "vocabulary" else f"the same vocabulary with other {DEFINITION_PARTS}"
-        raise PipelineError(f"the teacher tokenizer at {folder} is {actual}, but the cache was made with {cache.manifest['tokenizer']['sha256'][:12]}")
+        raise PipelineError(f"the teacher tokenizer at {folder} is {actual}, but the cache was made with {cache.manifest.tokenizer.sha256[:12]}")
     check_cross_tokenizer(cache.storage, cache.path)
     return CrossTokenizer(teacher, student_tokenizer, cache.vocab_size, settings)
 
@@ -402,7 +402,7 @@ def own_tokenizer_converter(cache: Any, folder: Path) -> CrossTokenizer | None:
     if not (folder / "tokenizer_config.json").exists():
         return None
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    difference = tokenizer_difference(cache.manifest["tokenizer"], tokenizer)
+    difference = cache.manifest.tokenizer.difference(tokenizer)
     if difference is None:
         return None
     if difference == "definition":

@@ -128,7 +128,7 @@ def check_teacher(cache: Cache, teacher_path: Path, any_teacher: bool = False) -
         actual = weights_sha256(Path(teacher_path))
     except FileNotFoundError as error:
         raise PipelineError(f"--teacher {teacher_path}: {error}") from None
-    expected = cache.manifest.get("teacher", {}).get("weights_sha256")
+    expected = cache.manifest.teacher.weights_sha256
     if expected is None and not any_teacher:
         raise PipelineError(f"{cache.path} records no teacher weights hash to check --teacher {teacher_path} against; pass --any-teacher to compare with this model anyway")
     if actual != expected and not any_teacher:

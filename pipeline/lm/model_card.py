@@ -15,7 +15,7 @@ from pipeline.models import MODEL_CARD_TAG
 
 def model_card(cache: Cache, settings: dict[str, Any], parameters: int, steps: int, tokens: int, validation: dict[str, float] | None, architecture: str) -> str:
     """Markdown with a YAML header (the Hub's metadata block) and the facts of the run."""
-    teacher = cache.manifest.get("teacher", {})
+    teacher = cache.manifest.teacher
     lines = [
         "---",
         "library_name: transformers",
@@ -23,7 +23,7 @@ def model_card(cache: Cache, settings: dict[str, Any], parameters: int, steps: i
         MODEL_CARD_TAG,
         "---",
         "",
-        f"# Student distilled from {teacher.get('name', 'an unnamed teacher')}",
+        f"# Student distilled from {teacher.name}",
         "",
         f"A {architecture} with {parameters:,} parameters, trained by offline knowledge distillation on a cached teacher output.",
         "Load it with `AutoModelForCausalLM.from_pretrained(folder)`; "
@@ -31,9 +31,9 @@ def model_card(cache: Cache, settings: dict[str, Any], parameters: int, steps: i
         "",
         "## Teacher and cache",
         "",
-        f"- teacher: {teacher.get('name', '?')} (weights sha256 `{teacher.get('weights_sha256', '?')}`)",
-        f"- cache: task `{cache.manifest['task']}`, manifest sha256 `{cache.manifest['manifest_sha256']}`, top-k {cache.manifest.get('k')}",
-        f"- tokenizer sha256 `{cache.manifest['tokenizer']['sha256']}`",
+        f"- teacher: {teacher.name} (weights sha256 `{teacher.weights_sha256 or '?'}`)",
+        f"- cache: task `{cache.manifest.task}`, manifest sha256 `{cache.manifest.manifest_sha256}`, top-k {cache.manifest.k}",
+        f"- tokenizer sha256 `{cache.manifest.tokenizer.sha256}`",
         "",
         "## Training",
         "",

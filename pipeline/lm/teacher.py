@@ -18,6 +18,7 @@ from pipeline.backends.base import SAMPLING_UNSUPPORTED, BackendName, EngineSett
 from pipeline.backends.registry import backend_class, load_backend
 from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
+from pipeline.cache.manifest import Manifest
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
 from pipeline.cache.rows import TeacherRow, to_shard_table
@@ -73,7 +74,7 @@ def run_teacher(
     num_workers: int = 1,
     backend: TeacherBackend | None = None,
     overwrite: bool = False,
-) -> dict[str, Any] | None:
+) -> Manifest | None:
     """Fill this worker's shards of `out_dir` (teacher.runner local) or all of them on Ray; returns the manifest once every shard exists.
 
     `teacher` is {name, path, weights_sha256} from resolve_teacher. Every check that can fail

@@ -68,7 +68,7 @@ class StudentTrainer:
     def __init__(self, job: StudentJob, settings: StudentSettings, processes: Processes) -> None:
         self.job, self.settings, self.processes = job, settings, processes
         self.objective = settings.training_objective()
-        self.has_validation = bool(job.cache.splits.get("validation", {}).get("shards"))
+        self.has_validation = job.cache.has_split("validation")
         self.steps: list[dict[str, float]] = []
         self.validation: list[dict[str, float]] = []
 
@@ -189,7 +189,7 @@ def accumulated_step(model: torch.nn.Module, group: list[StudentBatch], settings
 def run_identity(cache: Cache, settings: StudentSettings, processes: Processes) -> dict[str, Any]:
     """What a saved training state must share with this run to be resumed by it."""
     dump = {key: value for key, value in settings.dump().items() if key not in RESUMABLE_CHANGES}
-    return {f"student.{key}": value for key, value in dump.items()} | {"cache": cache.manifest["manifest_sha256"], "processes": processes.world}
+    return {f"student.{key}": value for key, value in dump.items()} | {"cache": cache.manifest.manifest_sha256, "processes": processes.world}
 
 
 def train_student(
@@ -223,7 +223,7 @@ def train_student(
     else:
         convert = cross_student(cache, tokenizer, settings)
     cache.check_shards("train")
-    if cache.splits.get("validation", {}).get("shards"):
+    if cache.has_split("validation"):
         cache.check_shards("validation")  # a damaged shard stops the run now, not at the first validation
     job = StudentJob(cache, out_dir, tokenizer, loss_log, checkpoint_dir, teacher, restart_other_runs, convert)
     with training_processes(settings.device) as processes:
@@ -257,7 +257,7 @@ def cross_student(cache: Cache, tokenizer: Any, settings: StudentSettings) -> Cr
     if cross.loss != "exact_map" and settings.temperature != 1:
         raise PipelineError(f"student.cross_tokenizer.loss {cross.loss} compares probabilities at temperature 1: leave student.temperature at 1.0")
     convert = cross_tokenizer(cache, tokenizer, cross)
-    if cache.splits.get("validation", {}).get("shards"):
+    if cache.has_split("validation"):
         totals = dict.fromkeys(convert.totals, 0.0)
         for batch in convert.batches(stream_batches(cache, "validation", settings.batch_size)):
             for name, value in batch.stats.items():

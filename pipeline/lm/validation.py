@@ -28,7 +28,7 @@ def validation_kl(model: torch.nn.Module, cache: Cache, settings: StudentSetting
     validation stays a bounded cost at any cache size. Every process scores the same positions, so
     FSDP's collectives line up and no reduction is needed. None when the cache has no validation split.
     """
-    if not cache.splits.get("validation", {}).get("shards"):
+    if not cache.has_split("validation"):
         return None
     kl, positions = 0.0, 0
     sample, objective = validation_is_sampled(cache, settings), validation_objective(settings)
@@ -47,12 +47,12 @@ def validation_kl(model: torch.nn.Module, cache: Cache, settings: StudentSetting
 
 def validation_is_sampled(cache: Cache, settings: StudentSettings) -> bool:
     """Whether validation during training scores a sample (the split has more positions than student.eval_positions)."""
-    return settings.eval_positions is not None and cache.splits["validation"]["tokens"] > settings.eval_positions
+    return settings.eval_positions is not None and cache.splits["validation"].tokens > settings.eval_positions
 
 
 def describe_validation(cache: Cache, settings: StudentSettings) -> str:
     """Which validation the training log shows: the whole split, or a sample of it."""
-    total = cache.splits["validation"]["tokens"]
+    total = cache.splits["validation"].tokens
     if validation_is_sampled(cache, settings):
         return f"validation KL on a seeded sample of about {settings.eval_positions:,} of the split's {total:,} positions (student.eval_positions); `kd evaluate` scores them all"
     return f"validation KL on the whole validation split ({total:,} positions)"
