@@ -20,7 +20,8 @@ from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, MANIFEST_CHE
 from pipeline.cache.plan import ShardSpec, planned_shards
 from pipeline.cache.reader import Cache, CachedShard, read_shard
 from pipeline.cache.schema import storage_of
-from pipeline.cache.writer import claim_cache_folder, fill_cache, write_shard, zstd_level
+from pipeline.cache.topk import TOPK
+from pipeline.cache.writer import ShardEntry, claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.errors import PipelineError
 from pipeline.storage import location, same_location
 
@@ -53,7 +54,8 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool
     return fill_cache(dst, plan, planned_shards(source.manifest), fill, copy_tokenizer, replace=overwrite)
 
 
-def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], vocab_size: int, shards: list[ShardSpec]) -> None:
+def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], vocab_size: int, shards: list[ShardSpec]) -> list[ShardEntry]:
+    written: list[ShardEntry] = []
     for shard in shards:
         source = sources[shard.file]
         try:
@@ -64,4 +66,5 @@ def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: di
         outside = rows.id_outside(vocab_size)
         if outside:
             raise PipelineError(f"shard {source.path}: {outside}; the cache is damaged: run `kd verify`")
-        write_shard(encode(rows, block), dst / shard.file, zstd_level(block))
+        written.append(write_shard(encode(rows, block), dst, shard, TOPK, zstd_level(block)))
+    return written
