@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.cache import Cache
@@ -33,7 +32,7 @@ from pipeline.cache.convert import convert_cache
 from pipeline.cache.decoding_error import position_kl
 from pipeline.cache.rows import to_cache_rows
 from pipeline.cache.schema import Sampled, TopK
-from pipeline.cache.writer import parquet_options
+from pipeline.cache.writer import shard_bytes
 from pipeline.errors import run_main
 from pipeline.lm.streaming import stream_batches
 
@@ -58,12 +57,6 @@ def best_time(action: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return best, result
 
 
-def write_bytes(table: pa.Table, zstd_level: int | None) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, **parquet_options(len(table), zstd_level))
-    return sink.getvalue()
-
-
 def read_decoded(data: list[bytes], block: dict[str, Any]) -> list[CacheRows]:
     """What a training step needs from a shard: read, decode, pad the entries into [positions, widest]."""
     rows = [decode(pq.read_table(io.BytesIO(raw)), block) for raw in data]
@@ -79,7 +72,7 @@ def measure(originals: list[CacheRows], source: list[bytes], source_block: dict[
     for name, settings in SETTINGS:
         block = settings.block(vocab, TopK(k))
         level = block.get("zstd_level")
-        encode_s, data = best_time(lambda block=block, level=level: [write_bytes(encode(r, block), level) for r in originals], repeats)
+        encode_s, data = best_time(lambda block=block, level=level: [shard_bytes(encode(r, block), level) for r in originals], repeats)
         read_s, decoded = best_time(lambda data=data, block=block: read_decoded(data, block), repeats)
         kl = np.concatenate([position_kl(o, d, vocab) for o, d in zip(originals, decoded)])
         token_error = max(float(np.abs(o.token_logprobs.astype(np.float64) - d.token_logprobs).max()) for o, d in zip(originals, decoded))
@@ -104,7 +97,7 @@ def sampled_sizes(originals: list[CacheRows], teacher: Path, draws: list[int], v
         for rows in originals:
             sequences = [s.tolist() for s in np.split(rows.input_ids, np.cumsum(rows.seq_lengths)[:-1])]
             sampled = to_cache_rows(rows.row_ids, backend.score(sequences, rows.response_start.tolist(), 1, draws=n, seed=0))
-            size += len(write_bytes(encode(sampled, block), block["zstd_level"]))
+            size += len(shard_bytes(encode(sampled, block), block["zstd_level"]))
             listed += int(sampled.entries.sum())
         results.append({"name": f"sampled N={n} (compact)", "bytes": size, "listed": listed})
     return results
@@ -115,7 +108,7 @@ def column_bytes(originals: list[CacheRows], block: dict[str, Any]) -> dict[str,
     sizes: dict[str, float] = {}
     positions = sum(len(r.entries) for r in originals)
     for rows in originals:
-        raw = write_bytes(encode(rows, block), block.get("zstd_level"))
+        raw = shard_bytes(encode(rows, block), block.get("zstd_level"))
         meta = pq.ParquetFile(io.BytesIO(raw)).metadata
         columns = 0
         for group in range(meta.num_row_groups):

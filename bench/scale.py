@@ -3,7 +3,10 @@
 Each cache is written by `fill_cache` with a real plan (the teacher's tokenizer record, the default
 compact encoding and shard size) and outputs shaped like the default cache (about 19 listed ids per
 position, 248 tokens per row of which 208 are answer positions). For each size, each cost runs in a
-fresh process (so its peak RSS is its own): write, finalize, verify (all of `kd verify`), verify_manifest
+fresh process (so its peak RSS is its own): write, finalize (`kd finalize`: every shard read back),
+finalize_written (the finalize of the process that wrote the shards, from the entries it recorded as
+it wrote them: that process writes a second copy of the cache and only its finalize is timed; its
+manifest must equal, byte for byte, the one `kd finalize --rehash` then writes from the shards), verify (all of `kd verify`), verify_manifest
 (its check of the manifest against the plan, which does not read shards), inspect, read (every train
 batch), student start-up (call to the first step), validation (one pass of the student's validation
 as training runs it), and `dvc add`, `dvc status`, `dvc push` to a local remote. It prints a table of
@@ -37,7 +40,7 @@ import numpy as np
 from bench import provenance
 
 EXTRA: dict[str, float] = {}  # figures a cost reports beside its time
-COSTS = ("write", "finalize", "verify", "verify_manifest", "inspect", "read", "student_start", "validation", "dvc_add", "dvc_status", "dvc_push")
+COSTS = ("write", "finalize", "finalize_written", "verify", "verify_manifest", "inspect", "read", "student_start", "validation", "dvc_add", "dvc_status", "dvc_push")
 PROMPT_TOKENS, ANSWER_TOKENS, K = 40, 208, 20
 
 
@@ -68,12 +71,14 @@ def synthetic_outputs(rows: int, vocab: int, seed: int) -> list[Any]:
 
 
 def write_cache(out: Path, tokens: int, tokenizer_dir: Path, shard_rows: int) -> None:
+    """A synthetic cache through fill_cache, as a lone teacher worker writes it (so its finalize reads no shard back)."""
     from transformers import AutoTokenizer
 
     from pipeline.cache.codec import CacheEncoding
     from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
     from pipeline.cache.rows import to_shard_table
     from pipeline.cache.schema import TopK
+    from pipeline.cache.topk import TOPK
     from pipeline.cache.writer import fill_cache, write_shard, zstd_level
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -95,10 +100,13 @@ def write_cache(out: Path, tokens: int, tokenizer_dir: Path, shard_rows: int) ->
     }
 
     def fill(shards):
+        written = []
         for shard in shards:
             count = shard.stop - shard.start
             ids = [f"{shard.split}-{shard.start + i}" for i in range(count)]
-            write_shard(to_shard_table(ids, synthetic_outputs(count, vocab, shard.index + (0 if shard.split == "train" else 10**6)), block), out / shard.file, zstd_level(block))
+            table = to_shard_table(ids, synthetic_outputs(count, vocab, shard.index + (0 if shard.split == "train" else 10**6)), block)
+            written.append(write_shard(table, out, shard, TOPK, zstd_level(block)))
+        return written
 
     from pipeline.cache.plan import planned_shards
 
@@ -116,6 +124,8 @@ def measure(cost: str, cache: Path, args: argparse.Namespace) -> float:
         (cache / MANIFEST_FILE).unlink()
         started = time.perf_counter()
         finalize_from_plan(cache)
+    elif cost == "finalize_written":
+        return finalize_written_seconds(cache, args)
     elif cost == "verify":
         from pipeline.cache.verify import verify_cache
 
@@ -142,6 +152,40 @@ def measure(cost: str, cache: Path, args: argparse.Namespace) -> float:
     else:
         return dvc_cost(cost, cache, args)
     return time.perf_counter() - started
+
+
+def finalize_written_seconds(cache: Path, args: argparse.Namespace) -> float:
+    """Seconds of the finalize in the process that wrote the shards: a second copy of the cache beside `cache`, only fill_cache's finalize timed.
+
+    The finalize must read no shard (the writer recorded every entry) and write the manifest that reading every shard gives.
+    """
+    import pipeline.cache.writer as writer
+    from pipeline.cache import MANIFEST_FILE, finalize_from_plan
+
+    finalize, read, spent, reads = writer.finalize_cache, writer.shard_entry, [], []
+
+    def timed_finalize(*call_args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        manifest = finalize(*call_args, **kwargs)
+        spent.append(time.perf_counter() - started)
+        return manifest
+
+    def counted_read(*call_args: Any) -> Any:
+        reads.append(call_args[1])
+        return read(*call_args)
+
+    copy = cache.parent / "written"
+    writer.finalize_cache, writer.shard_entry = timed_finalize, counted_read
+    try:
+        write_cache(copy, args.size, args.tokenizer, args.shard_rows)
+    finally:
+        writer.finalize_cache, writer.shard_entry = finalize, read
+    assert not reads, f"finalize read {len(reads)} shard(s) the writer had recorded, first {reads[0].file}"
+    recorded = (copy / MANIFEST_FILE).read_bytes()
+    finalize_from_plan(copy, rehash=True)
+    assert recorded == (copy / MANIFEST_FILE).read_bytes(), "the manifest from recorded entries differs from the one read from the shards"
+    shutil.rmtree(copy)
+    return spent[0]
 
 
 def student_cost(cost: str, cache: Path, args: argparse.Namespace) -> float:

@@ -37,8 +37,10 @@ from pipeline.backends import EngineSettings, load_backend
 from pipeline.backends.sampling import draw_row, sequence_generator
 from pipeline.cache import read_manifest, write_shard
 from pipeline.cache.codec import CacheEncoding
+from pipeline.cache.plan import ShardSpec
 from pipeline.cache.rows import TeacherRow, to_shard_table
 from pipeline.cache.schema import storage_for
+from pipeline.cache.topk import TOPK
 from pipeline.cache.writer import zstd_level
 from pipeline.errors import run_main
 
@@ -60,7 +62,7 @@ def capture(backend: Any, sequences: list[list[int]], starts: list[int], k: int,
     for index, start in enumerate(range(0, len(sequences), SHARD_ROWS)):
         chunk = score(sequences[start : start + SHARD_ROWS], starts[start : start + SHARD_ROWS])
         ids = [str(start + i) for i in range(len(chunk))]
-        write_shard(to_shard_table(ids, chunk, block), out_dir / f"shard-{index:05d}.parquet", zstd_level(block))
+        write_shard(to_shard_table(ids, chunk, block), out_dir, ShardSpec("train", index, start, start + len(chunk)), TOPK, zstd_level(block))
         outputs += chunk
     return outputs
 

@@ -43,10 +43,10 @@ class InlineWriter:
     """Writes each shard at once, in the caller: the teacher waits for it."""
 
     def __init__(self, depth: int = 1) -> None:
-        pass
+        self.results: list = []
 
     def submit(self, write) -> None:
-        write()
+        self.results.append(write())
 
     def __enter__(self) -> InlineWriter:
         return self
@@ -62,8 +62,9 @@ def mode(name: str, writes: list[float]) -> Iterator[None]:
 
     def timed_write(*args):
         started = time.perf_counter()
-        write(*args)
+        entry = write(*args)
         writes.append(time.perf_counter() - started)
+        return entry
 
     teacher_stage._write_outputs = (lambda *args: None) if name == "alone" else timed_write
     if name == "inline":
@@ -104,8 +105,9 @@ def run(name: str, prepared: Path, teacher: dict, settings: TeacherSettings, wor
 
     def timed_fill(*args, **kwargs):
         started = time.perf_counter()
-        fill(*args, **kwargs)
+        written = fill(*args, **kwargs)
         spent.append(time.perf_counter() - started)
+        return written
 
     teacher_stage._fill_shards = timed_fill
     try:

@@ -28,6 +28,7 @@ from pipeline.cache.encoding import (
 from pipeline.cache.plan import planned_shards
 from pipeline.cache.rows import TeacherRow, to_shard_table
 from pipeline.cache.schema import Sampled, TopK
+from pipeline.cache.topk import TOPK
 from pipeline.cache.verify import verify_cache
 from pipeline.cache.writer import finalize_cache, open_cache_for_writing, zstd_level
 from pipeline.cli import app
@@ -174,7 +175,7 @@ def write_sampled_cache(tiny_cache, out):
     shutil.copytree(tiny_cache / "tokenizer", out / "tokenizer")
     for shard in planned_shards(plan):
         outputs = [o for seed in range(shard.stop - shard.start) for o in sampled_outputs(320, 32, seed)[:1]]
-        write_shard(to_shard_table([f"{shard.file}-{i}" for i in range(len(outputs))], outputs, plan["encoding"]), out / shard.file, zstd_level(plan["encoding"]))
+        write_shard(to_shard_table([f"{shard.file}-{i}" for i in range(len(outputs))], outputs, plan["encoding"]), out, shard, TOPK, zstd_level(plan["encoding"]))
     return finalize_cache(out, planned_shards(plan))
 
 

@@ -208,6 +208,19 @@ def test_classify_cache_is_complete_verified_and_resumable(classify_cache, tiny_
     assert "verbalizer mass mean" in caplog.text
 
 
+def test_classify_manifest_from_recorded_entries_equals_the_one_reading_every_shard_gives(classify_cache, tmp_path):
+    """The classify teacher's lone run finalized from the entries it recorded (soft-label token counts); `kd finalize --rehash` reads them all."""
+    import shutil
+
+    from pipeline.cache import MANIFEST_FILE, finalize_from_plan
+
+    copy = tmp_path / "cache"
+    shutil.copytree(classify_cache, copy)
+    recorded = (copy / MANIFEST_FILE).read_bytes()
+    finalize_from_plan(copy, rehash=True)
+    assert (copy / MANIFEST_FILE).read_bytes() == recorded
+
+
 def test_convert_and_top_k_students_refuse_a_classify_cache(classify_cache, tmp_path):
     from pipeline.cache.codec import CacheEncoding
     from pipeline.cache.convert import convert_cache

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import cache_rows, error_line, tiny_settings
@@ -16,6 +15,7 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from pipeline import __version__
+from pipeline.atomic import TEMP_MARK
 from pipeline.backends.transformers_backend import TransformersBackend
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, manifest_checksum, read_manifest
 from pipeline.cache.verify import verify_cache
@@ -160,21 +160,22 @@ def test_truncation_keeps_the_first_tokens_and_one_response_token():
 
 
 def full_disk_after(shards_written: int):
-    """pq.write_table that succeeds `shards_written` times, then leaves a partial file and raises ENOSPC."""
-    real, calls = pq.write_table, []
+    """Path.write_bytes that writes `shards_written` shards' temporary files, then leaves a partial one and raises ENOSPC (other files are written)."""
+    real, calls = Path.write_bytes, []
 
-    def write_table(table, where, **kwargs):
-        calls.append(where)
-        if len(calls) > shards_written:
-            Path(where).write_bytes(b"PAR1 partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(table, where, **kwargs)
+    def write_bytes(path, data):
+        if f".parquet{TEMP_MARK}" in path.name:
+            calls.append(path)
+            if len(calls) > shards_written:
+                real(path, b"PAR1 partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
 
-    return write_table
+    return write_bytes
 
 
 def test_disk_full_on_the_first_shard_leaves_no_directory(tmp_path, monkeypatch, prepared, tiny_teacher):
-    monkeypatch.setattr(pq, "write_table", full_disk_after(0))
+    monkeypatch.setattr(Path, "write_bytes", full_disk_after(0))
     out = tmp_path / "cache"
     params = tmp_path / "params.yaml"
     params.write_text("teacher: {k: 8, batch_size: 4, shard_rows: 5, generation: {max_new_tokens: 12, temperature: 1.0, top_p: 1.0}, cache: {drop_zero_level: false}}\n")
@@ -185,7 +186,7 @@ def test_disk_full_on_the_first_shard_leaves_no_directory(tmp_path, monkeypatch,
 
 def test_disk_full_mid_run_keeps_finished_shards_and_resumes(tmp_path, monkeypatch, prepared, tiny_teacher, tiny_cache):
     out, teacher = tmp_path / "cache", resolve_teacher(str(tiny_teacher), tiny_teacher)
-    monkeypatch.setattr(pq, "write_table", full_disk_after(2))
+    monkeypatch.setattr(Path, "write_bytes", full_disk_after(2))
     with pytest.raises(PipelineError, match=r"^disk full while writing .*train/shard-00002\.parquet; free space and rerun to resume$"):
         run_teacher(prepared, teacher, out, tiny_settings())
     assert sorted(p.name for p in (out / "train").iterdir()) == ["shard-00000.parquet", "shard-00001.parquet"]

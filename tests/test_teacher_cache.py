@@ -239,6 +239,7 @@ def test_the_background_writer_keeps_order_bounds_what_waits_and_raises_a_failed
             if i == 0:
                 gate.wait(5)
             done.append(i)
+            return i
 
         return run
 
@@ -251,6 +252,7 @@ def test_the_background_writer_keeps_order_bounds_what_waits_and_raises_a_failed
         gate.set()
         submitted.join(5)
     assert done == [0, 1, 2]
+    assert writer.results == [0, 1, 2]  # what each write returned (a shard's entry), in submit order
 
     def fail():
         raise PipelineError("disk full while writing x; free space and rerun to resume")

@@ -17,9 +17,10 @@ import pyarrow as pa
 
 from pipeline.cache.codec import CacheEncoding, decode, encode
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, MANIFEST_ONLY
-from pipeline.cache.manifest import Manifest
+from pipeline.cache.manifest import Manifest, ShardEntry
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.reader import Cache, CachedShard, read_shard
+from pipeline.cache.topk import TOPK
 from pipeline.cache.writer import claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.errors import PipelineError
 from pipeline.storage import location, same_location
@@ -55,7 +56,8 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool
     return manifest
 
 
-def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], vocab_size: int, shards: list[ShardSpec]) -> None:
+def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], vocab_size: int, shards: list[ShardSpec]) -> list[ShardEntry]:
+    written: list[ShardEntry] = []
     for shard in shards:
         source = sources[shard.file]
         try:
@@ -66,4 +68,5 @@ def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: di
         outside = rows.id_outside(vocab_size)
         if outside:
             raise PipelineError(f"shard {source.path}: {outside}; the cache is damaged: run `kd verify`")
-        write_shard(encode(rows, block), dst / shard.file, zstd_level(block))
+        written.append(write_shard(encode(rows, block), dst, shard, TOPK, zstd_level(block)))
+    return written

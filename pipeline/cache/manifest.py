@@ -42,6 +42,10 @@ class ShardEntry(_Record):
     bytes: int
     sha256: str
 
+    def document(self) -> dict[str, Any]:
+        """The entry as manifest.json lists it, fields in order."""
+        return self.model_dump()
+
 
 class SplitRecord(_Record):
     rows: int

@@ -5,9 +5,11 @@ the one the local runner calls), and that is one actor method call. An actor loa
 once and takes shards as they come (`ActorPool.map_unordered`); a dead actor is restarted by Ray
 and its shard retried (`max_restarts`, `max_task_retries`). The driver runs `fill_cache` as the
 local runner does (plan first, tokenizer, manifest last), so a rerun after the driver dies skips
-the shards that exist. Ray Data would need a dataset of shard specs, `map_batches` at batch size 1
-and a sink it does not write (the shards are written by the task's writer): more machinery for
-the same mapping. Ray is imported only here, and only when the runner is used (extra `[ray]`).
+the shards that exist. The driver's finalize reads every shard back, as `kd finalize` does: the
+entries the actors record as they write stay in the actors (a retried shard may have been written
+twice, by an actor Ray took for dead). Ray Data would need a dataset of shard specs, `map_batches`
+at batch size 1 and a sink it does not write (the shards are written by the task's writer): more
+machinery for the same mapping. Ray is imported only here, and only when the runner is used (extra `[ray]`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from pydantic import Field
 
 from pipeline.atomic import temp_path
-from pipeline.cache.manifest import Manifest
+from pipeline.cache.manifest import Manifest, ShardEntry
 from pipeline.cache.plan import ShardSpec, planned_shards
 from pipeline.cache.writer import CacheJob, fill_cache
 from pipeline.errors import PipelineError
@@ -157,8 +159,11 @@ def _actors_that_fit(ray: Any, settings: RaySettings, gpus: int) -> int:
     return max(1, int(resources.get("CPU", 1) // settings.cpus_per_actor))
 
 
-def _fill_on_actors(ray: Any, actors: list[Any], shards: list[ShardSpec]) -> None:
-    """Hand each shard to the next free actor; Ray restarts a dead actor and retries its shard."""
+def _fill_on_actors(ray: Any, actors: list[Any], shards: list[ShardSpec]) -> list[ShardEntry]:
+    """Hand each shard to the next free actor; Ray restarts a dead actor and retries its shard.
+
+    Returns no entries: the driver wrote no shard, so finalize reads them all.
+    """
     from ray.util import ActorPool
 
     pool = ActorPool(actors)
@@ -169,6 +174,7 @@ def _fill_on_actors(ray: Any, actors: list[Any], shards: list[ShardSpec]) -> Non
             log.info("ray: %s written (%d/%d)", file, done, len(shards))
     except ray.exceptions.RayError as error:
         raise _pipeline_error(error) from None
+    return []
 
 
 def _result(ray: Any, ref: Any) -> Any:

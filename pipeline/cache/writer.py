@@ -18,16 +18,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.atomic import atomic_dir, atomic_path, remove_temp_files, write_bytes, write_error, write_json
+from pipeline.atomic import atomic_dir, remove_temp_files, write_bytes, write_error, write_json
 from pipeline.cache.codec import longest_sequence
 from pipeline.cache.format import CACHE_FOLDER, CARD_FILE, FORMAT_NAME, MANIFEST_CHECKSUM, MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, manifest_checksum
-from pipeline.cache.manifest import Manifest, open_manifest
+from pipeline.cache.manifest import Manifest, ShardEntry, open_manifest
 from pipeline.cache.plan import ShardSpec, planned_shards, worker_shards
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
@@ -56,52 +56,78 @@ def zstd_level(block: dict[str, Any]) -> int | None:
     return block.get("zstd_level")
 
 
-def write_shard(table: pa.Table, path: Path, zstd_level: int | None = None) -> None:
-    """Write a zstd Parquet shard under a temporary name, then rename: a shard file is never partial.
+def entry_of(file: str, data: bytes, table: pa.Table, task: CacheTask) -> ShardEntry:
+    """The one rule for a shard's entry: its Parquet bytes and the table they hold (as written, or parsed back from them)."""
+    return ShardEntry(
+        file=file,
+        rows=table.num_rows,
+        tokens=task.count_tokens(table),
+        longest_sequence=longest_sequence(table),
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def shard_bytes(table: pa.Table, zstd_level: int | None = None) -> bytes:
+    """A shard's Parquet bytes, serialised in memory: the same bytes pq.write_table writes to a file with these options.
 
     zstd_level None is pyarrow's default (the float32 encoding, byte-identical to version 1 shards).
     Compact shards skip column statistics (min/max of byte streams are noise, and cost about 3 bytes
     per token) and the embedded Arrow schema (Parquet's own types say uint16 and string already).
-    On an object store the shard is serialised in memory and PUT whole (the same bytes).
     """
-    with atomic_path(path) as tmp:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if is_remote(tmp):
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink, **parquet_options(len(table), zstd_level))
-            tmp.write_bytes(sink.getvalue().to_pybytes())
-        else:
-            pq.write_table(table, tmp, **parquet_options(len(table), zstd_level))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **parquet_options(len(table), zstd_level))
+    return sink.getvalue().to_pybytes()
 
 
-class BackgroundWriter:
+def write_shard(table: pa.Table, cache_dir: Path, shard: ShardSpec, task: CacheTask, zstd_level: int | None = None) -> ShardEntry:
+    """Write a zstd Parquet shard under a temporary name, then rename (a shard file is never partial); returns its entry.
+
+    The shard is serialised in memory and its entry computed from those bytes, so the process that
+    wrote it can finalize without reading it back; on an object store the same bytes are PUT whole.
+    """
+    data = shard_bytes(table, zstd_level)
+    entry = entry_of(shard.file, data, table, task)
+    path = cache_dir / shard.file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, data)
+    return entry
+
+
+T = TypeVar("T")
+
+
+class BackgroundWriter(Generic[T]):
     """Encodes and writes shards in one background thread while the teacher computes the next ones.
 
     zstd and Parquet encoding release the GIL, so on a GPU teacher the writer costs the teacher
     nothing; at most `depth` shards wait, so memory stays bounded. Each write is still whole or absent
     (write_shard), so a crash loses at most the shards in flight, which a rerun recomputes (same seeds).
-    An error in a write is raised in the caller at its next `submit` or at `close`.
+    An error in a write is raised in the caller at its next `submit` or at `close`. What each write
+    returns (its shard's entry) is kept in `results`, in submit order, for finalize_cache.
     """
 
     def __init__(self, depth: int = 1) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
-        self._pending: list[Future] = []
+        self._pending: list[Future[T]] = []
         self._depth = depth
+        self.results: list[T] = []
 
-    def submit(self, write: Callable[[], None]) -> None:
+    def submit(self, write: Callable[[], T]) -> None:
         while len(self._pending) >= self._depth:
-            self._pending.pop(0).result()
+            self.results.append(self._pending.pop(0).result())
         self._pending.append(self._pool.submit(write))
 
-    def close(self) -> None:
-        """Wait for every write; the first error among them is raised."""
+    def close(self) -> list[T]:
+        """Wait for every write; the first error among them is raised. Returns every write's result."""
         try:
-            for future in self._pending:
-                future.result()
+            while self._pending:
+                self.results.append(self._pending.pop(0).result())
         finally:
             self._pool.shutdown(wait=True)
+        return self.results
 
-    def __enter__(self) -> BackgroundWriter:
+    def __enter__(self) -> BackgroundWriter[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -168,11 +194,12 @@ class CacheJob:
     """What a task needs to fill a cache once its backend is loaded: the plan, a shard writer, the tokenizer's saver.
 
     The local runner calls `fill` with its worker's missing shards; the Ray runner builds one in each
-    actor and calls it with one shard at a time.
+    actor and calls it with one shard at a time. `fill` returns the entries of the shards it wrote
+    (write_shard's), so a lone worker's finalize need not read them back.
     """
 
     plan: dict[str, Any]
-    fill: Callable[[list[ShardSpec]], None]
+    fill: Callable[[list[ShardSpec]], Sequence[ShardEntry]]
     save_tokenizer: Callable[[Path], Any] | None
 
     @property
@@ -188,7 +215,7 @@ def fill_cache(
     out_dir: Path,
     plan: dict[str, Any],
     shards: Sequence[ShardSpec],
-    fill: Callable[[list[ShardSpec]], None],
+    fill: Callable[[list[ShardSpec]], Sequence[ShardEntry]],
     save_tokenizer: Callable[[Path], Any] | None,
     worker_index: int = 0,
     num_workers: int = 1,
@@ -199,6 +226,10 @@ def fill_cache(
     The plan is written (or checked) first, then `fill` writes this worker's missing shards, and the
     manifest comes last. A single-worker run that fails before its first shard removes the directory
     it created. `replace` (`--overwrite`, checked by claim_cache_folder) first clears what `out_dir` holds.
+
+    A lone worker owns the folder, so its finalize takes the entries `fill` recorded for the shards it
+    wrote and reads only the shards an earlier run left. With several workers the last one reads every
+    shard, as `kd finalize` does: another process may have written (or rewritten) any of them.
     """
     own = worker_shards(shards, worker_index, num_workers)
     if replace:
@@ -210,9 +241,10 @@ def fill_cache(
         if save_tokenizer is not None:
             ship_tokenizer(out_dir, save_tokenizer)
         todo = pending_shards(out_dir, own)
+        written: Sequence[ShardEntry] = ()
         if todo:
             (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # shards are missing: the cache is not complete
-            fill(todo)
+            written = fill(todo)
     except BaseException:
         if created and num_workers == 1 and len(pending_shards(out_dir, shards)) == len(shards):
             remove_tree(out_dir)
@@ -221,42 +253,36 @@ def fill_cache(
         return None
     if (out_dir / MANIFEST_FILE).exists():
         return open_manifest(out_dir)
-    return finalize_cache(out_dir, shards)
+    return finalize_cache(out_dir, shards, written=written if num_workers == 1 else ())
 
 
-def shard_entry(cache_dir: Path, shard: ShardSpec, task: CacheTask) -> dict[str, Any]:
+def shard_entry(cache_dir: Path, shard: ShardSpec, task: CacheTask) -> ShardEntry:
     """A shard's manifest entry, from one read of its bytes (hashed, and parsed as Parquet from memory)."""
     data = (cache_dir / shard.file).read_bytes()
-    parquet = pq.ParquetFile(pa.BufferReader(data))
-    table = parquet.read(columns=list(task.token_columns))
-    return {
-        "file": shard.file,
-        "rows": parquet.metadata.num_rows,
-        "tokens": task.count_tokens(table),
-        "longest_sequence": longest_sequence(table),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    return entry_of(shard.file, data, pq.ParquetFile(pa.BufferReader(data)).read(columns=list(task.token_columns)), task)
 
 
-def _add_entry(cache_dir: Path, shard: ShardSpec, entry: dict[str, Any], listed: dict[str, str] | None, splits: dict[str, Any]) -> None:
+def _add_entry(cache_dir: Path, shard: ShardSpec, entry: ShardEntry, listed: dict[str, str] | None, splits: dict[str, Any]) -> None:
     """Add a shard's manifest entry to its split, refusing a shard that changed since an earlier manifest listed it."""
-    if listed and shard.file in listed and listed[shard.file] != entry["sha256"]:
+    if listed and shard.file in listed and listed[shard.file] != entry.sha256:
         raise PipelineError(
             f"cannot finalize {cache_dir}: {shard.file} changed after {MANIFEST_FILE} listed it (its sha256 differs); "
             f"delete it and rerun the teacher with the same --out to regenerate it, or pass {REHASH_FLAG} to accept the shards as they are now"
         )
     split = splits.setdefault(shard.split, {"rows": 0, "tokens": 0, "bytes": 0, "shards": []})
-    for key in ("rows", "tokens", "bytes"):
-        split[key] += entry[key]
-    split["shards"].append(entry)
+    split["rows"] += entry.rows
+    split["tokens"] += entry.tokens
+    split["bytes"] += entry.bytes
+    split["shards"].append(entry.document())
 
 
-def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[str, str] | None = None) -> Manifest:
+def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[str, str] | None = None, written: Sequence[ShardEntry] = ()) -> Manifest:
     """Write the dataset card and manifest.json once every planned shard exists; returns the manifest.
 
     `listed` maps shard files to the sha256 an earlier manifest gave them: a shard that no longer
     matches is refused, so finalizing never approves a shard that changed after it was checksummed.
+    `written` are the entries this process recorded as it wrote its shards (write_shard): those
+    shards are not read again; every other shard (an earlier run's, another worker's) is read.
     """
     missing = pending_shards(cache_dir, shards)
     if missing:
@@ -265,11 +291,12 @@ def finalize_cache(cache_dir: Path, shards: Sequence[ShardSpec], listed: dict[st
     plan = json.loads((cache_dir / PLAN_FILE).read_text())
     task = task_of(plan)
     splits: dict[str, Any] = {}
+    recorded = {entry.file: entry for entry in written}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # reading and hashing release the GIL; entries come back in shard order
-        entries = pool.map(lambda shard: shard_entry(cache_dir, shard, task), shards)
+        read = pool.map(lambda shard: shard_entry(cache_dir, shard, task), [shard for shard in shards if shard.file not in recorded])
         try:
-            for shard, entry in zip(shards, entries):
-                _add_entry(cache_dir, shard, entry, listed, splits)
+            for shard in shards:
+                _add_entry(cache_dir, shard, recorded[shard.file] if shard.file in recorded else next(read), listed, splits)
         except BaseException:
             pool.shutdown(cancel_futures=True)  # a refused shard stops the run now, not after hashing the rest
             raise

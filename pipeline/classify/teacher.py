@@ -23,11 +23,11 @@ from pipeline.backends.base import BackendName, TeacherBackend
 from pipeline.backends.registry import load_backend
 from pipeline.backends.verbalizer_scoring import normalise
 from pipeline.cache.format import CLASSIFY_TASK, tokenizer_record
-from pipeline.cache.manifest import Manifest
+from pipeline.cache.manifest import Manifest, ShardEntry
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
 from pipeline.cache.reader import Cache
-from pipeline.cache.soft_labels import SOFT_LABEL_SCHEMA, mass_summary
+from pipeline.cache.soft_labels import SOFT_LABEL_SCHEMA, SOFT_LABELS, mass_summary
 from pipeline.cache.writer import CacheJob, claim_cache_folder, fill_cache, write_shard
 from pipeline.classify.prompt import ClassifyPrompt, render_prompt, verbalizer_ids
 from pipeline.errors import PipelineError
@@ -140,8 +140,9 @@ def classify_teacher_job(data: dict[str, pl.DataFrame], teacher: dict[str, Any],
     return CacheJob(plan, fill, tokenizer.save_pretrained)
 
 
-def _fill_shards(backend: TeacherBackend, data: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: ClassifyTeacherSettings, verbalizers: list[list[int]]) -> None:
+def _fill_shards(backend: TeacherBackend, data: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: ClassifyTeacherSettings, verbalizers: list[list[int]]) -> list[ShardEntry]:
     tokenizer, prompt, started, texts = backend.tokenizer, settings.prompt, time.perf_counter(), 0
+    written: list[ShardEntry] = []
     with tqdm(total=sum(s.stop - s.start for s in shards), unit="text", desc="classify teacher") as progress:
         for shard in shards:
             rows = data[shard.split].slice(shard.start, shard.stop - shard.start)
@@ -153,7 +154,8 @@ def _fill_shards(backend: TeacherBackend, data: dict[str, pl.DataFrame], shards:
                 progress.update(len(chunk))
                 progress.set_postfix(text_per_s=f"{texts / (time.perf_counter() - started):.1f}")
             text_ids = [list(tokenizer.encode(t, add_special_tokens=False)) for t in rows["text"]]
-            write_shard(soft_label_table(rows, text_ids, np.concatenate(raw)), out_dir / shard.file)
+            written.append(write_shard(soft_label_table(rows, text_ids, np.concatenate(raw)), out_dir, shard, SOFT_LABELS))
+    return written
 
 
 def report_mass(mass: dict[str, float]) -> None:

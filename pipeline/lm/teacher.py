@@ -18,11 +18,12 @@ from pipeline.backends.base import SAMPLING_UNSUPPORTED, BackendName, EngineSett
 from pipeline.backends.registry import backend_class, load_backend
 from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
-from pipeline.cache.manifest import Manifest
+from pipeline.cache.manifest import Manifest, ShardEntry
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
 from pipeline.cache.rows import TeacherRow, to_shard_table
 from pipeline.cache.schema import Storage, storage_for
+from pipeline.cache.topk import TOPK
 from pipeline.cache.writer import BackgroundWriter, CacheJob, claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.data import SPLITS, read_split
 from pipeline.errors import PipelineError
@@ -139,9 +140,9 @@ def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_di
     return CacheJob(plan, fill, tokenizer.save_pretrained)
 
 
-def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]) -> None:
+def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]) -> list[ShardEntry]:
     started, tokens = time.perf_counter(), 0
-    with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress, BackgroundWriter() as writer:
+    with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress, BackgroundWriter[ShardEntry]() as writer:
         for shard in shards:
             outputs = []
             rows = splits[shard.split].slice(shard.start, shard.stop - shard.start)
@@ -151,12 +152,13 @@ def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shard
                 tokens += sum(len(o.input_ids) for o in outputs[-chunk.height :])
                 progress.update(chunk.height)
                 progress.set_postfix(tok_per_s=f"{tokens / (time.perf_counter() - started):.0f}")
-            writer.submit(partial(_write_outputs, rows["id"].to_list(), outputs, block, out_dir / shard.file))
+            writer.submit(partial(_write_outputs, rows["id"].to_list(), outputs, block, out_dir, shard))
+    return writer.results
 
 
-def _write_outputs(ids: list[str], outputs: list[TeacherRow], block: dict[str, Any], path: Path) -> None:
+def _write_outputs(ids: list[str], outputs: list[TeacherRow], block: dict[str, Any], out_dir: Path, shard: ShardSpec) -> ShardEntry:
     """Encode one shard's teacher rows and write it (in the background writer, while the teacher goes on)."""
-    write_shard(to_shard_table(ids, outputs, block), path, zstd_level(block))
+    return write_shard(to_shard_table(ids, outputs, block), out_dir, shard, TOPK, zstd_level(block))
 
 
 def _seeded_chunks(shard: ShardSpec, rows: pl.DataFrame, settings: TeacherSettings) -> Iterator[tuple[int, pl.DataFrame]]:
