@@ -31,7 +31,7 @@ from pipeline.cache.codec import CacheEncoding, CacheRows, decode, encode, padde
 from pipeline.cache.convert import convert_cache
 from pipeline.cache.decoding_error import position_kl
 from pipeline.cache.rows import to_cache_rows
-from pipeline.cache.schema import Sampled, TopK
+from pipeline.cache.schema import EncodingBlock, Float32Block, Sampled, TopK
 from pipeline.cache.writer import shard_bytes
 from pipeline.errors import run_main
 from pipeline.lm.streaming import stream_batches
@@ -57,7 +57,7 @@ def best_time(action: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return best, result
 
 
-def read_decoded(data: list[bytes], block: dict[str, Any]) -> list[CacheRows]:
+def read_decoded(data: list[bytes], block: EncodingBlock) -> list[CacheRows]:
     """What a training step needs from a shard: read, decode, pad the entries into [positions, widest]."""
     rows = [decode(pq.read_table(io.BytesIO(raw)), block) for raw in data]
     for r in rows:
@@ -65,13 +65,13 @@ def read_decoded(data: list[bytes], block: dict[str, Any]) -> list[CacheRows]:
     return rows
 
 
-def measure(originals: list[CacheRows], source: list[bytes], source_block: dict[str, Any], vocab: int, k: int, repeats: int) -> list[dict[str, Any]]:
+def measure(originals: list[CacheRows], source: list[bytes], source_block: EncodingBlock, vocab: int, k: int, repeats: int) -> list[dict[str, Any]]:
     positions = sum(len(r.entries) for r in originals)
     base_read, _ = best_time(lambda: read_decoded(source, source_block), repeats)
-    results = [{"name": f"source files (v{1 if source_block['name'] == 'float32' else 2}, {source_block['name']})", "bytes": sum(map(len, source)), "read": base_read}]
+    results = [{"name": f"source files (v{1 if isinstance(source_block, Float32Block) else 2}, {source_block.name})", "bytes": sum(map(len, source)), "read": base_read}]
     for name, settings in SETTINGS:
         block = settings.block(vocab, TopK(k))
-        level = block.get("zstd_level")
+        level = block.zstd_level
         encode_s, data = best_time(lambda block=block, level=level: [shard_bytes(encode(r, block), level) for r in originals], repeats)
         read_s, decoded = best_time(lambda data=data, block=block: read_decoded(data, block), repeats)
         kl = np.concatenate([position_kl(o, d, vocab) for o, d in zip(originals, decoded)])
@@ -97,18 +97,18 @@ def sampled_sizes(originals: list[CacheRows], teacher: Path, draws: list[int], v
         for rows in originals:
             sequences = [s.tolist() for s in np.split(rows.input_ids, np.cumsum(rows.seq_lengths)[:-1])]
             sampled = to_cache_rows(rows.row_ids, backend.score(sequences, rows.response_start.tolist(), 1, draws=n, seed=0))
-            size += len(shard_bytes(encode(sampled, block), block["zstd_level"]))
+            size += len(shard_bytes(encode(sampled, block), block.zstd_level))
             listed += int(sampled.entries.sum())
         results.append({"name": f"sampled N={n} (compact)", "bytes": size, "listed": listed})
     return results
 
 
-def column_bytes(originals: list[CacheRows], block: dict[str, Any]) -> dict[str, float]:
+def column_bytes(originals: list[CacheRows], block: EncodingBlock) -> dict[str, float]:
     """Compressed bytes per token of each column (Parquet metadata), plus the file's own overhead."""
     sizes: dict[str, float] = {}
     positions = sum(len(r.entries) for r in originals)
     for rows in originals:
-        raw = shard_bytes(encode(rows, block), block.get("zstd_level"))
+        raw = shard_bytes(encode(rows, block), block.zstd_level)
         meta = pq.ParquetFile(io.BytesIO(raw)).metadata
         columns = 0
         for group in range(meta.num_row_groups):
@@ -147,8 +147,8 @@ def main() -> None:
     originals = [decode(pq.read_table(io.BytesIO(raw)), source_block) for raw in source]
     positions = sum(len(r.entries) for r in originals)
     print(f"cache {args.cache}: {len(shards)} shards, {positions:,} positions, k={k}, vocabulary {vocab:,}, best of {args.repeats}")
-    if source_block["name"] != "float32":
-        print(f"warning: {args.cache} is {source_block['name']}-encoded: decoding errors below are measured against it, not against the exact teacher output")
+    if not isinstance(source_block, Float32Block):
+        print(f"warning: {args.cache} is {source_block.name}-encoded: decoding errors below are measured against it, not against the exact teacher output")
     results = measure(originals, source, source_block, vocab, k, args.repeats)
     if args.teacher:
         for row in sampled_sizes(originals, args.teacher, args.draws, vocab):

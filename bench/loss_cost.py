@@ -44,7 +44,7 @@ def variants(settings: StudentSettings) -> dict[str, Loss]:
 
     table: dict[str, Loss] = {
         "ce, plain (full logits)": lambda model, batch: F.cross_entropy(logits(model, batch), batch.targets),
-        "forward_kl bucket, full logits": lambda model, batch: distillation_loss(logits(model, batch), batch.targets, batch.topk_ids, batch.topk_logprobs, settings)["loss"],
+        "forward_kl bucket, full logits": lambda model, batch: distillation_loss(logits(model, batch), batch.targets, batch.listed_ids, batch.listed_logprobs, settings)["loss"],
         "ce, chunked (alpha 0)": lambda model, batch: batch.loss(model, settings.updated("student", alpha=0.0).training_objective())["loss"],
     }
     choices = {f"{divergence} {tail}": settings.updated("student", loss=divergence, tail=tail) for divergence in DIVERGENCES for tail in TAILS}

@@ -39,9 +39,9 @@ from bench.cache_size import write_bytes
 from bench.peers import PEER_SCHEMES, encode_peer, peer_loss
 from pipeline.backends.sampling import SampledIds, Sampling, draw_teacher_samples
 from pipeline.cache import Cache, read_manifest
-from pipeline.cache.codec import FLOAT32_BLOCK, CacheEncoding, decode, encode, manifest_encoding, pad_entries, rows_to_dicts
+from pipeline.cache.codec import CacheEncoding, decode, encode, pad_entries, rows_to_dicts
 from pipeline.cache.rows import TeacherRow, to_shard_table
-from pipeline.cache.schema import TopK, storage_for
+from pipeline.cache.schema import FLOAT32_BLOCK, EncodingBlock, TopK, storage_for
 from pipeline.errors import PipelineError, run_main
 from pipeline.lm.batch import TopKBatch
 from pipeline.lm.losses import DIVERGENCES, sparse_forward_kl
@@ -62,7 +62,7 @@ class Split:
     table: pa.Table  # in the cache format, top-K_MAX from the rescoring
     full: list[torch.Tensor]
     samples: dict[tuple[int, int], list[SampledIds]]  # per (head, draws), per sequence
-    compact: dict[int, tuple[pa.Table, dict]]  # per k, the top-k in the default compact encoding and its block
+    compact: dict[int, tuple[pa.Table, EncodingBlock]]  # per k, the top-k in the default compact encoding and its block
 
 
 @dataclass
@@ -97,7 +97,7 @@ def read_sequences(cache: Path, split: str, limit: int) -> list[tuple[str, list[
     opened = Cache.open(cache)
     rows = []
     for records in opened.batches(split, 64):
-        for row in rows_to_dicts(decode(records, manifest_encoding(opened.manifest))):
+        for row in rows_to_dicts(decode(records, opened.encoding)):
             rows.append((row["id"], row["input_ids"], row["response_start"], row["topk_ids"]))
     return rows[:limit]
 
@@ -171,7 +171,7 @@ def bytes_per_token(split: Split, variant: Variant, vocab_size: int, shard_rows:
         if variant.settings.tail == "renormalize" and not variant.compact:
             return None  # the same cache as the bucket row
     table = encode(rows, block)
-    size = sum(len(write_bytes(table.slice(start, shard_rows), block["zstd_level"])) for start in range(0, table.num_rows, shard_rows))
+    size = sum(len(write_bytes(table.slice(start, shard_rows), block.zstd_level)) for start in range(0, table.num_rows, shard_rows))
     return size / len(rows.entries)
 
 
@@ -197,12 +197,12 @@ def batches(split: Split, batch_size: int, seed: int | None, sample: tuple[int, 
         if sample is not None:
             drawn = concatenated([split.samples[sample][i] for i in rows])
             ids, logprobs, counts = (torch.from_numpy(a) for a in pad_entries(drawn.entries, drawn.ids, drawn.logprobs, drawn.counts))
-            batch = replace(batch, topk_ids=ids, topk_logprobs=logprobs, counts=counts)
+            batch = replace(batch, listed_ids=ids, listed_logprobs=logprobs, counts=counts)
         yield batch, torch.cat([split.full[i] for i in rows])
 
 
 def truncated(batch: TopKBatch, k: int) -> TopKBatch:
-    return replace(batch, topk_ids=batch.topk_ids[:, :k].contiguous(), topk_logprobs=batch.topk_logprobs[:, :k].contiguous())
+    return replace(batch, listed_ids=batch.listed_ids[:, :k].contiguous(), listed_logprobs=batch.listed_logprobs[:, :k].contiguous())
 
 
 def full_logit_loss(model: torch.nn.Module, batch: TopKBatch, teacher: torch.Tensor, settings: StudentSettings) -> torch.Tensor:

@@ -92,7 +92,7 @@ def write_cache(out: Path, tokens: int, tokenizer_dir: Path, shard_rows: int) ->
         "tokenizer": tokenizer_record(tokenizer, vocab, True),
         "k": K,
         "logprobs": LOGPROBS_MEANING,
-        "encoding": block,
+        "encoding": block.document(),
         "generation": {"max_new_tokens": ANSWER_TOKENS, "temperature": 0.7, "top_p": 0.9, "seed": 0, "batch_size": 16},
         "source": {"sha256": f"synthetic-{tokens}", "rows": {"train": rows - validation, "validation": validation}},
         "prompt_length": {"limit": 8192, "too_long": "refuse", "truncated": 0},

@@ -95,11 +95,12 @@ def cache_rows(cache_dir):
     import pyarrow.parquet as pq
 
     from pipeline.cache import read_manifest
-    from pipeline.cache.codec import decode, manifest_encoding, rows_to_dicts
+    from pipeline.cache.codec import decode, rows_to_dicts
+    from pipeline.cache.schema import encoding_of
 
     manifest = read_manifest(cache_dir)
     tables = [pq.read_table(cache_dir / entry["file"]) for split in manifest["splits"].values() for entry in split["shards"]]
-    return [row for table in tables for row in rows_to_dicts(decode(table, manifest_encoding(manifest)))]
+    return [row for table in tables for row in rows_to_dicts(decode(table, encoding_of(manifest)))]
 
 
 TINY_CACHE = {"drop_zero_level": False}  # the tiny teacher is so peaky that dropping would leave one id per position

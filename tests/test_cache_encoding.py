@@ -11,7 +11,7 @@ from conftest import TINY_CACHE, cache_rows
 from typer.testing import CliRunner
 
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, Cache, read_manifest, write_shard
-from pipeline.cache.codec import CacheEncoding, decode, encode, manifest_encoding
+from pipeline.cache.codec import CacheEncoding, decode, encode
 from pipeline.cache.convert import convert_cache
 from pipeline.cache.decoding_error import position_kl
 from pipeline.cache.encoding import (
@@ -27,7 +27,7 @@ from pipeline.cache.encoding import (
 )
 from pipeline.cache.plan import planned_shards
 from pipeline.cache.rows import TeacherRow, to_shard_table
-from pipeline.cache.schema import Sampled, TopK
+from pipeline.cache.schema import Sampled, TopK, encoding_of
 from pipeline.cache.topk import TOPK
 from pipeline.cache.verify import verify_cache
 from pipeline.cache.writer import finalize_cache, open_cache_for_writing, zstd_level
@@ -91,13 +91,13 @@ def teacher_outputs(vocab, k, positions=(4, 1, 6), seed=1):
 def test_compact_round_trip_within_the_declared_bound(vocab, drop):
     k = 12
     outputs = teacher_outputs(vocab, k)
-    exact = decode(to_shard_table(["a", "b", "c"], outputs), manifest_encoding({}))
+    exact = decode(to_shard_table(["a", "b", "c"], outputs), encoding_of({}))
     block = CacheEncoding(drop_zero_level=drop).block(vocab, TopK(k))
     table = to_shard_table(["a", "b", "c"], outputs, block)
     assert str(table.schema.field("input_ids").type.value_type) == ("uint16" if vocab <= 65536 else "uint32")
     rows = decode(table, block)
     assert np.array_equal(rows.input_ids, exact.input_ids) and rows.row_ids == ["a", "b", "c"]
-    bound = block["error_bound"]
+    bound = block.error_bound
     assert np.abs(rows.token_logprobs - exact.token_logprobs).max() <= bound["token_logprob"] + 1e-6
     start = 0
     for position, n in enumerate(rows.entries):
@@ -109,9 +109,9 @@ def test_compact_round_trip_within_the_declared_bound(vocab, drop):
         assert kept_top in listed  # a position's most likely id is never dropped
         for token, p in original.items():
             if token in listed:  # ids exact; probabilities within one sqrt step after renormalising with the tail
-                assert abs(np.sqrt(listed[token]) - np.sqrt(p)) <= block["sqrt_step"]
+                assert abs(np.sqrt(listed[token]) - np.sqrt(p)) <= block.sqrt_step
             else:
-                assert drop and np.sqrt(p) < block["sqrt_step"] / 2
+                assert drop and np.sqrt(p) < block.sqrt_step / 2
         assert list(listed.values()) == sorted(listed.values(), reverse=True)
     kl = position_kl(exact, rows, vocab)
     assert kl.max() < 5e-3 and kl.mean() < 2e-3
@@ -141,7 +141,7 @@ def sampled_outputs(vocab=300, draws=32, seed=2):
 def test_sampled_storage_round_trip():
     outputs = sampled_outputs()
     block = CacheEncoding().block(300, Sampled(32))
-    assert block["storage"] == "sampled" and block["draws"] == 32 and not block["drop_zero_level"]
+    assert block.storage == "sampled" and block.draws == 32 and not block.drop_zero_level
     table = to_shard_table(["a", "b"], outputs, block)
     assert "counts" in table.column_names
     rows = decode(table, block)
@@ -156,12 +156,12 @@ def test_sampled_storage_round_trip():
         assert got.keys() == want.keys() and all(got[i][0] == want[i][0] for i in got)  # ids and counts exact
         assert sum(c for c, _ in got.values()) == 32
         for i in got:
-            assert abs(np.exp(got[i][1] / 2) - np.exp(want[i][1] / 2)) <= block["sqrt_step"]
+            assert abs(np.exp(got[i][1] / 2) - np.exp(want[i][1] / 2)) <= block.sqrt_step
         start, expected_start = start + n, expected_start + n
     batch = to_topk_batch(table.to_batches()[0], block)
-    assert batch.counts is not None and batch.counts.shape == batch.topk_ids.shape
+    assert batch.counts is not None and batch.counts.shape == batch.listed_ids.shape
     assert torch.equal(batch.counts.sum(-1), torch.full((len(rows.entries),), 32.0))
-    assert torch.isneginf(batch.topk_logprobs[batch.counts == 0]).all()
+    assert torch.isneginf(batch.listed_logprobs[batch.counts == 0]).all()
     with pytest.raises(PipelineError, match="sampled caches need the compact encoding"):
         CacheEncoding(encoding="float32").block(300, Sampled(32))
 
@@ -170,12 +170,13 @@ def write_sampled_cache(tiny_cache, out):
     """A whole sampled cache through the writer entry points the teacher uses (plan, shards, manifest)."""
     manifest = read_manifest(tiny_cache)
     plan = json.loads((tiny_cache / PLAN_FILE).read_text())
-    plan["encoding"] = CacheEncoding().block(manifest["tokenizer"]["vocab_size"], Sampled(32))
+    block = CacheEncoding().block(manifest["tokenizer"]["vocab_size"], Sampled(32))
+    plan["encoding"] = block.document()
     open_cache_for_writing(out, plan)
     shutil.copytree(tiny_cache / "tokenizer", out / "tokenizer")
     for shard in planned_shards(plan):
         outputs = [o for seed in range(shard.stop - shard.start) for o in sampled_outputs(320, 32, seed)[:1]]
-        write_shard(to_shard_table([f"{shard.file}-{i}" for i in range(len(outputs))], outputs, plan["encoding"]), out, shard, TOPK, zstd_level(plan["encoding"]))
+        write_shard(to_shard_table([f"{shard.file}-{i}" for i in range(len(outputs))], outputs, block), out, shard, TOPK, zstd_level(block))
     return finalize_cache(out, planned_shards(plan))
 
 
@@ -203,17 +204,17 @@ def test_v1_and_v2_readers_give_the_same_batches_up_to_the_bound(tmp_path, float
         for name in ("input_ids", "attention_mask", "rows", "columns", "targets", "response_start"):
             assert torch.equal(getattr(exact, name), getattr(compact, name)), name
         assert compact.counts is None
-        assert (exact.topk_ids.sort(-1).values == compact.topk_ids.sort(-1).values).all()
-        order = compact.topk_ids.argsort(-1)
-        exact_p = exact.topk_logprobs.gather(-1, exact.topk_ids.argsort(-1)).exp().sqrt()
-        assert (exact_p - compact.topk_logprobs.gather(-1, order).exp().sqrt()).abs().max() <= step
+        assert (exact.listed_ids.sort(-1).values == compact.listed_ids.sort(-1).values).all()
+        order = compact.listed_ids.argsort(-1)
+        exact_p = exact.listed_logprobs.gather(-1, exact.listed_ids.argsort(-1)).exp().sqrt()
+        assert (exact_p - compact.listed_logprobs.gather(-1, order).exp().sqrt()).abs().max() <= step
         assert (exact.token_logprobs - compact.token_logprobs).abs().max() <= manifest["encoding"]["error_bound"]["token_logprob"] + 1e-6
 
 
 def test_convert_resumes_and_refuses_another_plan(tmp_path, tiny_cache):
     out = tmp_path / "plain"
     first = convert_cache(tiny_cache, out, CacheEncoding(encoding="float32"))
-    assert first.format_version == 2 and first.encoding_block["name"] == "float32"
+    assert first.format_version == 2 and first.encoding_block.name == "float32"
     assert first.converted_from["manifest_sha256"] == read_manifest(tiny_cache)["manifest_sha256"]
     assert (out / "tokenizer" / "tokenizer.json").exists() and "encoding `float32`" in (out / "README.md").read_text()
     assert cache_rows(out) == cache_rows(tiny_cache)
@@ -268,7 +269,7 @@ def test_version_1_caches_stay_readable(tmp_path, float32_cache):
     assert "float32 (exact" in runner.invoke(app, ["inspect", str(old)]).output
     assert cache_rows(old) == cache_rows(float32_cache)
     table = pq.read_table(old / "train" / "shard-00000.parquet")
-    assert encode(decode(table, manifest_encoding(manifest)), manifest_encoding(manifest)).equals(table)
+    assert encode(decode(table, encoding_of(manifest)), encoding_of(manifest)).equals(table)
 
 
 @pytest.mark.parametrize("requires, readable", [([], True), (["variable-k"], False), ("variable-k", False)])

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import pipeline.cache.writer as writer
 from pipeline.cache import MANIFEST_FILE, read_manifest
 from pipeline.cache.plan import planned_shards
+from pipeline.cache.schema import encoding_of
 from pipeline.cache.topk import TOPK
 from pipeline.cache.writer import finalize_cache, parquet_options, shard_entry, write_shard, zstd_level
 from pipeline.cli import app
@@ -23,7 +24,7 @@ from pipeline.teacher_model import resolve_teacher
 def test_write_shard_writes_what_pq_write_table_writes_to_a_file_and_records_the_entry_read_back_gives(tmp_path, request, fixture):
     cache = request.getfixturevalue(fixture)
     manifest = read_manifest(cache)
-    level = zstd_level(manifest["encoding"])
+    level = zstd_level(encoding_of(manifest))
     for shard in planned_shards(manifest):
         table = pq.read_table(cache / shard.file)
         entry = write_shard(table, tmp_path / "ours", shard, TOPK, level)

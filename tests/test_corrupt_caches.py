@@ -13,7 +13,8 @@ from conftest import PROMPTS, error_line, make_llama, make_tokenizer
 from typer.testing import CliRunner
 
 from pipeline.cache import MANIFEST_FILE, manifest_checksum
-from pipeline.cache.codec import decode, manifest_encoding
+from pipeline.cache.codec import decode
+from pipeline.cache.schema import encoding_of
 from pipeline.cache.verify import verify_cache
 from pipeline.cli import app
 from pipeline.hashing import sha256_file
@@ -67,7 +68,7 @@ def reseal(cache: Path, shard: Path) -> None:
 
 def test_a_flipped_byte_that_still_decodes_stops_student_evaluate_and_inspect(tmp_path, cache, params, tiny_teacher):
     shard = cache / "train" / "shard-00001.parquet"
-    flip_a_byte_that_still_decodes(shard, manifest_encoding(manifest(cache)))
+    flip_a_byte_that_still_decodes(shard, encoding_of(manifest(cache)))
     changed = f"error: shard {shard} changed after the teacher wrote it (its sha256 is not the manifest's): nothing was read from it; run `kd verify {cache}`"
     out = tmp_path / "student"
     assert error_line(["student", "--cache", cache, "--out", out, "--params", params, *STUDENT]) == changed
@@ -75,7 +76,7 @@ def test_a_flipped_byte_that_still_decodes_stops_student_evaluate_and_inspect(tm
     assert error_line(["inspect", cache]) == changed
     assert error_line(["evaluate", "--cache", cache, "--teacher", tiny_teacher, "--student", f"t={tiny_teacher}", "--split", "train"]) == changed
     validation = cache / "validation" / "shard-00000.parquet"
-    flip_a_byte_that_still_decodes(validation, manifest_encoding(manifest(cache)))
+    flip_a_byte_that_still_decodes(validation, encoding_of(manifest(cache)))
     assert error_line(["evaluate", "--cache", cache, "--teacher", tiny_teacher, "--student", f"t={tiny_teacher}"]).startswith(f"error: shard {validation} changed after the teacher wrote it")
 
 
@@ -100,7 +101,7 @@ def test_an_id_outside_the_vocabulary_is_one_line(tmp_path, cache, params):
     rows[1]["id_gap_hi"] = bytes(hi)
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard, compression="zstd")
     reseal(cache, shard)
-    first_id = decode(pq.read_table(shard), manifest_encoding(manifest(cache))).entry_ids
+    first_id = decode(pq.read_table(shard), encoding_of(manifest(cache))).entry_ids
     bad = int(first_id[first_id >= 320][0])
     out = tmp_path / "student"
     message = error_line(["student", "--cache", cache, "--out", out, "--params", params, *STUDENT])
@@ -110,7 +111,7 @@ def test_an_id_outside_the_vocabulary_is_one_line(tmp_path, cache, params):
 
 def test_finalize_does_not_approve_a_shard_that_changed(cache):
     shard = cache / "train" / "shard-00001.parquet"
-    flip_a_byte_that_still_decodes(shard, manifest_encoding(manifest(cache)))
+    flip_a_byte_that_still_decodes(shard, encoding_of(manifest(cache)))
     before = (cache / MANIFEST_FILE).read_bytes()
     assert error_line(["finalize", cache]) == (
         f"error: cannot finalize {cache}: train/shard-00001.parquet changed after manifest.json listed it (its sha256 differs); "

@@ -199,7 +199,7 @@ def test_exact_map_equals_a_dense_reference(teacher_tok, student_tok):
         hidden = model.model(input_ids=cb.input_ids, attention_mask=cb.attention_mask).last_hidden_state[cb.rows, cb.columns]
         q = torch.softmax(model.lm_head(hidden), -1).numpy()
     # the reference: teacher entries gathered by hand at the aligned teacher positions, mapped id by id
-    teacher_ids, teacher_lp = batch.topk_ids.numpy(), batch.topk_logprobs.numpy().astype(np.float64)
+    teacher_ids, teacher_lp = batch.listed_ids.numpy(), batch.listed_logprobs.numpy().astype(np.float64)
     offsets = np.concatenate([[0], np.cumsum((batch.attention_mask.sum(1) - batch.response_start).numpy())])
     kls, mapped_mass = [], []
     a = 0

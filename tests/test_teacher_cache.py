@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from pipeline.cache import MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, read_manifest, ship_tokenizer
+from pipeline.cache.schema import encoding_of
 from pipeline.cache.summary import summarize_cache
 from pipeline.cache.verify import verify_cache
 from pipeline.cli import app
@@ -30,7 +31,7 @@ def assert_matches_forward(rows, model_dir, k, block):
             logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)[start - 1 : len(ids) - 1]
         top = logprobs.topk(k, dim=-1)
         actual = logprobs.gather(-1, torch.tensor(ids[start:])[:, None])[:, 0]
-        if block["name"] == "float32":
+        if block.name == "float32":
             assert torch.equal(torch.tensor(row["topk_ids"]), top.indices), row["id"]
             torch.testing.assert_close(torch.tensor(row["topk_logprobs"]), top.values, atol=1e-5, rtol=0)
             torch.testing.assert_close(torch.tensor(row["token_logprobs"]), actual, atol=1e-5, rtol=0)
@@ -39,20 +40,20 @@ def assert_matches_forward(rows, model_dir, k, block):
             assert sorted(listed) == sorted(top.indices[j].tolist()), row["id"]
             assert sorted(values, reverse=True) == values
             error = torch.tensor(values).exp().sqrt() - logprobs[j, listed].exp().sqrt()
-            assert error.abs().max() <= block["sqrt_step"], row["id"]
-        torch.testing.assert_close(torch.tensor(row["token_logprobs"]), actual, atol=block["error_bound"]["token_logprob"] + 1e-5, rtol=0)
+            assert error.abs().max() <= block.sqrt_step, row["id"]
+        torch.testing.assert_close(torch.tensor(row["token_logprobs"]), actual, atol=block.error_bound["token_logprob"] + 1e-5, rtol=0)
 
 
 def test_generated_cache_equals_direct_forward(tiny_cache, tiny_teacher):
     rows = cache_rows(tiny_cache)
     assert len(rows) == 20 and all(len(r["token_logprobs"]) >= 1 for r in rows)
-    assert_matches_forward(rows, tiny_teacher, 8, read_manifest(tiny_cache)["encoding"])
+    assert_matches_forward(rows, tiny_teacher, 8, encoding_of(read_manifest(tiny_cache)))
 
 
 def test_float32_cache_equals_direct_forward(float32_cache, tiny_teacher):
     manifest = read_manifest(float32_cache)
     assert manifest["format_version"] == 2 and manifest["encoding"]["name"] == "float32"
-    assert_matches_forward(cache_rows(float32_cache), tiny_teacher, 8, manifest["encoding"])
+    assert_matches_forward(cache_rows(float32_cache), tiny_teacher, 8, encoding_of(manifest))
 
 
 def test_scoring_given_responses_equals_direct_forward(tmp_path, tiny_teacher):
@@ -68,7 +69,7 @@ def test_scoring_given_responses_equals_direct_forward(tmp_path, tiny_teacher):
     for row in rows:
         response = tokenizer.decode(row["input_ids"][row["response_start"] :])
         assert response.startswith("Blue is colour") and response.endswith("<|im_end|>\n")
-    assert_matches_forward(rows, tiny_teacher, 8, read_manifest(out)["encoding"])
+    assert_matches_forward(rows, tiny_teacher, 8, encoding_of(read_manifest(out)))
 
 
 def test_manifest_records_provenance_and_checksums(tiny_cache, tiny_teacher):

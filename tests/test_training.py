@@ -24,7 +24,7 @@ def test_batches_line_up_with_rows(tiny_cache):
     for batch in stream_batches(Cache.open(tiny_cache), "train", batch_size=3, seed=1, shuffle_rows=4):
         assert torch.equal(batch.input_ids[batch.rows, batch.columns + 1], batch.targets)
         assert batch.attention_mask[batch.rows, batch.columns + 1].all()
-        assert (batch.topk_logprobs[:, :-1] >= batch.topk_logprobs[:, 1:]).all()
+        assert (batch.listed_logprobs[:, :-1] >= batch.listed_logprobs[:, 1:]).all()
         seen += batch.num_tokens
     assert seen == read_manifest(tiny_cache)["splits"]["train"]["tokens"]
 
@@ -43,7 +43,7 @@ def test_batches_span_shards_and_skip_resumes_the_same_stream(tiny_cache, batch_
     for skip in (1, 2, len(batches) - 1):
         resumed = list(stream_batches(cache, "train", batch_size, seed=3, shuffle_rows=shuffle_rows, skip=skip))
         assert len(resumed) == len(batches) - skip
-        assert all(torch.equal(a.input_ids, b.input_ids) and torch.equal(a.topk_ids, b.topk_ids) for a, b in zip(resumed, batches[skip:]))
+        assert all(torch.equal(a.input_ids, b.input_ids) and torch.equal(a.listed_ids, b.listed_ids) for a, b in zip(resumed, batches[skip:]))
 
 
 def test_training_lowers_kl_to_teacher_on_held_out_data(tmp_path, tiny_cache, tiny_teacher):

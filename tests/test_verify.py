@@ -9,9 +9,10 @@ from conftest import error_line
 from typer.testing import CliRunner
 
 from pipeline.cache import MANIFEST_FILE, manifest_checksum
-from pipeline.cache.codec import CacheEncoding, manifest_encoding
+from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.convert import convert_cache
 from pipeline.cache.rows import TeacherRow, to_shard_table
+from pipeline.cache.schema import encoding_of
 from pipeline.cache.topk import value_problems
 from pipeline.cache.verify import verify_cache
 from pipeline.cli import app
@@ -194,8 +195,8 @@ def forge_compact(cache, change):
 
 
 def test_verify_decodes_compact_shards(cache):
-    block = manifest_encoding(json.loads((cache / MANIFEST_FILE).read_text()))
-    assert block["name"] == "compact" and verify_cache(cache) == []
+    block = encoding_of(json.loads((cache / MANIFEST_FILE).read_text()))
+    assert block.name == "compact" and verify_cache(cache) == []
 
     def drop_a_level(rows):
         rows[0]["prob_levels"] = rows[0]["prob_levels"][:-1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -37,12 +37,11 @@ from pipeline.cache.encoding import (
     segment_starts,
     unpack_planes,
 )
-from pipeline.cache.schema import Storage, storage_of
+from pipeline.cache.schema import FLOAT32_BLOCK, CompactBlock, EncodingBlock, Float32Block, Storage
 from pipeline.errors import PipelineError
 from pipeline.settings import Number, Settings
 
 EncodingName = Literal["compact", "float32"]
-ENCODINGS = get_args(EncodingName)
 LOG_LEVEL_BYTES = 2  # tail and token log-prob levels: 16 bits
 MIN_TAIL = 1e-30  # a smaller tail (float32 sums of a full top-k reach 1) is stored as this: never exactly 0
 
@@ -57,11 +56,6 @@ V1_SCHEMA = pa.schema(
     ]
 )
 COMPACT_STREAMS = ("entries", "id_gap_lo", "id_gap_hi", "prob_levels", "tail_levels", "token_logprob_levels")
-FLOAT32_BLOCK: dict[str, Any] = {
-    "name": "float32",
-    "storage": "topk",
-    "error_bound": {"logprob": 0.0, "token_logprob": 0.0},
-}
 
 
 class CacheEncoding(Settings):
@@ -74,52 +68,38 @@ class CacheEncoding(Settings):
     token_logprob_step: Number = Field(0.0078125, ge=0.0001, le=1)  # log-prob of the actual token: error <= step / 2 (1/128)
     zstd_level: int = Field(19, ge=1, le=22)
 
-    def block(self, vocab_size: int, storage: Storage) -> dict[str, Any]:
+    def block(self, vocab_size: int, storage: Storage) -> EncodingBlock:
         """The manifest's `encoding` block: everything a reader needs, with the declared error bounds."""
         if self.encoding == "float32":
             if storage.drawn:
                 raise PipelineError(f"{storage.name} caches need the compact encoding")
-            return dict(FLOAT32_BLOCK)
-        block: dict[str, Any] = {
-            "name": "compact",
-            "storage": storage.name,
-            "id_bytes": byte_width(vocab_size - 1),
-            "entry_bytes": byte_width(storage.most_ids(vocab_size)),
-            "level_bytes": byte_width(int(np.ceil(1 / self.sqrt_step))),
-            "input_ids": "uint16" if vocab_size <= 1 << 16 else "uint32",
-            "sqrt_step": self.sqrt_step,
-            "drop_zero_level": self.drop_zero_level and not storage.drawn,
-            "tail_log_step": self.tail_log_step,
-            "token_logprob_step": self.token_logprob_step,
-            "zstd_level": self.zstd_level,
-            "error_bound": {
-                "sqrt_prob": self.sqrt_step / 2,
-                "tail_logprob": self.tail_log_step / 2,
-                "token_logprob": self.token_logprob_step / 2,
-            },
-        }
-        return block | storage.block_fields()
+            return FLOAT32_BLOCK
+        return CompactBlock(
+            name="compact",
+            storage=storage.name,
+            id_bytes=byte_width(vocab_size - 1),
+            entry_bytes=byte_width(storage.most_ids(vocab_size)),
+            level_bytes=byte_width(int(np.ceil(1 / self.sqrt_step))),
+            input_ids="uint16" if vocab_size <= 1 << 16 else "uint32",
+            sqrt_step=self.sqrt_step,
+            drop_zero_level=self.drop_zero_level and not storage.drawn,
+            tail_log_step=self.tail_log_step,
+            token_logprob_step=self.token_logprob_step,
+            zstd_level=self.zstd_level,
+            error_bound={"sqrt_prob": self.sqrt_step / 2, "tail_logprob": self.tail_log_step / 2, "token_logprob": self.token_logprob_step / 2},
+            **storage.block_fields(),
+        )
 
 
-def _drawn(block: dict[str, Any]) -> bool:
-    """Its entries carry draw counts (a sampled or hybrid cache)."""
-    return storage_of(block).drawn
-
-
-def manifest_encoding(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The encoding block of a manifest; version 1 caches have none and are float32."""
-    return manifest.get("encoding") or dict(FLOAT32_BLOCK)
-
-
-def shard_schema(block: dict[str, Any]) -> pa.Schema:
-    if block["name"] == "float32":
+def shard_schema(block: EncodingBlock) -> pa.Schema:
+    if isinstance(block, Float32Block):
         return V1_SCHEMA
     fields = [
         pa.field("id", pa.string(), nullable=False),
-        pa.field("input_ids", pa.list_(pa.uint16() if block["input_ids"] == "uint16" else pa.uint32()), nullable=False),
+        pa.field("input_ids", pa.list_(pa.uint16() if block.input_ids == "uint16" else pa.uint32()), nullable=False),
         pa.field("response_start", pa.int32(), nullable=False),
     ]
-    streams = COMPACT_STREAMS + (("counts",) if _drawn(block) else ())
+    streams = COMPACT_STREAMS + (("counts",) if block.drawn else ())
     return pa.schema(fields + [pa.field(name, pa.binary(), nullable=False) for name in streams])
 
 
@@ -210,7 +190,7 @@ def _stream(records: pa.RecordBatch | pa.Table, name: str, row_lengths: np.ndarr
     return unpack_planes(data[offsets[0] : offsets[-1]], row_lengths, planes)
 
 
-def decode(records: pa.RecordBatch | pa.Table, block: dict[str, Any]) -> CacheRows:
+def decode(records: pa.RecordBatch | pa.Table, block: EncodingBlock) -> CacheRows:
     """Decode a record batch (or table) of shard rows; a malformed row raises PipelineError."""
     seq_lengths = pc.list_value_length(records.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
     common = dict(
@@ -219,7 +199,7 @@ def decode(records: pa.RecordBatch | pa.Table, block: dict[str, Any]) -> CacheRo
         seq_lengths=seq_lengths,
         response_start=records.column("response_start").to_numpy(zero_copy_only=False).astype(np.int64),
     )
-    if block["name"] == "float32":
+    if isinstance(block, Float32Block):
         return CacheRows(
             **common,
             entries=pc.list_value_length(pc.list_flatten(records.column("topk_ids"))).to_numpy(zero_copy_only=False).astype(np.int64),
@@ -230,16 +210,16 @@ def decode(records: pa.RecordBatch | pa.Table, block: dict[str, Any]) -> CacheRo
     positions = common["seq_lengths"] - common["response_start"]
     if (positions < 0).any():
         raise PipelineError("response_start is beyond the end of a sequence")
-    entries = _stream(records, "entries", positions, range(block["entry_bytes"]))
+    entries = _stream(records, "entries", positions, range(block.entry_bytes))
     row_entries = np.bincount(segment_index(positions), weights=entries, minlength=len(positions)).astype(np.int64)
-    gaps = _stream(records, "id_gap_lo", row_entries, range(1)) | _stream(records, "id_gap_hi", row_entries, range(1, block["id_bytes"]))
-    levels = _stream(records, "prob_levels", row_entries, range(block["level_bytes"]))
-    tail = dequantize_neglog(_stream(records, "tail_levels", positions, range(LOG_LEVEL_BYTES)), block["tail_log_step"])
-    token = dequantize_neglog(_stream(records, "token_logprob_levels", positions, range(LOG_LEVEL_BYTES)), block["token_logprob_step"])
-    counts = _stream(records, "counts", row_entries, range(block["count_bytes"])) if _drawn(block) else None
+    gaps = _stream(records, "id_gap_lo", row_entries, range(1)) | _stream(records, "id_gap_hi", row_entries, range(1, block.id_bytes))
+    levels = _stream(records, "prob_levels", row_entries, range(block.level_bytes))
+    tail = dequantize_neglog(_stream(records, "tail_levels", positions, range(LOG_LEVEL_BYTES)), block.tail_log_step)
+    token = dequantize_neglog(_stream(records, "token_logprob_levels", positions, range(LOG_LEVEL_BYTES)), block.token_logprob_step)
+    counts = _stream(records, "counts", row_entries, range(block.count_bytes or 0)) if block.drawn else None
     ids = gaps_to_ids(gaps, entries)
     position = segment_index(entries)
-    probs = dequantize_sqrt(levels, block["sqrt_step"]) ** 2
+    probs = dequantize_sqrt(levels, block.sqrt_step) ** 2
     total = np.bincount(position, weights=probs, minlength=len(entries)) + np.exp(tail)
     logprobs = np.log(probs) - np.log(total)[position]
     top_level = int(levels.max(initial=0)) + 1
@@ -254,11 +234,11 @@ def decode(records: pa.RecordBatch | pa.Table, block: dict[str, Any]) -> CacheRo
     )
 
 
-def encode(rows: CacheRows, block: dict[str, Any]) -> pa.Table:
+def encode(rows: CacheRows, block: EncodingBlock) -> pa.Table:
     """A shard table in the given encoding; the tail is 1 - the sum of the listed probabilities given."""
     schema = shard_schema(block)
     head = [pa.array(rows.row_ids, pa.string()), None, pa.array(rows.response_start, pa.int32())]
-    if block["name"] == "float32":
+    if isinstance(block, Float32Block):
         if rows.entry_counts is not None:
             raise PipelineError("sampled and hybrid caches need the compact encoding")
         positions = rows.positions
@@ -270,13 +250,13 @@ def encode(rows: CacheRows, block: dict[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(head + _compact_streams(rows, block), schema=schema)
 
 
-def _compact_streams(rows: CacheRows, block: dict[str, Any]) -> list[pa.BinaryArray]:
+def _compact_streams(rows: CacheRows, block: CompactBlock) -> list[pa.BinaryArray]:
     positions, entries = rows.positions, rows.entries.astype(np.int64)
     position = segment_index(entries)
     probs = np.exp(rows.entry_logprobs.astype(np.float64))
-    levels = quantize_sqrt(probs, block["sqrt_step"])
+    levels = quantize_sqrt(probs, block.sqrt_step)
     keep = np.ones(len(levels), dtype=bool)
-    if block["drop_zero_level"]:
+    if block.drop_zero_level:
         by_prob = np.lexsort((-probs, position))
         top = np.zeros(len(levels), dtype=bool)
         top[by_prob[segment_starts(entries)[entries > 0]]] = True
@@ -287,23 +267,24 @@ def _compact_streams(rows: CacheRows, block: dict[str, Any]) -> list[pa.BinaryAr
     entries = np.bincount(position[keep], minlength=len(entries)).astype(np.int64)
     order = np.flatnonzero(keep)[np.lexsort((rows.entry_ids[keep], position[keep]))]
     ids, levels = rows.entry_ids[order], levels[order]
-    if len(ids) and (ids.min() < 0 or ids.max() >= 1 << (8 * block["id_bytes"])):
-        raise PipelineError(f"an entry id does not fit the encoding's {block['id_bytes']} byte(s)")
+    if len(ids) and (ids.min() < 0 or ids.max() >= 1 << (8 * block.id_bytes)):
+        raise PipelineError(f"an entry id does not fit the encoding's {block.id_bytes} byte(s)")
     row_entries = np.bincount(segment_index(positions), weights=entries, minlength=len(positions)).astype(np.int64)
     gaps = ids_to_gaps(ids, entries)
-    tail_levels = quantize_neglog(np.log(tail), block["tail_log_step"])
+    tail_levels = quantize_neglog(np.log(tail), block.tail_log_step)
     streams = [
-        pack_planes(entries, block["entry_bytes"], positions, range(block["entry_bytes"])),
-        pack_planes(gaps, block["id_bytes"], row_entries, range(1)),
-        pack_planes(gaps, block["id_bytes"], row_entries, range(1, block["id_bytes"])),
-        pack_planes(levels, block["level_bytes"], row_entries, range(block["level_bytes"])),
+        pack_planes(entries, block.entry_bytes, positions, range(block.entry_bytes)),
+        pack_planes(gaps, block.id_bytes, row_entries, range(1)),
+        pack_planes(gaps, block.id_bytes, row_entries, range(1, block.id_bytes)),
+        pack_planes(levels, block.level_bytes, row_entries, range(block.level_bytes)),
         pack_planes(tail_levels, LOG_LEVEL_BYTES, positions, range(LOG_LEVEL_BYTES)),
-        pack_planes(quantize_neglog(rows.token_logprobs, block["token_logprob_step"]), LOG_LEVEL_BYTES, positions, range(LOG_LEVEL_BYTES)),
+        pack_planes(quantize_neglog(rows.token_logprobs, block.token_logprob_step), LOG_LEVEL_BYTES, positions, range(LOG_LEVEL_BYTES)),
     ]
-    if _drawn(block):
+    if block.drawn:
         if rows.entry_counts is None:
-            raise PipelineError(f"a {block['storage']} cache needs a count for every entry")
-        streams.append(pack_planes(rows.entry_counts[order], block["count_bytes"], row_entries, range(block["count_bytes"])))
+            raise PipelineError(f"a {block.storage} cache needs a count for every entry")
+        count_bytes = block.count_bytes or 0
+        streams.append(pack_planes(rows.entry_counts[order], count_bytes, row_entries, range(count_bytes)))
     elif rows.entry_counts is not None:
         raise PipelineError("counts given for a top-k cache (use a sampled encoding block)")
     return [_binary(data, row_bytes) for data, row_bytes in streams]

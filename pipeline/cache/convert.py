@@ -20,6 +20,7 @@ from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, MANIFEST_ONL
 from pipeline.cache.manifest import Manifest, ShardEntry
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.reader import Cache, CachedShard, read_shard
+from pipeline.cache.schema import EncodingBlock
 from pipeline.cache.topk import TOPK
 from pipeline.cache.writer import claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.errors import PipelineError
@@ -33,8 +34,8 @@ def conversion_plan(manifest: Manifest, encoding: CacheEncoding) -> dict[str, An
     plan = {key: value for key, value in manifest.document.items() if key not in MANIFEST_ONLY}
     plan.update(
         logprobs=LOGPROBS_MEANING,
-        encoding=block,
-        converted_from={"format_version": manifest.format_version, "encoding": source, "manifest_sha256": manifest.manifest_sha256},
+        encoding=block.document(),
+        converted_from={"format_version": manifest.format_version, "encoding": manifest.document.get("encoding", source.document()), "manifest_sha256": manifest.manifest_sha256},
     )
     return plan
 
@@ -50,13 +51,13 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool
     plan = conversion_plan(source.manifest, encoding)
     shards = {entry.file: shard for split in source.splits for entry, shard in zip(source.splits[split].shards, source.shards(split))}
     copy_tokenizer = partial(shutil.copytree, source.tokenizer_dir) if source.tokenizer_dir.is_dir() else None
-    fill = partial(_convert_shards, shards, dst, source.encoding, plan["encoding"], source.vocab_size)
+    fill = partial(_convert_shards, shards, dst, source.encoding, encoding.block(source.vocab_size, source.manifest.storage), source.vocab_size)
     manifest = fill_cache(dst, plan, source.manifest.planned_shards(), fill, copy_tokenizer, replace=overwrite)
     assert manifest is not None  # one worker fills every shard
     return manifest
 
 
-def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: dict[str, Any], block: dict[str, Any], vocab_size: int, shards: list[ShardSpec]) -> list[ShardEntry]:
+def _convert_shards(sources: dict[str, CachedShard], dst: Path, source_block: EncodingBlock, block: EncodingBlock, vocab_size: int, shards: list[ShardSpec]) -> list[ShardEntry]:
     written: list[ShardEntry] = []
     for shard in shards:
         source = sources[shard.file]

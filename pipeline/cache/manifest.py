@@ -15,10 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
-from pipeline.cache.codec import manifest_encoding
 from pipeline.cache.format import CAUSAL_LM_TASK, MANIFEST_FILE, TOKENIZER_DIR, load_manifest, read_manifest
 from pipeline.cache.plan import ShardSpec, plan_shards
-from pipeline.cache.schema import Storage, storage_of
+from pipeline.cache.schema import FLOAT32_BLOCK, EncodingBlock, Storage, storage_of
 from pipeline.errors import PipelineError
 from pipeline.hashing import tokenizer_definition_sha256, tokenizer_sha256
 from pipeline.storage import location
@@ -121,7 +120,7 @@ class Manifest(_Record):
     teacher: TeacherRecord
     tokenizer: TokenizerRecord
     k: int | None = None  # language-model caches
-    encoding: dict[str, Any] | None = None  # version 1 caches have none (float32); see pipeline.cache.codec
+    encoding: EncodingBlock | None = None  # version 1 caches have none (float32); see pipeline.cache.schema
     classify: ClassifyRecord | None = None  # soft-label caches
     generation: dict[str, Any] | None = None
     converted_from: dict[str, Any] | None = None  # `kd convert`: the source's version, encoding and manifest checksum
@@ -149,9 +148,9 @@ class Manifest(_Record):
         return self._document
 
     @property
-    def encoding_block(self) -> dict[str, Any]:
+    def encoding_block(self) -> EncodingBlock:
         """The `encoding` block (version 1 caches: float32)."""
-        return manifest_encoding(self._document)
+        return self.encoding or FLOAT32_BLOCK
 
     @property
     def storage(self) -> Storage:

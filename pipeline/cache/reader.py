@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from pipeline.cache.codec import longest_sequence
 from pipeline.cache.format import CAUSAL_LM_TASK, CLASSIFY_TASK, MANIFEST_FILE, TOKENIZER_DIR
 from pipeline.cache.manifest import ClassifyRecord, Manifest, SplitRecord, open_manifest
-from pipeline.cache.schema import Storage
+from pipeline.cache.schema import EncodingBlock, Storage
 from pipeline.cache.tasks import CacheTask, task_named
 from pipeline.errors import PipelineError
 from pipeline.storage import local_folder, location, open_for_reading
@@ -117,7 +117,7 @@ class Cache:
         return task_named(self.manifest.task)
 
     @property
-    def encoding(self) -> dict[str, Any]:
+    def encoding(self) -> EncodingBlock:
         """The manifest's `encoding` block (version 1 caches: float32)."""
         return self.manifest.encoding_block
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache.codec import FLOAT32_BLOCK, CacheRows, encode
+from pipeline.cache.codec import CacheRows, encode
+from pipeline.cache.schema import FLOAT32_BLOCK, EncodingBlock
 from pipeline.errors import PipelineError
 
 
@@ -95,6 +96,6 @@ def to_cache_rows(ids: Sequence[str], rows: Sequence[TeacherRow]) -> CacheRows:
     )
 
 
-def to_shard_table(ids: Sequence[str], rows: Sequence[TeacherRow], block: dict[str, Any] | None = None) -> pa.Table:
+def to_shard_table(ids: Sequence[str], rows: Sequence[TeacherRow], block: EncodingBlock = FLOAT32_BLOCK) -> pa.Table:
     """A shard table in the encoding of `block` (a manifest's `encoding`; default float32, the v1 columns)."""
-    return encode(to_cache_rows(ids, rows), block or FLOAT32_BLOCK)
+    return encode(to_cache_rows(ids, rows), block)

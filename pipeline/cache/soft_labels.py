@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     from pipeline.cache.manifest import Manifest
     from pipeline.cache.reader import Cache
+    from pipeline.cache.schema import EncodingBlock
 
 NORMALISED_TOLERANCE = 1e-3  # float32 rounding of label log-probs whose probabilities add up to 1
 SOFT_LABEL_SCHEMA = pa.schema(
@@ -44,7 +45,7 @@ class SoftLabelTask:
         if manifest.classify is None:
             raise PipelineError(f"{path} is malformed: classify: a soft-label cache needs its classify block (labels, label_names)")
 
-    def schema(self, encoding: dict[str, Any]) -> pa.Schema:
+    def schema(self, encoding: EncodingBlock) -> pa.Schema:
         return SOFT_LABEL_SCHEMA
 
     def format_version(self, plan: dict[str, Any]) -> int:

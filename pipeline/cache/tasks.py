@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 if TYPE_CHECKING:
     from pipeline.cache.manifest import Manifest
     from pipeline.cache.reader import Cache
+    from pipeline.cache.schema import EncodingBlock
 
 
 class CacheTask(Protocol):
@@ -29,7 +30,7 @@ class CacheTask(Protocol):
     def check_manifest(self, manifest: Manifest, path: Path) -> None:
         """Refuse, at open time, a manifest this kd-pipeline cannot read (the task's own fields missing, an unknown encoding)."""
 
-    def schema(self, encoding: dict[str, Any]) -> pa.Schema:
+    def schema(self, encoding: EncodingBlock) -> pa.Schema:
         """The shard schema a manifest's (or plan's) encoding block calls for."""
 
     def format_version(self, plan: dict[str, Any]) -> int:

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.cache.codec import ENCODINGS, FLOAT32_BLOCK, decode, flat_values, padded_entries, shard_schema
+from pipeline.cache.codec import decode, flat_values, padded_entries, shard_schema
 from pipeline.cache.encoding import segment_index
 from pipeline.cache.format import CAUSAL_LM_TASK, HYBRID_FORMAT_VERSION
-from pipeline.cache.schema import storage_of
+from pipeline.cache.schema import FLOAT32_BLOCK, CompactBlock, EncodingBlock, Float32Block, encoding_of, storage_of
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -36,21 +36,18 @@ class TopKTask:
     def check_manifest(self, manifest: Manifest, path: Path) -> None:
         if manifest.k is None:
             raise PipelineError(f"{path} is malformed: k: a language-model cache needs an integer k")
-        name = manifest.encoding_block.get("name")
-        if manifest.format_version >= 2 and name not in ENCODINGS:
-            raise PipelineError(f"{path}: unknown cache encoding '{name}'")
         storage = manifest.storage
         if (storage.format_version == HYBRID_FORMAT_VERSION) != (manifest.format_version == HYBRID_FORMAT_VERSION):
             raise PipelineError(f"{path}: format version {manifest.format_version} does not go with storage '{storage.name}' (hybrid caches, and only they, are version {HYBRID_FORMAT_VERSION})")
 
-    def schema(self, encoding: dict[str, Any]) -> pa.Schema:
+    def schema(self, encoding: EncodingBlock) -> pa.Schema:
         return shard_schema(encoding)
 
     def format_version(self, plan: dict[str, Any]) -> int:
         """A plan without an encoding block was started before version 2: it finishes as version 1; a hybrid cache is version 3."""
         if "encoding" not in plan:
             return 1
-        return storage_of(plan["encoding"]).format_version
+        return storage_of(encoding_of(plan)).format_version
 
     def count_tokens(self, table: pa.Table) -> int:
         """Answer positions: len(input_ids) - response_start per row."""
@@ -59,7 +56,7 @@ class TopKTask:
 
     def value_problems(self, table: pa.Table, manifest: Manifest) -> list[str]:
         block, k, vocab_size = manifest.encoding_block, manifest.k or 0, manifest.tokenizer.vocab_size
-        if block["name"] == "compact":
+        if isinstance(block, CompactBlock):
             return compact_problems(table, block, k, vocab_size)
         return value_problems(table, k, vocab_size, exact_k=manifest.format_version == 1)
 
@@ -76,7 +73,7 @@ class TopKTask:
 TOPK = TopKTask()
 
 
-def compact_problems(table: pa.Table, block: dict[str, Any], k: int, vocab_size: int) -> list[str]:
+def compact_problems(table: pa.Table, block: CompactBlock, k: int, vocab_size: int) -> list[str]:
     """Decode a compact shard and check what decoding cannot guarantee: counts, id ranges, sampled draws."""
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
     seq_len = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
@@ -98,8 +95,8 @@ def compact_problems(table: pa.Table, block: dict[str, Any], k: int, vocab_size:
     ]
     if rows.entry_counts is not None:
         draws = np.bincount(np.repeat(np.arange(len(rows.entries)), rows.entries), weights=rows.entry_counts, minlength=len(rows.entries))
-        checks.append((_rows(row_of_position, draws != block["draws"], len(ids)), f"a position's counts do not add up to {block['draws']} draws"))
-        head = block.get("head", 0)
+        checks.append((_rows(row_of_position, draws != block.draws, len(ids)), f"a position's counts do not add up to {block.draws} draws"))
+        head = block.head
         if head:
             heads = np.bincount(np.repeat(np.arange(len(rows.entries)), rows.entries), weights=rows.entry_counts == 0, minlength=len(rows.entries))
             checks.append((_rows(row_of_position, heads != head, len(ids)), f"a position does not list exactly {head} head ids (count 0)"))
@@ -190,7 +187,7 @@ def summarize_topk(cache: Cache) -> dict[str, Any]:
     return {
         "format_version": manifest.format_version,
         "task": manifest.task,
-        "encoding": block,
+        "encoding": block.document(),
         "k": k,
         "rows": {name: split.rows for name, split in manifest.splits.items()},
         "tokens": tokens,
@@ -214,25 +211,26 @@ def _add_counts(histogram: np.ndarray, values: np.ndarray) -> np.ndarray:
     return new
 
 
-def encoding_line(block: dict[str, Any]) -> str:
+def encoding_line(block: EncodingBlock) -> str:
     """One line naming the encoding and its declared error bounds."""
-    if block["name"] == "float32":
+    if isinstance(block, Float32Block):
         return "float32 (exact: int32 ids, float32 log-probs)"
-    bound = block["error_bound"]
-    words = storage_of(block).describe() + (", level-0 entries in the tail" if block["drop_zero_level"] else "")
+    bound = block.error_bound
+    words = storage_of(block).describe() + (", level-0 entries in the tail" if block.drop_zero_level else "")
     return (
-        f"compact ({words}; sqrt(p) step {block['sqrt_step']} (error <= {bound['sqrt_prob']:g}), "
-        f"log tail step {block['tail_log_step']}, token log-prob error <= {bound['token_logprob']:g}, ids {block['id_bytes']} byte(s), zstd {block['zstd_level']})"
+        f"compact ({words}; sqrt(p) step {block.sqrt_step} (error <= {bound['sqrt_prob']:g}), "
+        f"log tail step {block.tail_log_step}, token log-prob error <= {bound['token_logprob']:g}, ids {block.id_bytes} byte(s), zstd {block.zstd_level})"
     )
 
 
 def format_topk_summary(summary: dict[str, Any]) -> str:
     mass, ids = summary["retained_mass"], summary["ids_per_position"]
     rows = ", ".join(f"{name} {count}" for name, count in summary["rows"].items())
-    sampled = storage_of(summary["encoding"]).drawn
+    block = encoding_of(summary)
+    sampled = block.drawn
     lines = [
         f"format      kd-topk-cache v{summary['format_version']} ({summary['task']}), k={summary['k']}",
-        f"encoding    {encoding_line(summary['encoding'])}",
+        f"encoding    {encoding_line(block)}",
         f"rows        {rows}",
         f"tokens      {summary['tokens']:,} cached positions",
         f"size        {summary['bytes']:,} bytes, {summary['bytes_per_token']:.1f} bytes/token",
@@ -264,8 +262,8 @@ kd-pipeline {created_by} for offline knowledge distillation. Generated from `man
 | teacher weights sha256 | `{teacher.weights_sha256}` |
 | tokenizer sha256 | `{tokenizer.sha256}` ({tokenizer.tokenizer_size:,} tokens, output vocabulary {tokenizer.vocab_size:,}); files in `{tokenizer.files}/` |
 | chat template | {"see `manifest.json` (`tokenizer.chat_template`)" if tokenizer.chat_template else "none (raw text prompts)"} |
-| k, encoding | {manifest.k}; {manifest.logprobs}; encoding `{block["name"]}`{"" if block["name"] == "float32" else f" ({block['storage']})"}; zstd Parquet |
-| decoding error bound | {", ".join(f"{name} {value:g}" for name, value in block["error_bound"].items())} (see `manifest.json`, `encoding`) |
+| k, encoding | {manifest.k}; {manifest.logprobs}; encoding `{block.name}`{"" if isinstance(block, Float32Block) else f" ({block.storage})"}; zstd Parquet |
+| decoding error bound | {", ".join(f"{name} {value:g}" for name, value in block.error_bound.items())} (see `manifest.json`, `encoding`) |
 | size | {tokens:,} cached positions, {size:,} bytes ({size / max(1, tokens):.1f} bytes per position) |
 | source data sha256 | `{manifest.source.sha256}` |
 
@@ -340,16 +338,16 @@ columns (`pipeline.cache.codec.decode`); `kd convert . out --encoding float32` r
 list columns for other tools."""
 
 
-def _what(k: int, block: dict[str, Any]) -> str:
+def _what(k: int, block: EncodingBlock) -> str:
     """What a position holds, in words, by storage."""
     return storage_of(block, k).holds()
 
 
-def _columns(block: dict[str, Any]) -> str:
-    if block["name"] == "float32":
+def _columns(block: EncodingBlock) -> str:
+    if isinstance(block, Float32Block):
         return FLOAT32_COLUMNS
     counts = ""
-    if storage_of(block).drawn:
-        head = f"; 0 marks the position's {block['head']} exact head ids (its most likely), drawn ids come from the rest" if block.get("head") else ""
-        counts = "\n| `counts` | binary | per listed id, how often it was drawn ({} byte(s) each); a position's counts add up to {}{} |".format(block["count_bytes"], block["draws"], head)
-    return COMPACT_COLUMNS.format(hi=block["id_bytes"] - 1, counts=counts, **block)
+    if block.drawn:
+        head = f"; 0 marks the position's {block.head} exact head ids (its most likely), drawn ids come from the rest" if block.head else ""
+        counts = f"\n| `counts` | binary | per listed id, how often it was drawn ({block.count_bytes} byte(s) each); a position's counts add up to {block.draws}{head} |"
+    return COMPACT_COLUMNS.format(hi=block.id_bytes - 1, counts=counts, **block.document())

@@ -133,7 +133,7 @@ def _shard_problems(cache_dir: Path, entry: ShardEntry, manifest: Manifest, id_h
         return problems + [f"{file}: cannot be read as Parquet ({str(error).splitlines()[0]})"]
     task = task_named(manifest.task)
     if not table.schema.remove_metadata().equals(task.schema(manifest.encoding_block).remove_metadata()):
-        encoding = f", {manifest.encoding.get('name')} encoding" if manifest.encoding is not None else ""
+        encoding = f", {manifest.encoding.name} encoding" if manifest.encoding is not None else ""
         return problems + [f"{file}: schema differs from the one its manifest calls for (kd-topk-cache v{manifest.format_version}, {task.name}{encoding})"]
     if table.num_rows != entry.rows:
         problems.append(f"{file}: {table.num_rows} rows, the manifest says {entry.rows}")

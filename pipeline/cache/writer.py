@@ -29,6 +29,7 @@ from pipeline.cache.codec import longest_sequence
 from pipeline.cache.format import CACHE_FOLDER, CARD_FILE, FORMAT_NAME, MANIFEST_CHECKSUM, MANIFEST_FILE, PLAN_FILE, TOKENIZER_DIR, manifest_checksum
 from pipeline.cache.manifest import Manifest, ShardEntry, open_manifest
 from pipeline.cache.plan import ShardSpec, planned_shards, worker_shards
+from pipeline.cache.schema import EncodingBlock
 from pipeline.cache.tasks import CacheTask, task_of
 from pipeline.errors import PipelineError
 from pipeline.outputs import OVERWRITE_FLAG, claim_folder
@@ -51,9 +52,9 @@ def parquet_options(rows: int, zstd_level: int | None) -> dict[str, Any]:
     return options
 
 
-def zstd_level(block: dict[str, Any]) -> int | None:
+def zstd_level(block: EncodingBlock) -> int | None:
     """The zstd level shards of this encoding are written with (None: pyarrow's default)."""
-    return block.get("zstd_level")
+    return block.zstd_level
 
 
 def entry_of(file: str, data: bytes, table: pa.Table, task: CacheTask) -> ShardEntry:

@@ -78,8 +78,8 @@ class TopKBatch:
     rows: torch.Tensor  # [N] batch row of each cached position
     columns: torch.Tensor  # [N] index of the logits that predict it (token index - 1)
     targets: torch.Tensor  # [N] actual next token
-    topk_ids: torch.Tensor  # [N, k] most likely first; padding PAD_ID
-    topk_logprobs: torch.Tensor  # [N, k] descending; padding -inf
+    listed_ids: torch.Tensor  # [N, k] most likely first; padding PAD_ID
+    listed_logprobs: torch.Tensor  # [N, k] descending; padding -inf
     token_logprobs: torch.Tensor  # [N]
     response_start: torch.Tensor  # [B] index of each row's first answer token
     counts: torch.Tensor | None = None  # [N, k] float draws per id (sampled caches), padding 0; None for top-k caches
@@ -104,7 +104,7 @@ class TopKBatch:
         rows, columns, targets = self.scored(objective.positions)
         hidden = position_hidden(student, self.input_ids, self.attention_mask, rows, columns)
         head = student.get_output_embeddings()
-        return chunked_distillation_loss(hidden, head.weight, head.bias, targets, self.topk_ids, self.topk_logprobs, objective.spec, objective.chunk_positions, self.counts, totals)
+        return chunked_distillation_loss(hidden, head.weight, head.bias, targets, self.listed_ids, self.listed_logprobs, objective.spec, objective.chunk_positions, self.counts, totals)
 
 
 def prompt_positions(batch: TopKBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -34,15 +34,15 @@ class _OutputLayer:
 @dataclass(frozen=True)
 class _Scored:
     """What the scored positions are compared with: the actual next tokens (all of them) and, for the first
-    len(topk_ids), the teacher's listed ids, their log-probs and their draw counts (sampled caches)."""
+    len(listed_ids), the teacher's listed ids, their log-probs and their draw counts (sampled caches)."""
 
     targets: torch.Tensor
-    topk_ids: torch.Tensor
-    topk_logprobs: torch.Tensor
+    listed_ids: torch.Tensor
+    listed_logprobs: torch.Tensor
     counts: torch.Tensor | None
 
     def __getitem__(self, rows: slice) -> _Scored:
-        return _Scored(self.targets[rows], self.topk_ids[rows], self.topk_logprobs[rows], None if self.counts is None else self.counts[rows])
+        return _Scored(self.targets[rows], self.listed_ids[rows], self.listed_logprobs[rows], None if self.counts is None else self.counts[rows])
 
 
 def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ def _scaled_shifted(rows: torch.Tensor, temperature: float, shift: torch.Tensor,
 def _logit_gradient_(
     logprobs: torch.Tensor,
     targets: torch.Tensor,
-    topk_ids: torch.Tensor,
+    listed_ids: torch.Tensor,
     grad_target: torch.Tensor,
     grad_topk: torch.Tensor,
     temperature: float,
@@ -91,7 +91,7 @@ def _logit_gradient_(
     s = logsumexp(log p / T), the loss's gradient for it and a scratch block; d s / d z_j = (p^T_j - p_j) / T,
     with p^T the student's tempered distribution.
     """
-    cached = len(topk_ids)
+    cached = len(listed_ids)
     total = grad_target.clone()
     total[:cached] += grad_topk.sum(-1)
     if tempered is None:
@@ -105,7 +105,7 @@ def _logit_gradient_(
             _exp_(rows).mul_(-row_total[:, None]).addcmul_(p_tempered, row_weight[:, None])
         _exp_(logprobs[cached:]).mul_(-total[cached:, None])
     logprobs.scatter_add_(-1, targets[:, None], grad_target[:, None])
-    logprobs[:cached].scatter_add_(-1, topk_ids, grad_topk)
+    logprobs[:cached].scatter_add_(-1, listed_ids, grad_topk)
     return logprobs
 
 
@@ -144,20 +144,20 @@ def _chunk(
 
     The chunk's [n, V] buffer lives only inside this call, so it is gone before the next chunk's.
     """
-    targets, topk_ids, topk_logprobs, counts = scored.targets, scored.topk_ids, scored.topk_logprobs, scored.counts
+    targets, listed_ids, listed_logprobs, counts = scored.targets, scored.listed_ids, scored.listed_logprobs, scored.counts
     logprobs = _log_softmax_(_project(hidden, head))
-    cached = len(topk_ids)
+    cached = len(listed_ids)
     scratch = None if spec.temperature == 1 else logprobs.new_empty(min(ROW_BLOCK, cached), logprobs.shape[1])
     norm = None if scratch is None else _tempered_norm(logprobs[:cached], spec.temperature, scratch)
-    gathered = [logprobs.gather(-1, targets[:, None])[:, 0], logprobs[:cached].gather(-1, topk_ids)]
+    gathered = [logprobs.gather(-1, targets[:, None])[:, 0], logprobs[:cached].gather(-1, listed_ids)]
     if weights is None:
-        return sparse_terms(*gathered, norm, topk_logprobs, spec, counts)
+        return sparse_terms(*gathered, norm, listed_logprobs, spec, counts)
     with torch.enable_grad():
         leaves = [value.requires_grad_() for value in gathered + ([] if norm is None else [norm])]
-        kd_sum, ce_sum = sparse_terms(leaves[0], leaves[1], None if norm is None else leaves[2], topk_logprobs, spec, counts)
+        kd_sum, ce_sum = sparse_terms(leaves[0], leaves[1], None if norm is None else leaves[2], listed_logprobs, spec, counts)
         small = torch.autograd.grad(weights[0] * kd_sum + weights[1] * ce_sum, leaves, materialize_grads=True)
     tempered = None if norm is None or scratch is None else (norm, small[2], scratch)
-    gradient = _logit_gradient_(logprobs, targets, topk_ids, small[0], small[1], spec.temperature, tempered)
+    gradient = _logit_gradient_(logprobs, targets, listed_ids, small[0], small[1], spec.temperature, tempered)
     _backprop_head(gradient, hidden, head, grads, rows)
     return kd_sum.detach(), ce_sum.detach()
 
@@ -196,9 +196,9 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     """Loss of the output layer + divergence; gradients are computed during forward, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx: Any, hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec: LossSpec, chunk: int, totals: tuple[int, int]):  # type: ignore[override]
+    def forward(ctx: Any, hidden, weight, bias, targets, listed_ids, listed_logprobs, counts, spec: LossSpec, chunk: int, totals: tuple[int, int]):  # type: ignore[override]
         need = tuple(ctx.needs_input_grad[:3])
-        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, _Scored(targets, topk_ids, topk_logprobs, counts), spec, chunk, need, totals)
+        kd_sum, ce_sum, ctx.grads = _run(hidden, weight, bias, _Scored(targets, listed_ids, listed_logprobs, counts), spec, chunk, need, totals)
         terms = combine_terms(kd_sum, ce_sum, *totals, spec)
         ctx.mark_non_differentiable(terms["kd"], terms["ce"])
         return terms["loss"], terms["kd"], terms["ce"]
@@ -216,8 +216,8 @@ def chunked_distillation_loss(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_logprobs: torch.Tensor,
+    listed_ids: torch.Tensor,
+    listed_logprobs: torch.Tensor,
     spec: LossSpec,
     chunk_positions: int | None = None,
     counts: torch.Tensor | None = None,
@@ -225,7 +225,7 @@ def chunked_distillation_loss(
 ) -> dict[str, torch.Tensor]:
     """`pipeline.lm.losses.distillation_loss` of logits = hidden @ weight.T + bias, never holding them whole.
 
-    hidden [N, H] are the output layer's inputs at the scored positions; the first len(topk_ids)
+    hidden [N, H] are the output layer's inputs at the scored positions; the first len(listed_ids)
     are cached positions (divergence and CE), any further ones count for CE only; `counts` marks a
     sampled cache (see `pipeline.lm.losses.sampled_forward_kl`). Returns the loss
     (differentiable with respect to hidden, weight and bias) and the two mean terms.
@@ -235,9 +235,9 @@ def chunked_distillation_loss(
     losses add up to the mean over the global batch.
     """
     chunk = max(1, chunk_positions or len(targets))
-    totals = totals or (len(topk_ids), len(targets))
+    totals = totals or (len(listed_ids), len(targets))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
-        loss, kd, ce = _ChunkedHeadLoss.apply(hidden, weight, bias, targets, topk_ids, topk_logprobs, counts, spec, chunk, totals)
+        loss, kd, ce = _ChunkedHeadLoss.apply(hidden, weight, bias, targets, listed_ids, listed_logprobs, counts, spec, chunk, totals)
         return {"loss": loss, "kd": kd, "ce": ce}
-    kd_sum, ce_sum, _ = _run(hidden, weight, bias, _Scored(targets, topk_ids, topk_logprobs, counts), spec, chunk, (False, False, False), totals)
+    kd_sum, ce_sum, _ = _run(hidden, weight, bias, _Scored(targets, listed_ids, listed_logprobs, counts), spec, chunk, (False, False, False), totals)
     return combine_terms(kd_sum, ce_sum, *totals, spec)

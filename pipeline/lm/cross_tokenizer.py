@@ -232,8 +232,8 @@ class CrossBatch:
     rows: torch.Tensor  # [S] aligned, then unaligned answer positions
     columns: torch.Tensor  # [S] index of the logits that predict each
     targets: torch.Tensor  # [S]
-    topk_ids: torch.Tensor  # [A, w] teacher's listed ids mapped onto student ids (padding PAD_ID)
-    topk_logprobs: torch.Tensor  # [A, w] their log-probs (padding and unmapped ids: -inf)
+    listed_ids: torch.Tensor  # [A, w] teacher's listed ids mapped onto student ids (padding PAD_ID)
+    listed_logprobs: torch.Tensor  # [A, w] their log-probs (padding and unmapped ids: -inf)
     teacher_logprobs: torch.Tensor  # [A, k] the teacher's listed log-probs as cached, descending (padding -inf): ULD's input
     teacher_mapped: torch.Tensor  # [A, k] bool: the listed id maps onto a student id
     prompt_rows: torch.Tensor  # positions predicting prompt tokens (student.positions all)
@@ -245,7 +245,7 @@ class CrossBatch:
     @property
     def num_tokens(self) -> int:
         """Divergence positions: the aligned ones."""
-        return len(self.topk_ids)
+        return len(self.listed_ids)
 
     def to(self, device: torch.device) -> CrossBatch:
         return on_device(self, device)
@@ -275,16 +275,16 @@ def _merge_duplicates(position: np.ndarray, ids: np.ndarray, logprobs: np.ndarra
     return out
 
 
-def map_entries(topk_ids: np.ndarray, topk_logprobs: np.ndarray, mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def map_entries(listed_ids: np.ndarray, listed_logprobs: np.ndarray, mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[A, k] listed teacher entries onto student ids: (student ids, log-probs, mapped mask).
 
     An entry that does not map (or is padding) becomes padding: its mass joins the tail bucket.
     """
-    listed = np.isfinite(topk_logprobs)
-    student = mapping[topk_ids]
+    listed = np.isfinite(listed_logprobs)
+    student = mapping[listed_ids]
     mapped = listed & (student >= 0)
     ids = np.where(mapped, student, PAD_ID)
-    logprobs = np.where(mapped, topk_logprobs, -np.inf).astype(topk_logprobs.dtype)
+    logprobs = np.where(mapped, listed_logprobs, -np.inf).astype(listed_logprobs.dtype)
     rows, cols = np.nonzero(mapped)
     logprobs[rows, cols] = _merge_duplicates(rows, ids[rows, cols], logprobs[rows, cols])
     return ids, logprobs, mapped
@@ -326,7 +326,7 @@ class CrossTokenizer:
         scored = np.concatenate(aligned + unaligned).astype(np.int64).reshape(-1, 2)
         before = np.concatenate(prompt).astype(np.int64).reshape(-1, 2)
         index = np.concatenate(teacher_index).astype(np.int64)
-        listed_ids, listed_logprobs = batch.topk_ids.numpy()[index], batch.topk_logprobs.numpy()[index]
+        listed_ids, listed_logprobs = batch.listed_ids.numpy()[index], batch.listed_logprobs.numpy()[index]
         mapped_ids, mapped_logprobs, mapped = map_entries(listed_ids, listed_logprobs, self.mapping)
         stats = {
             "student_positions": float(len(scored)),
@@ -343,8 +343,8 @@ class CrossTokenizer:
             rows=tensor(scored[:, 0].copy()),
             columns=tensor(scored[:, 1] - 1),
             targets=tensor(ids[scored[:, 0], scored[:, 1]]),
-            topk_ids=tensor(mapped_ids),
-            topk_logprobs=tensor(mapped_logprobs),
+            listed_ids=tensor(mapped_ids),
+            listed_logprobs=tensor(mapped_logprobs),
             teacher_logprobs=tensor(listed_logprobs),
             teacher_mapped=tensor(mapped),
             prompt_rows=tensor(before[:, 0].copy()),
@@ -439,12 +439,12 @@ def uld_distance(teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor,
 def gold_terms(batch: CrossBatch, logprobs: torch.Tensor, spec: LossSpec, cross: CrossTokenizerSettings) -> torch.Tensor:
     """Summed GOLD divergence over the aligned positions: exact-map divergence + ULD over what does not map."""
     aligned = logprobs[: batch.num_tokens]
-    matched, _ = sparse_terms(aligned[:, 0], aligned.gather(-1, batch.topk_ids), None, batch.topk_logprobs, spec)
-    listed = torch.isfinite(batch.topk_logprobs)
-    mapped_teacher = torch.where(listed, batch.topk_logprobs.to(aligned.dtype).exp(), 0.0).sum(-1)
-    student_on_mapped = aligned.gather(-1, batch.topk_ids)
+    matched, _ = sparse_terms(aligned[:, 0], aligned.gather(-1, batch.listed_ids), None, batch.listed_logprobs, spec)
+    listed = torch.isfinite(batch.listed_logprobs)
+    mapped_teacher = torch.where(listed, batch.listed_logprobs.to(aligned.dtype).exp(), 0.0).sum(-1)
+    student_on_mapped = aligned.gather(-1, batch.listed_ids)
     mapped_student = torch.where(listed, student_on_mapped.exp(), 0.0).sum(-1)
-    on_mapped = torch.zeros_like(aligned).scatter_add(-1, batch.topk_ids, listed.to(aligned.dtype)) > 0  # padding's id never marks
+    on_mapped = torch.zeros_like(aligned).scatter_add(-1, batch.listed_ids, listed.to(aligned.dtype)) > 0  # padding's id never marks
     outside = aligned.masked_fill(on_mapped, -torch.inf)
     unmatched_teacher = torch.where(batch.teacher_mapped, -torch.inf, batch.teacher_logprobs)
     unmatched = uld_distance(unmatched_teacher, outside, 1 - mapped_teacher, 1 - mapped_student)
@@ -475,10 +475,10 @@ def cross_loss(
     unaligned = slice(batch.num_tokens, len(batch.rows))
     extra = not exact_map and spec.alpha > 0 and len(batch.rows) > batch.num_tokens
     if exact_map or cross.loss == "exact_map":
-        terms = chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.topk_ids, batch.topk_logprobs, spec, chunk_positions, None, totals)
+        terms = chunked_distillation_loss(hidden, head.weight, head.bias, targets, batch.listed_ids, batch.listed_logprobs, spec, chunk_positions, None, totals)
         if extra:
-            none = batch.topk_ids[:0]
-            ce = chunked_distillation_loss(hidden[unaligned], head.weight, head.bias, targets[unaligned], none, batch.topk_logprobs[:0], CE_ONLY, chunk_positions, None, (1, totals[1]))
+            none = batch.listed_ids[:0]
+            ce = chunked_distillation_loss(hidden[unaligned], head.weight, head.bias, targets[unaligned], none, batch.listed_logprobs[:0], CE_ONLY, chunk_positions, None, (1, totals[1]))
             terms["loss"] = terms["loss"] + spec.alpha * ce["loss"]
         return terms
     logits = head(hidden)
@@ -508,7 +508,7 @@ def cross_agreement(model: torch.nn.Module, batches: Iterator[CrossBatch]) -> di
         logits = model.get_output_embeddings()(hidden).float()
         sums["ce"] += F.cross_entropy(logits, batch.targets, reduction="sum").item()
         a = batch.num_tokens
-        sums["kl_to_teacher"] += sparse_forward_kl(logits[:a], batch.topk_ids, batch.topk_logprobs).sum().item()
+        sums["kl_to_teacher"] += sparse_forward_kl(logits[:a], batch.listed_ids, batch.listed_logprobs).sum().item()
         top = batch.teacher_logprobs.argmax(-1, keepdim=True)
         teacher_top = torch.where(batch.teacher_mapped.gather(-1, top)[:, 0], _mapped_top(batch, top), -1)
         sums["top1_agreement"] += (logits[:a].argmax(-1) == teacher_top).sum().item()
@@ -523,5 +523,5 @@ def cross_agreement(model: torch.nn.Module, batches: Iterator[CrossBatch]) -> di
 
 
 def _mapped_top(batch: CrossBatch, top: torch.Tensor) -> torch.Tensor:
-    """The student id the teacher's top-1 maps to (its entry keeps its slot in `topk_ids` when mapped)."""
-    return batch.topk_ids.gather(-1, top)[:, 0]
+    """The student id the teacher's top-1 maps to (its entry keeps its slot in `listed_ids` when mapped)."""
+    return batch.listed_ids.gather(-1, top)[:, 0]

@@ -58,26 +58,26 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def tail_logprob(topk_logprobs: torch.Tensor) -> torch.Tensor:
+def tail_logprob(listed_logprobs: torch.Tensor) -> torch.Tensor:
     """Log of the probability outside the top-k; clamped so a full top-k gives a tiny finite tail."""
-    covered = torch.logsumexp(topk_logprobs, dim=-1)
-    return log1mexp(covered.clamp(max=-torch.finfo(topk_logprobs.dtype).eps))
+    covered = torch.logsumexp(listed_logprobs, dim=-1)
+    return log1mexp(covered.clamp(max=-torch.finfo(listed_logprobs.dtype).eps))
 
 
-def teacher_buckets(topk_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def teacher_buckets(listed_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """[N, k+1] teacher log-probs over top-k + tail, softened by temperature.
 
     Exact on the top-k support; at temperature != 1 the tail is softened as one bucket.
     """
-    buckets = torch.cat([topk_logprobs, tail_logprob(topk_logprobs)[:, None]], dim=-1)
+    buckets = torch.cat([listed_logprobs, tail_logprob(listed_logprobs)[:, None]], dim=-1)
     return F.log_softmax(buckets / temperature, dim=-1)
 
 
-def teacher_support(topk_logprobs: torch.Tensor, tail: str, temperature: float = 1.0) -> torch.Tensor:
+def teacher_support(listed_logprobs: torch.Tensor, tail: str, temperature: float = 1.0) -> torch.Tensor:
     """The teacher's tempered log-probs on the shared support: [N, k+1] buckets or [N, k] renormalised."""
     if tail == "bucket":
-        return teacher_buckets(topk_logprobs, temperature)
-    return F.log_softmax(topk_logprobs / temperature, dim=-1)
+        return teacher_buckets(listed_logprobs, temperature)
+    return F.log_softmax(listed_logprobs / temperature, dim=-1)
 
 
 def student_support(on_topk: torch.Tensor, tail: str) -> torch.Tensor:
@@ -175,24 +175,24 @@ def sampled_forward_kl(sample_logprobs: torch.Tensor, counts: torch.Tensor, stud
     return torch.where(listed, log_weights.exp() * (teacher - student), 0.0).sum(-1)
 
 
-def mask_padding(topk_logprobs: torch.Tensor, on_topk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_padding(listed_logprobs: torch.Tensor, on_topk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student log-probs with padded entries (teacher log-prob -inf) set to PADDING on both sides.
 
     Padding then carries no mass on either side and adds exactly 0 to every divergence and to every
     gradient: -inf would give 0 * (-inf - -inf) = NaN. The student's value at a padded id is discarded.
     """
-    padded = torch.isneginf(topk_logprobs)
+    padded = torch.isneginf(listed_logprobs)
     if not padded.any():
-        return topk_logprobs, on_topk
+        return listed_logprobs, on_topk
     fill = torch.tensor(PADDING, dtype=on_topk.dtype)
-    return torch.where(padded, fill, topk_logprobs.to(on_topk.dtype)), torch.where(padded, fill, on_topk)
+    return torch.where(padded, fill, listed_logprobs.to(on_topk.dtype)), torch.where(padded, fill, on_topk)
 
 
 def sparse_terms(
     target_logprobs: torch.Tensor,
     topk_student: torch.Tensor,
     tempered_norm: torch.Tensor | None,
-    topk_logprobs: torch.Tensor,
+    listed_logprobs: torch.Tensor,
     spec: LossSpec,
     counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,9 +207,9 @@ def sparse_terms(
     """
     on_topk = topk_student if tempered_norm is None else topk_student / spec.temperature - tempered_norm[:, None]
     if counts is not None:
-        return sampled_forward_kl(topk_logprobs.to(on_topk.dtype), counts, on_topk, spec.temperature).sum(), -target_logprobs.sum()
-    topk_logprobs, on_topk = mask_padding(topk_logprobs, on_topk)
-    teacher = teacher_support(topk_logprobs.to(on_topk.dtype), spec.tail, spec.temperature)
+        return sampled_forward_kl(listed_logprobs.to(on_topk.dtype), counts, on_topk, spec.temperature).sum(), -target_logprobs.sum()
+    listed_logprobs, on_topk = mask_padding(listed_logprobs, on_topk)
+    teacher = teacher_support(listed_logprobs.to(on_topk.dtype), spec.tail, spec.temperature)
     divergence = DIVERGENCES[spec.loss](teacher, student_support(on_topk, spec.tail), spec)
     return divergence.sum(), -target_logprobs.sum()
 
@@ -228,27 +228,27 @@ def loss_weights(kd_count: int, ce_count: int, spec: LossSpec) -> tuple[float, f
 def distillation_loss(
     student_logits: torch.Tensor,
     targets: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_logprobs: torch.Tensor,
+    listed_ids: torch.Tensor,
+    listed_logprobs: torch.Tensor,
     spec: LossSpec = LossSpec(),
     counts: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss over full logits [N, V], one log_softmax shared by CE and the divergence.
 
-    The first len(topk_ids) rows are cached positions (divergence and CE); any further rows count
+    The first len(listed_ids) rows are cached positions (divergence and CE); any further rows count
     for CE only. Plain autograd: memory grows with N * V; training uses `pipeline.lm.chunked_loss`.
     """
     logprobs = F.log_softmax(student_logits, dim=-1)
-    cached = len(topk_ids)
+    cached = len(listed_ids)
     norm = None if spec.temperature == 1 else torch.logsumexp(logprobs[:cached] / spec.temperature, dim=-1)
     target_logprobs = logprobs.gather(-1, targets[:, None])[:, 0]
-    kd_sum, ce_sum = sparse_terms(target_logprobs, logprobs[:cached].gather(-1, topk_ids), norm, topk_logprobs, spec, counts)
+    kd_sum, ce_sum = sparse_terms(target_logprobs, logprobs[:cached].gather(-1, listed_ids), norm, listed_logprobs, spec, counts)
     return combine_terms(kd_sum, ce_sum, cached, len(targets), spec)
 
 
-def sparse_forward_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def sparse_forward_kl(student_logits: torch.Tensor, listed_ids: torch.Tensor, listed_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-position KL(teacher || student) over the top-k ids plus one tail bucket: shape [N]."""
-    student = F.log_softmax(student_logits / temperature, dim=-1).gather(-1, topk_ids)
-    topk_logprobs, student = mask_padding(topk_logprobs, student)
-    teacher = teacher_support(topk_logprobs.to(student.dtype), "bucket", temperature)
+    student = F.log_softmax(student_logits / temperature, dim=-1).gather(-1, listed_ids)
+    listed_logprobs, student = mask_padding(listed_logprobs, student)
+    teacher = teacher_support(listed_logprobs.to(student.dtype), "bucket", temperature)
     return forward_kl(teacher, student_support(student, "bucket"))

@@ -46,8 +46,8 @@ METRICS_FILE = ReportKind("metrics file", "kd evaluate", is_metrics)
 def kl_to_teacher(logits: torch.Tensor, batch: TopKBatch) -> torch.Tensor:
     """Per-position KL(teacher || student): over the top-k + tail on a top-k cache, the unbiased estimate on a sampled one."""
     if batch.counts is None:
-        return sparse_forward_kl(logits, batch.topk_ids, batch.topk_logprobs)
-    return sampled_forward_kl(batch.topk_logprobs, batch.counts, F.log_softmax(logits, dim=-1).gather(-1, batch.topk_ids))
+        return sparse_forward_kl(logits, batch.listed_ids, batch.listed_logprobs)
+    return sampled_forward_kl(batch.listed_logprobs, batch.counts, F.log_softmax(logits, dim=-1).gather(-1, batch.listed_ids))
 
 
 @torch.inference_mode()
@@ -61,7 +61,7 @@ def student_agreement(model: torch.nn.Module, cache: Cache, split: str = "valida
     tokens = 0
     for batch in stream_batches(cache, split, batch_size):
         logits = position_logits(model, batch.input_ids, batch.attention_mask, batch.rows, batch.columns).float()
-        teacher_top1 = batch.topk_ids.gather(-1, batch.topk_logprobs.argmax(-1, keepdim=True))[:, 0]
+        teacher_top1 = batch.listed_ids.gather(-1, batch.listed_logprobs.argmax(-1, keepdim=True))[:, 0]
         sums["top1_agreement"] += (logits.argmax(-1) == teacher_top1).sum().item()
         sums["kl_to_teacher"] += kl_to_teacher(logits, batch).sum().item()
         sums["ce"] += F.cross_entropy(logits, batch.targets, reduction="sum").item()

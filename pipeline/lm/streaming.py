@@ -17,18 +17,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.cache.codec import FLOAT32_BLOCK, CacheRows, decode, padded_entries
+from pipeline.cache.codec import CacheRows, decode, padded_entries
 from pipeline.cache.encoding import segment_index, segment_starts
 from pipeline.cache.reader import Cache, CachedShard, iter_record_batches
+from pipeline.cache.schema import FLOAT32_BLOCK, EncodingBlock
 from pipeline.errors import PipelineError
 from pipeline.lm.batch import PAD_ID, TopKBatch
 
 T = TypeVar("T")
 
 
-def to_topk_batch(records: pa.RecordBatch | CacheRows, block: dict | None = None) -> TopKBatch:
+def to_topk_batch(records: pa.RecordBatch | CacheRows, block: EncodingBlock = FLOAT32_BLOCK) -> TopKBatch:
     """Vectorised conversion of shard rows (in the encoding `block`, default float32) or decoded rows."""
-    rows = records if isinstance(records, CacheRows) else decode(records, block or FLOAT32_BLOCK)
+    rows = records if isinstance(records, CacheRows) else decode(records, block)
     seq_lengths, starts = rows.seq_lengths, rows.response_start
     batch, width = len(seq_lengths), int(seq_lengths.max())
     input_ids = np.full((batch, width), PAD_ID, dtype=np.int64)
@@ -44,8 +45,8 @@ def to_topk_batch(records: pa.RecordBatch | CacheRows, block: dict | None = None
         rows=torch.from_numpy(row_of),
         columns=torch.from_numpy(token_index - 1),
         targets=torch.from_numpy(input_ids[row_of, token_index]),
-        topk_ids=torch.from_numpy(ids),
-        topk_logprobs=torch.from_numpy(logprobs),
+        listed_ids=torch.from_numpy(ids),
+        listed_logprobs=torch.from_numpy(logprobs),
         token_logprobs=torch.from_numpy(rows.token_logprobs),
         response_start=torch.from_numpy(starts),
         counts=None if counts is None else torch.from_numpy(counts),

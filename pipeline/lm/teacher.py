@@ -22,7 +22,7 @@ from pipeline.cache.manifest import Manifest, ShardEntry
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
 from pipeline.cache.rows import TeacherRow, to_shard_table
-from pipeline.cache.schema import Storage, storage_for
+from pipeline.cache.schema import EncodingBlock, Storage, storage_for
 from pipeline.cache.topk import TOPK
 from pipeline.cache.writer import BackgroundWriter, CacheJob, claim_cache_folder, fill_cache, write_shard, zstd_level
 from pipeline.data import SPLITS, read_split
@@ -127,7 +127,7 @@ def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_di
         "tokenizer": tokenizer_record(tokenizer, backend.vocab_size, use_template),
         "k": settings.storage.most_ids(backend.vocab_size),
         "logprobs": LOGPROBS_MEANING,
-        "encoding": block,
+        "encoding": block.document(),
         "generation": {**settings.generation.model_dump(), "batch_size": settings.batch_size},
         "source": {
             "sha256": sha256_rows(row for name in SPLITS for row in splits[name].iter_rows(named=True)),
@@ -140,7 +140,7 @@ def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_di
     return CacheJob(plan, fill, tokenizer.save_pretrained)
 
 
-def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: dict[str, Any]) -> list[ShardEntry]:
+def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shards: list[ShardSpec], out_dir: Path, settings: TeacherSettings, limit: int, block: EncodingBlock) -> list[ShardEntry]:
     started, tokens = time.perf_counter(), 0
     with tqdm(total=sum(s.stop - s.start for s in shards), unit="seq", desc="teacher") as progress, BackgroundWriter[ShardEntry]() as writer:
         for shard in shards:
@@ -156,7 +156,7 @@ def _fill_shards(backend: TeacherBackend, splits: dict[str, pl.DataFrame], shard
     return writer.results
 
 
-def _write_outputs(ids: list[str], outputs: list[TeacherRow], block: dict[str, Any], out_dir: Path, shard: ShardSpec) -> ShardEntry:
+def _write_outputs(ids: list[str], outputs: list[TeacherRow], block: EncodingBlock, out_dir: Path, shard: ShardSpec) -> ShardEntry:
     """Encode one shard's teacher rows and write it (in the background writer, while the teacher goes on)."""
     return write_shard(to_shard_table(ids, outputs, block), out_dir, shard, TOPK, zstd_level(block))
 
