@@ -159,7 +159,7 @@ def test_bad_rounds_and_foreign_or_impossible_outputs_are_refused_before_the_stu
     with pytest.raises(PipelineError, match="an input of this command; write the output somewhere else"):
         sample_round_answers(student, prepared_prompts, prepared_prompts, SAMPLED, 1)
     too_long = OnPolicySettings(rounds=1, max_new_tokens=250)  # the student's 256 positions leave 6 for a prompt
-    with pytest.raises(PipelineError, match="longer than the teacher's limit of 6 tokens"):
+    with pytest.raises(PipelineError, match=r"prompt\(s\) leave no room for 250 new tokens \(on_policy.max_new_tokens\) within the student's 256 positions, first 'p\d' \(\d+ tokens\)"):
         sample_round_answers(student, prepared_prompts, tmp_path / "b", too_long, 1)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

@@ -358,7 +358,7 @@ def _round_rows(manifest: Manifest) -> str:
         f"\n| on-policy round | {record.round}: the answers are a student's own (sampled by it), scored by the teacher |"
         f"\n| student | {record.student_path} |"
         f"\n| student weights sha256 | `{record.student_sha256}` |"
-        f"\n| student sampling | {', '.join(f'{name} {value}' for name, value in record.answers.items())} |"
+        f"\n| student sampling | {', '.join(f'{name} {json.dumps(value)}' for name, value in record.answers.items())} |"
     )
 
 

@@ -34,7 +34,7 @@ from pipeline.data import PREPARED_FOLDER, SPLITS, read_split, write_splits
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows, weights_sha256
 from pipeline.lm.generation import generate_answers
-from pipeline.lm.sequences import encode_prompt, length_limit, refuse_too_long
+from pipeline.lm.sequences import encode_prompt, length_limit
 from pipeline.outputs import claim_folder
 from pipeline.settings import Alpha, Number, Positive, Settings
 
@@ -116,7 +116,13 @@ def sample_round_answers(
         if chat_template and not getattr(tokenizer, "chat_template", None):
             raise PipelineError(f"student tokenizer at {student_dir} has no chat template; set teacher.chat_template: false")
         prompts = [encode_prompt(tokenizer, prompt, chat_template) for prompt in train["prompt"]]
-        refuse_too_long([(train["id"], [(ids, len(ids)) for ids in prompts])], length_limit(model.max_length, settings.max_new_tokens, False), "refuse")
+        limit = length_limit(model.max_length, settings.max_new_tokens, False)
+        too_long = [(row_id, len(ids)) for row_id, ids in zip(train["id"], prompts) if len(ids) > limit]
+        if too_long:
+            raise PipelineError(
+                f"{len(too_long)} prompt(s) leave no room for {settings.max_new_tokens} new tokens (on_policy.max_new_tokens) within the student's {model.max_length} positions, "
+                f"first '{too_long[0][0]}' ({too_long[0][1]} tokens); lower on_policy.max_new_tokens"
+            )
         stop_ids = stop_token_ids(student_dir, tokenizer)
         texts = []
         with tqdm(total=train.height * settings.answers_per_prompt, unit="answer", desc=f"on-policy round {round_index}: student answers") as progress:
