@@ -16,6 +16,7 @@ from pipeline.classify.trainer import ClassifyStudentSettings
 from pipeline.data import DataSettings
 from pipeline.lm.generation import JudgeSettings
 from pipeline.lm.metrics import EvaluateSettings
+from pipeline.lm.on_policy import OnPolicySettings
 from pipeline.lm.student_settings import StudentSettings
 from pipeline.lm.teacher import TeacherSettings
 from pipeline.settings import Settings, read_params_file
@@ -38,6 +39,7 @@ class Params(Settings):
     student: StudentSettings = StudentSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     judge: JudgeSettings = JudgeSettings()
+    on_policy: OnPolicySettings = OnPolicySettings()
     classify: ClassifyParams = ClassifyParams()
 
 

@@ -29,7 +29,7 @@ Positive = Annotated[int, Field(ge=1)]
 # The sections a params file may have, and those of its sections made of sections. pipeline.params
 # assembles their models (a test checks that both agree); the names live here so that every entry
 # point refuses a misspelled section (`studnet:`) without importing every task's code.
-PARAMS_SECTIONS: dict[str, tuple[str, ...]] = {"data": (), "teacher": (), "student": (), "evaluate": (), "judge": (), "classify": ("data", "teacher", "student", "evaluate")}
+PARAMS_SECTIONS: dict[str, tuple[str, ...]] = {"data": (), "teacher": (), "student": (), "evaluate": (), "judge": (), "on_policy": (), "classify": ("data", "teacher", "student", "evaluate")}
 
 
 class Settings(BaseModel):

@@ -81,7 +81,7 @@ def test_section_names_here_are_the_params_models():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("studnet:\n  lr: 0.1\n", "{path}: unknown section 'studnet' (did you mean 'student'? known: classify, data, evaluate, judge, student, teacher)"),
+        ("studnet:\n  lr: 0.1\n", "{path}: unknown section 'studnet' (did you mean 'student'? known: classify, data, evaluate, judge, on_policy, student, teacher)"),
         ("classify:\n  studnet: {}\n", "{path}: unknown section 'classify.studnet' (did you mean 'classify.student'? known: classify.data, classify.evaluate, classify.student, classify.teacher)"),
         ("student:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "{path} is not valid YAML: key 'lr' appears twice in one section (lines 2 and 4)"),
         ("student:\n  lr: [0.1\n", "{path} is not valid YAML: expected ',' or ']', but got '<stream end>'"),

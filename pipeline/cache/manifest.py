@@ -110,6 +110,21 @@ class ClassifyRecord(_Record):
     verbalizer_ids: list[list[int]]
 
 
+class OnPolicyRecord(_Record):
+    """An on-policy round cache: the teacher scored answers that this student wrote (pipeline.lm.on_policy).
+
+    `answers` are the sampling settings the student answered with (answers per prompt, temperature,
+    top-p, new tokens, seed, batch size, backend); `prompts_sha256` is the hash of the prepared train
+    rows the prompts came from.
+    """
+
+    round: int
+    student_sha256: str
+    student_path: str
+    prompts_sha256: str | None = None
+    answers: dict[str, Any] = {}
+
+
 class Manifest(_Record):
     """A complete cache's manifest. `format`, `format_version` and `requires` are checked before parsing (pipeline.cache.format)."""
 
@@ -124,6 +139,7 @@ class Manifest(_Record):
     classify: ClassifyRecord | None = None  # soft-label caches
     generation: dict[str, Any] | None = None
     converted_from: dict[str, Any] | None = None  # `kd convert`: the source's version, encoding and manifest checksum
+    on_policy: OnPolicyRecord | None = None  # a round cache: which student wrote the answers the teacher scored
     logprobs: str | None = None
     source: SourceRecord
     shard_rows: int

@@ -201,7 +201,7 @@ def summarize_topk(cache: Cache) -> dict[str, Any]:
         },
         "teacher": manifest.teacher_summary(),
         "tokenizer": manifest.tokenizer_summary(),
-    }
+    } | ({"on_policy": manifest.document["on_policy"]} if manifest.on_policy is not None else {})
 
 
 def _add_counts(histogram: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -239,7 +239,16 @@ def format_topk_summary(summary: dict[str, Any]) -> str:
         f"teacher     {summary['teacher']['name']} (weights {summary['teacher']['weights_sha256'][:12]}, {summary['teacher']['backend']}, {summary['teacher']['dtype']})",
         f"tokenizer   {summary['tokenizer']['sha256'][:12]}, vocab {summary['tokenizer']['vocab_size']}, {summary['tokenizer']['tokenizer_size']} tokens",
     ]
+    if "on_policy" in summary:
+        lines.append(f"on-policy   {round_line(summary['on_policy'])}")
     return "\n".join(lines)
+
+
+def round_line(record: dict[str, Any]) -> str:
+    """An on-policy round cache in words: the round, the student that wrote the answers and how it sampled them."""
+    answers = record.get("answers") or {}
+    sampling = ", ".join(f"{name} {answers[name]}" for name in ("answers_per_prompt", "temperature", "top_p", "max_new_tokens", "seed") if name in answers)
+    return f"round {record['round']}: answers by the student at {record['student_path']} (weights {record['student_sha256'][:12]})" + (f"; {sampling}" if sampling else "")
 
 
 def topk_card(manifest: Manifest) -> str:
@@ -265,7 +274,7 @@ kd-pipeline {created_by} for offline knowledge distillation. Generated from `man
 | k, encoding | {manifest.k}; {manifest.logprobs}; encoding `{block.name}`{"" if isinstance(block, Float32Block) else f" ({block.storage})"}; zstd Parquet |
 | decoding error bound | {", ".join(f"{name} {value:g}" for name, value in block.error_bound.items())} (see `manifest.json`, `encoding`) |
 | size | {tokens:,} cached positions, {size:,} bytes ({size / max(1, tokens):.1f} bytes per position) |
-| source data sha256 | `{manifest.source.sha256}` |
+| source data sha256 | `{manifest.source.sha256}` |{_round_rows(manifest)}
 
 | split | rows | positions | shards | bytes |
 |---|---|---|---|---|
@@ -336,6 +345,19 @@ the row, then all second bytes). Decoding: p = max(level * step, step / 4)^2, ta
 then the listed probabilities and the tail are renormalised to sum to 1. kd-pipeline decodes these
 columns (`pipeline.cache.codec.decode`); `kd convert . out --encoding float32` rewrites the cache with plain
 list columns for other tools."""
+
+
+def _round_rows(manifest: Manifest) -> str:
+    """The card's rows of an on-policy round cache (none for any other cache, whose card is unchanged)."""
+    record = manifest.on_policy
+    if record is None:
+        return ""
+    return (
+        f"\n| on-policy round | {record.round}: the answers are a student's own (sampled by it), scored by the teacher |"
+        f"\n| student | {record.student_path} |"
+        f"\n| student weights sha256 | `{record.student_sha256}` |"
+        f"\n| student sampling | {', '.join(f'{name} {json.dumps(value)}' for name, value in record.answers.items())} |"
+    )
 
 
 def _what(k: int, block: EncodingBlock) -> str:

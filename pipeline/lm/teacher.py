@@ -18,7 +18,7 @@ from pipeline.backends.base import SAMPLING_UNSUPPORTED, BackendName, EngineSett
 from pipeline.backends.registry import backend_class, load_backend
 from pipeline.cache.codec import CacheEncoding
 from pipeline.cache.format import CAUSAL_LM_TASK, LOGPROBS_MEANING, tokenizer_record
-from pipeline.cache.manifest import Manifest, ShardEntry
+from pipeline.cache.manifest import Manifest, OnPolicyRecord, ShardEntry
 from pipeline.cache.plan import ShardSpec
 from pipeline.cache.ray_runner import RaySettings, check_ray_run, fill_cache_on_ray, gpus_per_actor
 from pipeline.cache.rows import TeacherRow, to_shard_table
@@ -75,18 +75,23 @@ def run_teacher(
     num_workers: int = 1,
     backend: TeacherBackend | None = None,
     overwrite: bool = False,
+    on_policy: OnPolicyRecord | None = None,
 ) -> Manifest | None:
     """Fill this worker's shards of `out_dir` (teacher.runner local) or all of them on Ray; returns the manifest once every shard exists.
 
     `teacher` is {name, path, weights_sha256} from resolve_teacher. Every check that can fail
     runs before the directory is created; a single-worker run that fails before its first shard
     removes the directory it created, so no half-made cache is left behind. `out_dir` must be new,
-    empty or a cache; `overwrite` replaces whatever it holds.
+    empty or a cache; `overwrite` replaces whatever it holds. `on_policy` marks an on-policy round
+    cache: the prepared responses are a student's answers (pipeline.lm.on_policy), recorded in the
+    manifest as given; without it the plan is what it always was.
     """
     out_dir = location(out_dir)
     claim_cache_folder(out_dir, [prepared_dir, Path(teacher["path"])], overwrite, num_workers)
     splits = {name: read_split(prepared_dir, name) for name in SPLITS}
-    make_job = partial(teacher_job, splits, teacher, out_dir, settings)
+    if on_policy is not None and "response" not in splits[SPLITS[0]].columns:
+        raise PipelineError(f"{prepared_dir}: an on-policy round cache scores a student's answers, but its train split has no response column (make it with sample_round_answers)")
+    make_job = partial(teacher_job, splits, teacher, out_dir, settings, on_policy=on_policy)
     if settings.runner == "ray":
         check_ray_run(worker_index, num_workers, backend)
         gpus = gpus_per_actor(settings.device, settings.engine.tensor_parallel_size if settings.backend == "vllm" else 1)
@@ -95,7 +100,9 @@ def run_teacher(
     return fill_cache(out_dir, job.plan, job.shards, job.fill, job.save_tokenizer, worker_index, num_workers, replace=overwrite)
 
 
-def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_dir: Path, settings: TeacherSettings, backend: TeacherBackend | None = None) -> CacheJob:
+def teacher_job(
+    splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_dir: Path, settings: TeacherSettings, backend: TeacherBackend | None = None, on_policy: OnPolicyRecord | None = None
+) -> CacheJob:
     """Load the backend (unless given), check the request against it and make the plan: what a teacher process needs to write shards."""
     engine = backend or backend_class(settings.backend)  # before any model loads, what it can do is known from its class
     if settings.head and settings.draws is None:
@@ -136,6 +143,8 @@ def teacher_job(splits: dict[str, pl.DataFrame], teacher: dict[str, Any], out_di
         "prompt_length": {"limit": limit, "too_long": settings.too_long, "truncated": truncated},
         "shard_rows": settings.shard_rows,
     }
+    if on_policy is not None:  # only round caches have the key: every other plan (and manifest) keeps its bytes
+        plan["on_policy"] = on_policy.model_dump()
     fill = partial(_fill_shards, backend, splits, out_dir=out_dir, settings=settings, limit=limit, block=block)
     return CacheJob(plan, fill, tokenizer.save_pretrained)
 
