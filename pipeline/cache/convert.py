@@ -27,15 +27,13 @@ from pipeline.errors import PipelineError
 from pipeline.storage import location, same_location
 
 
-def conversion_plan(manifest: Manifest, encoding: CacheEncoding) -> dict[str, Any]:
-    """The source's settings with the new encoding, and which cache (by checksum) it was made from."""
-    source = manifest.encoding_block
-    block = encoding.block(manifest.tokenizer.vocab_size, manifest.storage)
+def conversion_plan(manifest: Manifest, block: EncodingBlock) -> dict[str, Any]:
+    """The source's settings with the new encoding block, and which cache (by checksum) it was made from."""
     plan = {key: value for key, value in manifest.document.items() if key not in MANIFEST_ONLY}
     plan.update(
         logprobs=LOGPROBS_MEANING,
         encoding=block.document(),
-        converted_from={"format_version": manifest.format_version, "encoding": manifest.document.get("encoding", source.document()), "manifest_sha256": manifest.manifest_sha256},
+        converted_from={"format_version": manifest.format_version, "encoding": manifest.document.get("encoding") or manifest.encoding_block.document(), "manifest_sha256": manifest.manifest_sha256},
     )
     return plan
 
@@ -48,10 +46,11 @@ def convert_cache(src: Path, dst: Path, encoding: CacheEncoding, overwrite: bool
     if same_location(dst, source.path):
         raise PipelineError(f"convert writes a new cache: {dst} is the source itself")
     claim_cache_folder(dst, [source.path], overwrite, option="DST")
-    plan = conversion_plan(source.manifest, encoding)
+    block = encoding.block(source.vocab_size, source.manifest.storage)
+    plan = conversion_plan(source.manifest, block)
     shards = {entry.file: shard for split in source.splits for entry, shard in zip(source.splits[split].shards, source.shards(split))}
     copy_tokenizer = partial(shutil.copytree, source.tokenizer_dir) if source.tokenizer_dir.is_dir() else None
-    fill = partial(_convert_shards, shards, dst, source.encoding, encoding.block(source.vocab_size, source.manifest.storage), source.vocab_size)
+    fill = partial(_convert_shards, shards, dst, source.encoding, block, source.vocab_size)
     manifest = fill_cache(dst, plan, source.manifest.planned_shards(), fill, copy_tokenizer, replace=overwrite)
     assert manifest is not None  # one worker fills every shard
     return manifest

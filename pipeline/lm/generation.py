@@ -433,10 +433,10 @@ def judge_models(
                 progress.set_postfix(model=name, decoding=mode)
                 answers[mode][name] = generate_answers(backend, encoded, decoding, stop_ids, settings.batch_size, tokenizer, progress)
             if name != TEACHER:
-                _close(backend)
+                close_backend(backend)
     with tqdm(total=len(encoded), unit="prompt", desc="judge: teacher scores the answers") as progress:
         scored = teacher_nlls(backend, encoded, {(mode, name): answers[mode][name] for mode in modes for name in paths}, progress)
-    _close(backend)
+    close_backend(backend)
     nll = {mode: {name: scored[mode, name] for name in paths} for mode in modes}
     report = score_answers(settings, prompt_set, modes, answers, nll, stop_ids, {name: model_parameters(Path(path)) for name, path in paths.items()}, comparisons)
     if metrics_path is not None:
@@ -448,7 +448,8 @@ def judge_models(
     return report
 
 
-def _close(backend: Any) -> None:
+def close_backend(backend: Any) -> None:
+    """Release an engine that holds resources (vLLM's workers); transformers backends have nothing to close."""
     close = getattr(backend, "close", None)
     if close is not None:
         close()

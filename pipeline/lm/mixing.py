@@ -17,6 +17,7 @@ again with seed + 1, seed + 2, ... when the epoch asks for more on-policy rows t
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
@@ -83,7 +84,7 @@ def _original_tables(cache: Cache, seed: int, window: int) -> Iterator[pa.Table]
 def _round_tables(rounds: Sequence[Cache], seed: int, window: int) -> Iterator[pa.Table]:
     """The pooled round caches' rows, shuffled with seed, then again with seed + 1, ... without end."""
     pooled = [shard for cache in rounds for shard in cache.shards(SPLIT)]
-    for cycle in range(10**9):
+    for cycle in itertools.count():
         rng = np.random.default_rng(seed + cycle)
         yield from _tables([pooled[i] for i in rng.permutation(len(pooled))], rng, window)
 

@@ -33,7 +33,7 @@ from pipeline.cache.reader import Cache
 from pipeline.data import PREPARED_FOLDER, SPLITS, read_split, write_splits
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_rows, weights_sha256
-from pipeline.lm.generation import generate_answers
+from pipeline.lm.generation import close_backend, generate_answers
 from pipeline.lm.sequences import encode_prompt, length_limit
 from pipeline.outputs import claim_folder
 from pipeline.settings import Alpha, Number, Positive, Settings
@@ -130,9 +130,7 @@ def sample_round_answers(
                 decoding = GenerationSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p, seed=answer_seed(settings.seed, round_index, answer))
                 texts.append(generate_answers(model, prompts, decoding, stop_ids, settings.batch_size, tokenizer, progress).texts)
     finally:
-        close = getattr(model, "close", None)
-        if close is not None:
-            close()
+        close_backend(model)
     n = settings.answers_per_prompt
     rows = pl.DataFrame(
         {
